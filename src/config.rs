@@ -1,0 +1,536 @@
+//! Plugin configuration: parsed and validated once (in `on_configure`) into ready-to-use types.
+//!
+//! Unknown fields are errors, and every error names the field it is about, so a typo stops the
+//! plugin at start-up with one readable log line instead of silently weakening a check.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::rc::Rc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cookie::{self, CookieAttrs, SameSite};
+use crate::jwks::{Alg, AlgSet, KeySet};
+use crate::path::PathPolicy;
+use crate::token::ClaimRules;
+
+/// Default size of the verified-token cache, per worker VM.
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 4096;
+
+/// A configuration problem: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid configuration: {}", self.problem)
+        } else {
+            write!(
+                f,
+                "invalid configuration: field `{}`: {}",
+                self.field, self.problem
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the filter reaches a service through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+}
+
+#[derive(Debug)]
+pub enum JwksSource {
+    /// Keys given in the configuration.
+    Inline(Rc<KeySet>),
+    /// Keys fetched from the IdP through a cluster at start and every `refresh_s`.
+    Remote { upstream: Upstream, refresh_s: u64 },
+}
+
+/// Names of the relay's cookies and the attributes of those it sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieNames {
+    pub access_token: String,
+    pub session: String,
+    pub csrf: String,
+    pub attrs: CookieAttrs,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub paths: PathPolicy,
+    pub rules: ClaimRules,
+    pub jwks: JwksSource,
+    pub cookies: CookieNames,
+    pub token_cache_size: usize,
+}
+
+// ---- raw serde shapes -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    protected_prefixes: Vec<String>,
+    #[serde(default)]
+    public_prefixes: Vec<String>,
+    issuer: String,
+    audiences: Vec<String>,
+    #[serde(default)]
+    required_claims: BTreeMap<String, Value>,
+    #[serde(default = "default_algorithms")]
+    algorithms: Vec<String>,
+    #[serde(default = "default_clock_skew")]
+    clock_skew_s: u64,
+    jwks: RawJwks,
+    #[serde(default)]
+    cookies: RawCookies,
+    #[serde(default)]
+    forward_claims: BTreeMap<String, String>,
+    #[serde(default)]
+    token_cache_size: Option<usize>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+
+fn default_clock_skew() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    inline: Option<Value>,
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    refresh_s: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCookies {
+    access_token: String,
+    session: String,
+    csrf: String,
+    path: String,
+    same_site: String,
+    secure: bool,
+}
+
+impl Default for RawCookies {
+    fn default() -> Self {
+        RawCookies {
+            access_token: "__Host-relay-at".into(),
+            session: "__Host-relay-session".into(),
+            csrf: "__Host-relay-csrf".into(),
+            path: "/".into(),
+            same_site: "Strict".into(),
+            secure: true,
+        }
+    }
+}
+
+// ---- parsing and validation ---------------------------------------------------------------
+
+impl Config {
+    /// Parses and validates the plugin configuration (a JSON object).
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            ConfigError::new(field, e.into_inner().to_string())
+        })?;
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let paths = PathPolicy {
+            protected: prefixes("protected_prefixes", raw.protected_prefixes)?,
+            public: prefixes("public_prefixes", raw.public_prefixes)?,
+        };
+        if paths.protected.is_empty() {
+            return Err(ConfigError::new(
+                "protected_prefixes",
+                "must list at least one path prefix",
+            ));
+        }
+
+        if raw.issuer.trim().is_empty() {
+            return Err(ConfigError::new("issuer", "must not be empty"));
+        }
+        if raw.audiences.is_empty() || raw.audiences.iter().any(|a| a.is_empty()) {
+            return Err(ConfigError::new(
+                "audiences",
+                "must list at least one non-empty audience (or Cognito app client id)",
+            ));
+        }
+
+        let mut algorithms = AlgSet::empty();
+        for (i, name) in raw.algorithms.iter().enumerate() {
+            match Alg::from_name(name) {
+                Some(alg) => algorithms.insert(alg),
+                None => {
+                    return Err(ConfigError::new(
+                        format!("algorithms[{i}]"),
+                        format!("unsupported algorithm {name:?} (supported: RS256, ES256, EdDSA)"),
+                    ))
+                }
+            }
+        }
+        if algorithms.is_empty() {
+            return Err(ConfigError::new(
+                "algorithms",
+                "must list at least one algorithm",
+            ));
+        }
+        if raw.clock_skew_s > 600 {
+            return Err(ConfigError::new(
+                "clock_skew_s",
+                "must be at most 600 seconds",
+            ));
+        }
+
+        let mut forward_claims = Vec::with_capacity(raw.forward_claims.len());
+        for (header, claim) in raw.forward_claims {
+            let field = format!("forward_claims.{header}");
+            let lower = header.to_ascii_lowercase();
+            if !cookie::is_valid_name(&lower) {
+                return Err(ConfigError::new(field, "is not a valid header name"));
+            }
+            if RESERVED_HEADERS.contains(&lower.as_str()) {
+                return Err(ConfigError::new(
+                    field,
+                    "names a header the filter or Envoy owns",
+                ));
+            }
+            if claim.is_empty() {
+                return Err(ConfigError::new(field, "claim name must not be empty"));
+            }
+            forward_claims.push((lower, claim));
+        }
+
+        let rules = ClaimRules {
+            issuer: raw.issuer,
+            audiences: raw.audiences,
+            required_claims: raw.required_claims.into_iter().collect(),
+            algorithms,
+            clock_skew_s: raw.clock_skew_s,
+            forward_claims,
+        };
+
+        let jwks = jwks_source(raw.jwks)?;
+        let cookies = cookie_names(raw.cookies)?;
+        let token_cache_size = raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
+        if !(1..=1_000_000).contains(&token_cache_size) {
+            return Err(ConfigError::new(
+                "token_cache_size",
+                "must be between 1 and 1000000",
+            ));
+        }
+
+        Ok(Config {
+            paths,
+            rules,
+            jwks,
+            cookies,
+            token_cache_size,
+        })
+    }
+}
+
+/// Headers a forwarded claim must never overwrite.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-envoy-original-path",
+];
+
+fn prefixes(field: &str, list: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    for (i, p) in list.iter().enumerate() {
+        if !p.starts_with('/') {
+            return Err(ConfigError::new(
+                format!("{field}[{i}]"),
+                format!("path prefix {p:?} must start with '/'"),
+            ));
+        }
+    }
+    Ok(list)
+}
+
+fn upstream(
+    field: &str,
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+) -> Result<Upstream, ConfigError> {
+    let cluster = cluster
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ConfigError::new(format!("{field}.cluster"), "is required"))?;
+    let authority = authority
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ConfigError::new(format!("{field}.authority"), "is required"))?;
+    let path = path
+        .ok_or_else(|| ConfigError::new(format!("{field}.path"), "is required"))?;
+    if !path.starts_with('/') {
+        return Err(ConfigError::new(
+            format!("{field}.path"),
+            "must start with '/'",
+        ));
+    }
+    Ok(Upstream {
+        cluster,
+        authority,
+        path,
+    })
+}
+
+fn jwks_source(raw: RawJwks) -> Result<JwksSource, ConfigError> {
+    if let Some(inline) = raw.inline {
+        if raw.cluster.is_some()
+            || raw.authority.is_some()
+            || raw.path.is_some()
+            || raw.refresh_s.is_some()
+        {
+            return Err(ConfigError::new(
+                "jwks",
+                "give either `inline` or `cluster`/`authority`/`path`, not both",
+            ));
+        }
+        let bytes = serde_json::to_vec(&inline)
+            .map_err(|e| ConfigError::new("jwks.inline", e.to_string()))?;
+        let keys =
+            KeySet::parse(&bytes).map_err(|e| ConfigError::new("jwks.inline", e.to_string()))?;
+        return Ok(JwksSource::Inline(Rc::new(keys)));
+    }
+    let upstream = upstream("jwks", raw.cluster, raw.authority, raw.path)?;
+    let refresh_s = raw.refresh_s.unwrap_or(300);
+    if !(10..=86_400).contains(&refresh_s) {
+        return Err(ConfigError::new(
+            "jwks.refresh_s",
+            "must be between 10 and 86400 seconds",
+        ));
+    }
+    Ok(JwksSource::Remote {
+        upstream,
+        refresh_s,
+    })
+}
+
+fn cookie_names(raw: RawCookies) -> Result<CookieNames, ConfigError> {
+    for (field, name) in [
+        ("cookies.access_token", &raw.access_token),
+        ("cookies.session", &raw.session),
+        ("cookies.csrf", &raw.csrf),
+    ] {
+        if !cookie::is_valid_name(name) {
+            return Err(ConfigError::new(
+                field,
+                format!("{name:?} is not a valid cookie name"),
+            ));
+        }
+        if name.starts_with("__Host-") && (!raw.secure || raw.path != "/") {
+            return Err(ConfigError::new(
+                field,
+                "a __Host- cookie needs \"secure\": true and \"path\": \"/\" (browsers drop it otherwise)",
+            ));
+        }
+        if name.starts_with("__Secure-") && !raw.secure {
+            return Err(ConfigError::new(
+                field,
+                "a __Secure- cookie needs \"secure\": true",
+            ));
+        }
+    }
+    if raw.access_token == raw.session
+        || raw.access_token == raw.csrf
+        || raw.session == raw.csrf
+    {
+        return Err(ConfigError::new(
+            "cookies",
+            "access_token, session and csrf must be three different names",
+        ));
+    }
+    if !raw.path.starts_with('/') || raw.path.contains([';', ',', ' ']) {
+        return Err(ConfigError::new(
+            "cookies.path",
+            "must start with '/' and contain no ';', ',' or spaces",
+        ));
+    }
+    let same_site = SameSite::parse(&raw.same_site).ok_or_else(|| {
+        ConfigError::new(
+            "cookies.same_site",
+            format!("{:?} is not one of Strict, Lax, None", raw.same_site),
+        )
+    })?;
+    if same_site == SameSite::None && !raw.secure {
+        return Err(ConfigError::new(
+            "cookies.same_site",
+            "SameSite=None needs \"secure\": true (browsers reject it otherwise)",
+        ));
+    }
+    Ok(CookieNames {
+        access_token: raw.access_token,
+        session: raw.session,
+        csrf: raw.csrf,
+        attrs: CookieAttrs {
+            path: raw.path,
+            same_site,
+            secure: raw.secure,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({
+            "protected_prefixes": ["/api/"],
+            "public_prefixes": ["/api/public/"],
+            "issuer": "https://idp.test",
+            "audiences": ["my-app-client-id"],
+            "required_claims": {"token_use": "access"},
+            "algorithms": ["RS256", "ES256", "EdDSA"],
+            "clock_skew_s": 30,
+            "jwks": {"cluster": "idp", "authority": "idp.example.com", "path": "/.well-known/jwks.json", "refresh_s": 300},
+            "cookies": {"access_token": "__Host-relay-at", "session": "__Host-relay-session", "csrf": "__Host-relay-csrf",
+                        "path": "/", "same_site": "Strict", "secure": true},
+            "forward_claims": {"x-user-sub": "sub"}
+        })
+    }
+
+    fn with(mut v: Value, pointer: &str, new: Option<Value>) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let obj = v.pointer_mut(parent).unwrap().as_object_mut().unwrap();
+        match new {
+            Some(n) => obj.insert(key.to_string(), n),
+            None => obj.remove(key),
+        };
+        v
+    }
+
+    fn parse(v: &Value) -> Result<Config, ConfigError> {
+        Config::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(c.paths.protected, vec!["/api/"]);
+        assert_eq!(c.rules.issuer, "https://idp.test");
+        assert_eq!(
+            c.rules.forward_claims,
+            vec![("x-user-sub".to_string(), "sub".to_string())]
+        );
+        assert_eq!(c.rules.clock_skew_s, 30);
+        assert_eq!(c.cookies.attrs.same_site, SameSite::Strict);
+        match c.jwks {
+            JwksSource::Remote {
+                upstream,
+                refresh_s,
+            } => {
+                assert_eq!(upstream.cluster, "idp");
+                assert_eq!(refresh_s, 300);
+            }
+            JwksSource::Inline(_) => panic!("expected remote"),
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let v = with(base(), "/cookies", None);
+        let v = with(v, "/algorithms", None);
+        let v = with(v, "/clock_skew_s", None);
+        let c = parse(&v).unwrap();
+        assert_eq!(c.cookies.access_token, "__Host-relay-at");
+        assert!(c.cookies.attrs.secure);
+        assert_eq!(c.rules.clock_skew_s, 30);
+        assert_eq!(c.token_cache_size, DEFAULT_TOKEN_CACHE_SIZE);
+    }
+
+    #[test]
+    fn bad_configurations_name_their_field() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("unknown top-level field", with(base(), "/isser", Some(json!("x"))), "isser"),
+            ("missing issuer", with(base(), "/issuer", None), "issuer"),
+            ("empty issuer", with(base(), "/issuer", Some(json!(""))), "issuer"),
+            ("empty audiences", with(base(), "/audiences", Some(json!([]))), "audiences"),
+            ("unsupported alg", with(base(), "/algorithms", Some(json!(["RS256", "HS256"]))), "algorithms[1]"),
+            ("alg none", with(base(), "/algorithms", Some(json!(["none"]))), "algorithms[0]"),
+            ("no algs", with(base(), "/algorithms", Some(json!([]))), "algorithms"),
+            ("wrong type", with(base(), "/clock_skew_s", Some(json!("30"))), "clock_skew_s"),
+            ("skew too big", with(base(), "/clock_skew_s", Some(json!(3600))), "clock_skew_s"),
+            ("prefix without slash", with(base(), "/protected_prefixes", Some(json!(["api/"]))), "protected_prefixes[0]"),
+            ("no protected prefix", with(base(), "/protected_prefixes", Some(json!([]))), "protected_prefixes"),
+            ("unknown jwks field", with(base(), "/jwks/url", Some(json!("x"))), "jwks.url"),
+            ("jwks without cluster", with(base(), "/jwks/cluster", None), "jwks.cluster"),
+            ("jwks path", with(base(), "/jwks/path", Some(json!("jwks.json"))), "jwks.path"),
+            ("refresh too small", with(base(), "/jwks/refresh_s", Some(json!(1))), "jwks.refresh_s"),
+            ("inline and cluster", with(base(), "/jwks/inline", Some(json!({"keys": []}))), "jwks"),
+            ("malformed inline", json!({"protected_prefixes": ["/api/"], "issuer": "i", "audiences": ["a"], "jwks": {"inline": {"keys": "nope"}}}), "jwks.inline"),
+            ("inline with no usable key", json!({"protected_prefixes": ["/api/"], "issuer": "i", "audiences": ["a"], "jwks": {"inline": {"keys": []}}}), "jwks.inline"),
+            ("unknown cookie field", with(base(), "/cookies/domain", Some(json!("x"))), "cookies.domain"),
+            ("same_site value", with(base(), "/cookies/same_site", Some(json!("strict"))), "cookies.same_site"),
+            ("host prefix insecure", with(base(), "/cookies/secure", Some(json!(false))), "cookies.access_token"),
+            ("host prefix path", with(base(), "/cookies/path", Some(json!("/app"))), "cookies.access_token"),
+            ("bad cookie name", with(base(), "/cookies/session", Some(json!("a b"))), "cookies.session"),
+            ("same cookie names", with(base(), "/cookies/session", Some(json!("__Host-relay-at"))), "cookies"),
+            ("forward to authorization", with(base(), "/forward_claims", Some(json!({"Authorization": "sub"}))), "forward_claims.Authorization"),
+            ("bad header name", with(base(), "/forward_claims", Some(json!({"x user": "sub"}))), "forward_claims.x user"),
+            ("cache too big", with(base(), "/token_cache_size", Some(json!(10_000_000))), "token_cache_size"),
+        ];
+        for (what, v, field) in cases {
+            match parse(&v) {
+                Ok(_) => panic!("{what}: accepted"),
+                Err(e) => {
+                    assert_eq!(e.field, field, "{what}: {e}");
+                    let line = e.to_string();
+                    assert!(!line.contains('\n'), "{what}: one line");
+                    assert!(line.contains(field), "{what}: {line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn not_json_is_one_line_error() {
+        let e = Config::parse(b"{not json").unwrap_err();
+        assert!(!e.to_string().contains('\n'));
+        let e = Config::parse(b"").unwrap_err();
+        assert!(e.to_string().starts_with("invalid configuration"));
+    }
+}

@@ -1,0 +1,70 @@
+//! Thin wrappers over proxy-wasm host calls that never panic on request data.
+
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, BufferType, MapType};
+
+use crate::decision::Forward;
+use crate::reply::Reply;
+
+/// Unix seconds from the host clock (0 if the host cannot tell, which fails tokens closed).
+pub fn now_s() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    // An error here means the stream is gone; nothing useful to do.
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+}
+
+pub fn call_response_status() -> Option<u32> {
+    let raw = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()?;
+    std::str::from_utf8(&raw).ok()?.parse().ok()
+}
+
+pub fn call_response_body(size: usize, limit: usize) -> Option<Vec<u8>> {
+    if size > limit {
+        return None;
+    }
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
+}
+
+/// Applies the mutations of a verified request.
+pub fn apply_forward(f: &Forward<'_>) {
+    set_request_header("authorization", Some(&f.authorization));
+    set_request_header("cookie", f.cookie.as_deref());
+    for (name, value) in f.claim_headers() {
+        set_request_header(name, value);
+    }
+}
+
+/// Sends a locally generated answer for the current (effective) stream.
+pub fn send_reply(ctx: u32, reply: &Reply) -> Action {
+    log::debug!(
+        "[ctx {ctx}] refused: status={} reason={}",
+        reply.status,
+        reply.reason
+    );
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+    Action::Pause
+}

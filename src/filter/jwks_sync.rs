@@ -1,0 +1,282 @@
+//! Keeps the JWKS fresh and shared by every worker VM.
+//!
+//! One VM fetches, all use it: the fetched document goes into Envoy's shared data, and every VM
+//! picks up a new version on its next tick. A lease in shared data (compare-and-swap) decides
+//! which VM makes a periodic fetch, and carries the failure backoff, so a failing IdP sees one
+//! attempt per backoff interval from the whole Envoy, not one per worker. A token naming an
+//! unknown `kid` triggers an early refetch, at most once per `KID_REFETCH_INTERVAL_S` per VM,
+//! so random kids cannot cause a fetch storm. A failed fetch keeps the last good set.
+//!
+//! Fetches are dispatched only from the root context: its callbacks may then resume parked
+//! streams without re-entering a stream context the SDK is already inside.
+
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+use crate::config::Upstream;
+use crate::jwks::KeySet;
+
+pub const FETCH_TIMEOUT_S: u64 = 5;
+pub const KID_REFETCH_INTERVAL_S: u64 = 5;
+const MAX_BACKOFF_S: u64 = 30;
+/// Before the first key set arrives every protected request fails closed: retry sooner.
+const MAX_BACKOFF_NO_KEYS_S: u64 = 4;
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+pub struct JwksSync {
+    upstream: Upstream,
+    refresh_s: u64,
+    data_key: String,
+    version_key: String,
+    lease_key: String,
+    /// CAS of the version record this VM last installed.
+    seen_version: Option<u32>,
+    /// When the shared document was fetched (0: never).
+    fetched_at: u64,
+    in_flight: Option<(u32, u64)>,
+    last_kid_refetch: u64,
+    kid_refetch_wanted: bool,
+}
+
+/// What a stream with an unknown `kid` should do.
+pub enum KidRefetch {
+    /// Park: a refetch is in flight or will be dispatched on the next tick.
+    Wait,
+    /// Answer now: this VM refetched too recently.
+    RateLimited,
+}
+
+/// The outcome of a fetch this VM dispatched.
+pub enum Fetched {
+    Keys(KeySet, u64),
+    Failed,
+}
+
+impl JwksSync {
+    pub fn new(upstream: Upstream, refresh_s: u64) -> JwksSync {
+        // Several filter instances (different IdPs) may share an Envoy: name the records by source.
+        let id = fnv1a(
+            format!(
+                "{}\0{}\0{}",
+                upstream.cluster, upstream.authority, upstream.path
+            )
+            .as_bytes(),
+        );
+        JwksSync {
+            data_key: format!("edge_token_relay.jwks.{id:016x}"),
+            version_key: format!("edge_token_relay.jwks.{id:016x}.version"),
+            lease_key: format!("edge_token_relay.jwks.{id:016x}.lease"),
+            upstream,
+            refresh_s,
+            seen_version: None,
+            fetched_at: 0,
+            in_flight: None,
+            last_kid_refetch: 0,
+            kid_refetch_wanted: false,
+        }
+    }
+
+    /// Picks up a key set another VM stored since this VM last looked.
+    pub fn sync(&mut self) -> Option<(KeySet, u64)> {
+        let (version, cas) = hostcalls::get_shared_data(&self.version_key).ok()?;
+        if cas.is_none() || cas == self.seen_version {
+            return None;
+        }
+        let fetched_at = version.as_deref().and_then(read_u64).unwrap_or(0);
+        let (doc, _) = hostcalls::get_shared_data(&self.data_key).ok()?;
+        let doc = doc?;
+        self.seen_version = cas;
+        self.fetched_at = fetched_at;
+        match KeySet::parse(&doc) {
+            Ok(keys) => Some((keys, fnv1a(&doc))),
+            Err(e) => {
+                log::warn!("stored JWKS no longer parses: {e}");
+                None
+            }
+        }
+    }
+
+    /// Called on every tick: dispatches a fetch when one is due and this VM may make it.
+    pub fn tick(&mut self, now: u64) {
+        if let Some((_, deadline)) = self.in_flight {
+            if now < deadline {
+                return;
+            }
+            // The host never called back; forget the call.
+            self.in_flight = None;
+        }
+        if self.kid_refetch_wanted {
+            self.kid_refetch_wanted = false;
+            self.last_kid_refetch = now;
+            self.dispatch(now);
+            return;
+        }
+        let due = self.fetched_at == 0 || now >= self.fetched_at.saturating_add(self.refresh_s);
+        if due && self.try_lease(now) {
+            self.dispatch(now);
+        }
+    }
+
+    /// A stream met an unknown `kid`.
+    pub fn want_kid_refetch(&mut self, now: u64) -> KidRefetch {
+        if self.in_flight.is_some() || self.kid_refetch_wanted {
+            return KidRefetch::Wait;
+        }
+        if now < self.last_kid_refetch.saturating_add(KID_REFETCH_INTERVAL_S) {
+            return KidRefetch::RateLimited;
+        }
+        self.kid_refetch_wanted = true;
+        KidRefetch::Wait
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some() || self.kid_refetch_wanted
+    }
+
+    fn dispatch(&mut self, now: u64) {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", self.upstream.path.as_str()),
+            (":authority", self.upstream.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        match hostcalls::dispatch_http_call(
+            &self.upstream.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_secs(FETCH_TIMEOUT_S),
+        ) {
+            Ok(token) => {
+                log::debug!("JWKS fetch dispatched to cluster {}", self.upstream.cluster);
+                self.in_flight = Some((token, now + FETCH_TIMEOUT_S + 2));
+            }
+            Err(status) => {
+                log::warn!(
+                    "JWKS fetch could not be dispatched to cluster {:?} ({status:?}): is the cluster defined?",
+                    self.upstream.cluster
+                );
+                self.release_lease(now, false);
+            }
+        }
+    }
+
+    /// Whether `token` is this VM's JWKS fetch.
+    pub fn owns(&self, token: u32) -> bool {
+        matches!(self.in_flight, Some((t, _)) if t == token)
+    }
+
+    /// Handles the answer to this VM's fetch (status and body already read by the shell).
+    pub fn on_response(&mut self, status: Option<u32>, body: Option<Vec<u8>>, now: u64) -> Fetched {
+        self.in_flight = None;
+        let result = match (status, body) {
+            (Some(200), Some(body)) if body.len() <= MAX_JWKS_BYTES => {
+                KeySet::parse(&body).map(|keys| (keys, body)).map_err(|e| e.to_string())
+            }
+            (Some(200), _) => Err("empty or oversized body".to_string()),
+            (Some(s), _) => Err(format!("HTTP status {s}")),
+            (None, _) => Err("no response (connection failure or timeout)".to_string()),
+        };
+        match result {
+            Ok((keys, body)) => {
+                let digest = fnv1a(&body);
+                self.store(&body, now);
+                self.release_lease(now, true);
+                log::info!(
+                    "JWKS fetched from cluster {}: {} usable keys",
+                    self.upstream.cluster,
+                    keys.len()
+                );
+                Fetched::Keys(keys, digest)
+            }
+            Err(why) => {
+                log::warn!(
+                    "JWKS fetch from cluster {} failed: {why}; keeping the last good key set",
+                    self.upstream.cluster
+                );
+                self.release_lease(now, false);
+                Fetched::Failed
+            }
+        }
+    }
+
+    fn store(&mut self, body: &[u8], now: u64) {
+        self.fetched_at = now;
+        if hostcalls::set_shared_data(&self.data_key, Some(body), None).is_err() {
+            return;
+        }
+        let _ = hostcalls::set_shared_data(&self.version_key, Some(&now.to_le_bytes()), None);
+        // This VM already has these keys: remember the version so sync() skips it.
+        if let Ok((_, cas)) = hostcalls::get_shared_data(&self.version_key) {
+            self.seen_version = cas;
+        }
+    }
+
+    /// Lease record: next allowed attempt (u64) and consecutive failures (u64).
+    fn try_lease(&mut self, now: u64) -> bool {
+        let (value, cas) = match hostcalls::get_shared_data(&self.lease_key) {
+            Ok(v) => v,
+            Err(_) => return false,
+        };
+        let (next_at, failures) = value.as_deref().map(read_lease).unwrap_or((0, 0));
+        if now < next_at {
+            return false;
+        }
+        let lease = lease_bytes(now + FETCH_TIMEOUT_S + 2, failures);
+        match hostcalls::set_shared_data(&self.lease_key, Some(&lease), cas) {
+            Ok(()) => true,
+            Err(Status::CasMismatch) => false,
+            Err(_) => false,
+        }
+    }
+
+    fn release_lease(&mut self, now: u64, ok: bool) {
+        let failures = match hostcalls::get_shared_data(&self.lease_key) {
+            Ok((Some(v), _)) => read_lease(&v).1,
+            _ => 0,
+        };
+        let (next_at, failures) = if ok {
+            (now, 0)
+        } else {
+            let failures = failures.saturating_add(1);
+            let backoff = 1u64
+                .checked_shl(u32::try_from(failures.min(6)).unwrap_or(6))
+                .unwrap_or(MAX_BACKOFF_S)
+                .min(if self.fetched_at == 0 {
+                    MAX_BACKOFF_NO_KEYS_S
+                } else {
+                    MAX_BACKOFF_S
+                });
+            (now + backoff, failures)
+        };
+        let _ = hostcalls::set_shared_data(&self.lease_key, Some(&lease_bytes(next_at, failures)), None);
+    }
+}
+
+fn read_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+fn read_lease(b: &[u8]) -> (u64, u64) {
+    (
+        read_u64(b).unwrap_or(0),
+        b.get(8..).and_then(read_u64).unwrap_or(0),
+    )
+}
+
+fn lease_bytes(next_at: u64, failures: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let (a, b) = out.split_at_mut(8);
+    a.copy_from_slice(&next_at.to_le_bytes());
+    b.copy_from_slice(&failures.to_le_bytes());
+    out
+}
+
+/// FNV-1a: a fingerprint for change detection and record names, not a security boundary.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

@@ -1,0 +1,17 @@
+//! edge-token-relay: an Envoy HTTP filter (proxy-wasm) that keeps browser tokens in HttpOnly
+//! cookies and relays them to the upstream as `Authorization: Bearer`.
+//!
+//! Everything but `filter/` is pure logic with no proxy-wasm dependency: time, randomness and
+//! host calls are parameters. `filter/` is the thin shell that talks to Envoy.
+
+pub mod config;
+pub mod cookie;
+pub mod decision;
+pub mod jwks;
+pub mod path;
+pub mod reply;
+pub mod token;
+pub mod token_cache;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

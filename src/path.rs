@@ -1,0 +1,157 @@
+//! Which requests the filter protects.
+//!
+//! A request is protected when its path starts with a protected prefix and with no public
+//! prefix. Upstreams disagree about `..`, `//`, `\` and percent-encoding, so matching is
+//! conservative: a request is protected when either the path as sent or its normalized form
+//! (decoded, slashes merged, dot segments resolved) is under a protected prefix, and public only
+//! when both forms are under a public prefix. Envoy's `normalize_path` and `merge_slashes`
+//! should still be on (the example configs set them); this guards deployments that forget.
+
+use std::borrow::Cow;
+
+/// Compiled prefix lists.
+#[derive(Debug, Clone, Default)]
+pub struct PathPolicy {
+    pub protected: Vec<String>,
+    pub public: Vec<String>,
+}
+
+impl PathPolicy {
+    pub fn is_protected(&self, raw_path: &str) -> bool {
+        let raw = strip_query(raw_path);
+        let norm = normalize(raw);
+        let protected = starts_with_any(raw, &self.protected)
+            || starts_with_any(&norm, &self.protected);
+        if !protected {
+            return false;
+        }
+        !(starts_with_any(raw, &self.public) && starts_with_any(&norm, &self.public))
+    }
+}
+
+fn starts_with_any(path: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| path.starts_with(p.as_str()))
+}
+
+/// The path without its query string or fragment.
+pub fn strip_query(path: &str) -> &str {
+    match path.find(['?', '#']) {
+        Some(i) => path.get(..i).unwrap_or(path),
+        None => path,
+    }
+}
+
+/// Normalized form for matching only (never forwarded). Borrowed on the hot path: a path with
+/// no `%`, no `\` and no `//` or `/.` sequences is already normal.
+pub fn normalize(path: &str) -> Cow<'_, str> {
+    if !path.contains(['%', '\\']) && !path.contains("//") && !path.contains("/.") {
+        return Cow::Borrowed(path);
+    }
+    let decoded = percent_decode_lossy(path).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    // Keep a trailing slash so "/api/" still matches the prefix "/api/".
+    if decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..") || out.is_empty()
+    {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+fn percent_decode_lossy(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hi = bytes.get(i + 1).and_then(|c| (*c as char).to_digit(16));
+            let lo = bytes.get(i + 2).and_then(|c| (*c as char).to_digit(16));
+            if let (Some(hi), Some(lo)) = (hi, lo) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> PathPolicy {
+        PathPolicy {
+            protected: vec!["/api/".into()],
+            public: vec!["/api/public/".into()],
+        }
+    }
+
+    #[test]
+    fn classification_table() {
+        let p = policy();
+        let cases: &[(&str, bool)] = &[
+            ("/api/me", true),
+            ("/api/", true),
+            ("/api", false),
+            ("/", false),
+            ("/static/app.js", false),
+            ("/api/public/health", false),
+            ("/api/public/", false),
+            ("/api/me?x=/api/public/", true),
+            ("/api/public/../me", true),
+            ("/api/public/%2e%2e/me", true),
+            ("/api/public/..%2fme", true),
+            ("/api/public/..\\me", true),
+            ("//api/me", true),
+            ("/./api/me", true),
+            ("/%61pi/me", true),
+            ("/x/../api/me", true),
+            ("/api%2fme", true),
+            ("/API/me", false),
+            ("/api/public/./x", false),
+            ("/api/public//x", false),
+            ("/api/%zz", true),
+            ("%", false),
+            ("", false),
+        ];
+        for (path, want) in cases {
+            assert_eq!(p.is_protected(path), *want, "path {path:?}");
+        }
+    }
+
+    #[test]
+    fn normalize_table() {
+        let cases: &[(&str, &str)] = &[
+            ("/a/b", "/a/b"),
+            ("/a//b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/../../b", "/b"),
+            ("/a/b/..", "/a/"),
+            ("/a%2Fb", "/a/b"),
+            ("/a\\b", "/a/b"),
+            ("/a/", "/a/"),
+            ("/%", "/%"),
+            ("/%ff", "/\u{fffd}"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize(input), *want, "input {input:?}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Verified-token cache: the hot path does no RSA/ECDSA work for a token it has seen.
+//!
+//! One cache per Wasm VM (worker); sharing it across workers would cost a serialization per
+//! request, more than the lookup saves. Entries are keyed by the token itself through a
+//! SipHash-1-3 table with a per-VM random key, so a lookup is one keyed hash plus an exact
+//! comparison: no collision can make an unverified token look verified. Each entry dies at the
+//! token's `exp` (plus the configured clock skew, the same rule `token::verify` applies), and
+//! the table is bounded: when full, expired entries go first, then arbitrary ones.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// What a verified token yields on every later request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    /// Unix seconds after which the entry is dead (`exp` + clock skew).
+    pub valid_until: u64,
+    /// Forwarded claim headers, ready to set (shared, so a hit copies nothing).
+    pub forwarded: Rc<[(String, String)]>,
+}
+
+#[derive(Debug)]
+pub struct TokenCache {
+    map: HashMap<Box<str>, Cached>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens (at least one).
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache {
+            map: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The live entry for `token`, if any.
+    pub fn get(&self, token: &str, now: u64) -> Option<&Cached> {
+        self.map.get(token).filter(|c| now < c.valid_until)
+    }
+
+    /// Stores a verified token and returns the stored entry.
+    pub fn insert(&mut self, token: &str, entry: Cached, now: u64) {
+        if self.map.len() >= self.capacity && !self.map.contains_key(token) {
+            self.map.retain(|_, c| now < c.valid_until);
+            if self.map.len() >= self.capacity {
+                // Still full of live tokens: drop an eighth (arbitrary ones) so the sweep above
+                // does not run on every insert under a flood of distinct valid tokens.
+                let drop: Vec<Box<str>> = self
+                    .map
+                    .keys()
+                    .take((self.capacity / 8).max(1))
+                    .cloned()
+                    .collect();
+                for k in drop {
+                    self.map.remove(&k);
+                }
+            }
+        }
+        self.map.insert(token.into(), entry);
+    }
+
+    /// Forgets every entry (the signing keys changed).
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(valid_until: u64) -> Cached {
+        Cached {
+            valid_until,
+            forwarded: vec![("x-user-sub".into(), "alice".into())].into(),
+        }
+    }
+
+    #[test]
+    fn hit_until_expiry() {
+        let mut c = TokenCache::new(4);
+        c.insert("t1", entry(100), 0);
+        assert!(c.get("t1", 99).is_some());
+        assert!(c.get("t1", 100).is_none());
+        assert!(c.get("t2", 50).is_none());
+    }
+
+    #[test]
+    fn bounded_expired_first() {
+        let mut c = TokenCache::new(2);
+        c.insert("old", entry(10), 0);
+        c.insert("live", entry(1000), 0);
+        c.insert("new", entry(1000), 20);
+        assert_eq!(c.len(), 2);
+        assert!(c.get("old", 5).is_none());
+        assert!(c.get("live", 20).is_some());
+        assert!(c.get("new", 20).is_some());
+    }
+
+    #[test]
+    fn bounded_when_all_live() {
+        let mut c = TokenCache::new(8);
+        for i in 0..100 {
+            c.insert(&format!("t{i}"), entry(1000), 0);
+            assert!(c.len() <= 8);
+        }
+        assert!(c.get("t99", 0).is_some());
+    }
+
+    #[test]
+    fn capacity_is_at_least_one() {
+        let mut c = TokenCache::new(0);
+        c.insert("t", entry(100), 0);
+        assert_eq!(c.get("t", 0).map(|e| e.valid_until), Some(100));
+        assert_eq!(c.len(), 1);
+    }
+}
