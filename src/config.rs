@@ -159,9 +159,28 @@ impl Config {
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            ConfigError::new(field, e.into_inner().to_string())
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let mut problem = inner.to_string();
+            if inner.classify() == serde_json::error::Category::Data {
+                // The field path says where; the line/column of a one-line JSON says nothing.
+                if let Some(i) = problem.find(" at line ") {
+                    problem.truncate(i);
+                }
+            }
+            let mut field = if path == "." { String::new() } else { path };
+            // serde reports a missing field at its parent: name the field itself.
+            if let Some(name) = problem
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                field = if field.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{field}.{name}")
+                };
+            }
+            ConfigError::new(field, problem)
         })?;
         Config::validate(raw)
     }
@@ -301,8 +320,7 @@ fn upstream(
     let authority = authority
         .filter(|a| !a.is_empty())
         .ok_or_else(|| ConfigError::new(format!("{field}.authority"), "is required"))?;
-    let path = path
-        .ok_or_else(|| ConfigError::new(format!("{field}.path"), "is required"))?;
+    let path = path.ok_or_else(|| ConfigError::new(format!("{field}.path"), "is required"))?;
     if !path.starts_with('/') {
         return Err(ConfigError::new(
             format!("{field}.path"),
@@ -373,10 +391,7 @@ fn cookie_names(raw: RawCookies) -> Result<CookieNames, ConfigError> {
             ));
         }
     }
-    if raw.access_token == raw.session
-        || raw.access_token == raw.csrf
-        || raw.session == raw.csrf
-    {
+    if raw.access_token == raw.session || raw.access_token == raw.csrf || raw.session == raw.csrf {
         return Err(ConfigError::new(
             "cookies",
             "access_token, session and csrf must be three different names",
@@ -485,33 +500,141 @@ mod tests {
     #[test]
     fn bad_configurations_name_their_field() {
         let cases: Vec<(&str, Value, &str)> = vec![
-            ("unknown top-level field", with(base(), "/isser", Some(json!("x"))), "isser"),
+            (
+                "unknown top-level field",
+                with(base(), "/isser", Some(json!("x"))),
+                "isser",
+            ),
             ("missing issuer", with(base(), "/issuer", None), "issuer"),
-            ("empty issuer", with(base(), "/issuer", Some(json!(""))), "issuer"),
-            ("empty audiences", with(base(), "/audiences", Some(json!([]))), "audiences"),
-            ("unsupported alg", with(base(), "/algorithms", Some(json!(["RS256", "HS256"]))), "algorithms[1]"),
-            ("alg none", with(base(), "/algorithms", Some(json!(["none"]))), "algorithms[0]"),
-            ("no algs", with(base(), "/algorithms", Some(json!([]))), "algorithms"),
-            ("wrong type", with(base(), "/clock_skew_s", Some(json!("30"))), "clock_skew_s"),
-            ("skew too big", with(base(), "/clock_skew_s", Some(json!(3600))), "clock_skew_s"),
-            ("prefix without slash", with(base(), "/protected_prefixes", Some(json!(["api/"]))), "protected_prefixes[0]"),
-            ("no protected prefix", with(base(), "/protected_prefixes", Some(json!([]))), "protected_prefixes"),
-            ("unknown jwks field", with(base(), "/jwks/url", Some(json!("x"))), "jwks.url"),
-            ("jwks without cluster", with(base(), "/jwks/cluster", None), "jwks.cluster"),
-            ("jwks path", with(base(), "/jwks/path", Some(json!("jwks.json"))), "jwks.path"),
-            ("refresh too small", with(base(), "/jwks/refresh_s", Some(json!(1))), "jwks.refresh_s"),
-            ("inline and cluster", with(base(), "/jwks/inline", Some(json!({"keys": []}))), "jwks"),
-            ("malformed inline", json!({"protected_prefixes": ["/api/"], "issuer": "i", "audiences": ["a"], "jwks": {"inline": {"keys": "nope"}}}), "jwks.inline"),
-            ("inline with no usable key", json!({"protected_prefixes": ["/api/"], "issuer": "i", "audiences": ["a"], "jwks": {"inline": {"keys": []}}}), "jwks.inline"),
-            ("unknown cookie field", with(base(), "/cookies/domain", Some(json!("x"))), "cookies.domain"),
-            ("same_site value", with(base(), "/cookies/same_site", Some(json!("strict"))), "cookies.same_site"),
-            ("host prefix insecure", with(base(), "/cookies/secure", Some(json!(false))), "cookies.access_token"),
-            ("host prefix path", with(base(), "/cookies/path", Some(json!("/app"))), "cookies.access_token"),
-            ("bad cookie name", with(base(), "/cookies/session", Some(json!("a b"))), "cookies.session"),
-            ("same cookie names", with(base(), "/cookies/session", Some(json!("__Host-relay-at"))), "cookies"),
-            ("forward to authorization", with(base(), "/forward_claims", Some(json!({"Authorization": "sub"}))), "forward_claims.Authorization"),
-            ("bad header name", with(base(), "/forward_claims", Some(json!({"x user": "sub"}))), "forward_claims.x user"),
-            ("cache too big", with(base(), "/token_cache_size", Some(json!(10_000_000))), "token_cache_size"),
+            (
+                "empty issuer",
+                with(base(), "/issuer", Some(json!(""))),
+                "issuer",
+            ),
+            (
+                "empty audiences",
+                with(base(), "/audiences", Some(json!([]))),
+                "audiences",
+            ),
+            (
+                "unsupported alg",
+                with(base(), "/algorithms", Some(json!(["RS256", "HS256"]))),
+                "algorithms[1]",
+            ),
+            (
+                "alg none",
+                with(base(), "/algorithms", Some(json!(["none"]))),
+                "algorithms[0]",
+            ),
+            (
+                "no algs",
+                with(base(), "/algorithms", Some(json!([]))),
+                "algorithms",
+            ),
+            (
+                "wrong type",
+                with(base(), "/clock_skew_s", Some(json!("30"))),
+                "clock_skew_s",
+            ),
+            (
+                "skew too big",
+                with(base(), "/clock_skew_s", Some(json!(3600))),
+                "clock_skew_s",
+            ),
+            (
+                "prefix without slash",
+                with(base(), "/protected_prefixes", Some(json!(["api/"]))),
+                "protected_prefixes[0]",
+            ),
+            (
+                "no protected prefix",
+                with(base(), "/protected_prefixes", Some(json!([]))),
+                "protected_prefixes",
+            ),
+            (
+                "unknown jwks field",
+                with(base(), "/jwks/url", Some(json!("x"))),
+                "jwks.url",
+            ),
+            (
+                "jwks without cluster",
+                with(base(), "/jwks/cluster", None),
+                "jwks.cluster",
+            ),
+            (
+                "jwks path",
+                with(base(), "/jwks/path", Some(json!("jwks.json"))),
+                "jwks.path",
+            ),
+            (
+                "refresh too small",
+                with(base(), "/jwks/refresh_s", Some(json!(1))),
+                "jwks.refresh_s",
+            ),
+            (
+                "inline and cluster",
+                with(base(), "/jwks/inline", Some(json!({"keys": []}))),
+                "jwks",
+            ),
+            (
+                "malformed inline",
+                json!({"protected_prefixes": ["/api/"], "issuer": "i", "audiences": ["a"], "jwks": {"inline": {"keys": "nope"}}}),
+                "jwks.inline",
+            ),
+            (
+                "inline with no usable key",
+                json!({"protected_prefixes": ["/api/"], "issuer": "i", "audiences": ["a"], "jwks": {"inline": {"keys": []}}}),
+                "jwks.inline",
+            ),
+            (
+                "unknown cookie field",
+                with(base(), "/cookies/domain", Some(json!("x"))),
+                "cookies.domain",
+            ),
+            (
+                "same_site value",
+                with(base(), "/cookies/same_site", Some(json!("strict"))),
+                "cookies.same_site",
+            ),
+            (
+                "host prefix insecure",
+                with(base(), "/cookies/secure", Some(json!(false))),
+                "cookies.access_token",
+            ),
+            (
+                "host prefix path",
+                with(base(), "/cookies/path", Some(json!("/app"))),
+                "cookies.access_token",
+            ),
+            (
+                "bad cookie name",
+                with(base(), "/cookies/session", Some(json!("a b"))),
+                "cookies.session",
+            ),
+            (
+                "same cookie names",
+                with(base(), "/cookies/session", Some(json!("__Host-relay-at"))),
+                "cookies",
+            ),
+            (
+                "forward to authorization",
+                with(
+                    base(),
+                    "/forward_claims",
+                    Some(json!({"Authorization": "sub"})),
+                ),
+                "forward_claims.Authorization",
+            ),
+            (
+                "bad header name",
+                with(base(), "/forward_claims", Some(json!({"x user": "sub"}))),
+                "forward_claims.x user",
+            ),
+            (
+                "cache too big",
+                with(base(), "/token_cache_size", Some(json!(10_000_000))),
+                "token_cache_size",
+            ),
         ];
         for (what, v, field) in cases {
             match parse(&v) {

@@ -10,8 +10,12 @@ pub mod decision;
 pub mod jwks;
 pub mod path;
 pub mod reply;
+pub mod session;
 pub mod token;
 pub mod token_cache;
+
+#[cfg(test)]
+mod testkit;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -20,8 +20,8 @@ impl PathPolicy {
     pub fn is_protected(&self, raw_path: &str) -> bool {
         let raw = strip_query(raw_path);
         let norm = normalize(raw);
-        let protected = starts_with_any(raw, &self.protected)
-            || starts_with_any(&norm, &self.protected);
+        let protected =
+            starts_with_any(raw, &self.protected) || starts_with_any(&norm, &self.protected);
         if !protected {
             return false;
         }
@@ -64,7 +64,10 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
         out.push_str(s);
     }
     // Keep a trailing slash so "/api/" still matches the prefix "/api/".
-    if decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..") || out.is_empty()
+    if decoded.ends_with('/')
+        || decoded.ends_with("/.")
+        || decoded.ends_with("/..")
+        || out.is_empty()
     {
         out.push('/');
     }

@@ -304,6 +304,8 @@ fn check_claims(
 ) -> Result<u64, TokenError> {
     let exp = timestamp(claims.get("exp").ok_or(TokenError::MissingExp)?)?;
     let nbf = claims.get("nbf").map(timestamp).transpose()?;
+    // `iat` is not checked against the clock, but a token that mistypes it is malformed.
+    claims.get("iat").map(timestamp).transpose()?;
 
     match claims.get("iss") {
         Some(Value::String(iss)) if *iss == rules.issuer => {}
@@ -989,6 +991,11 @@ mod tests {
             ("exp u64 max", with(c(), "exp", json!(u64::MAX)), Malformed),
             ("exp huge float", with(c(), "exp", json!(1e300)), Malformed),
             ("exp bool", with(c(), "exp", json!(true)), Malformed),
+            (
+                "iat string",
+                with(c(), "iat", json!("yesterday")),
+                Malformed,
+            ),
             ("exp array", with(c(), "exp", json!([NOW + 300])), Malformed),
             ("nbf string", with(c(), "nbf", json!("0")), Malformed),
             ("nbf negative", with(c(), "nbf", json!(-5)), Malformed),
@@ -1441,7 +1448,11 @@ mod tests {
             let (sig, key) = (unb64(sig), keys.get(kid).unwrap());
             let start = std::time::Instant::now();
             for _ in 0..n {
-                assert!(signature_ok(key, std::hint::black_box(input.as_bytes()), &sig));
+                assert!(signature_ok(
+                    key,
+                    std::hint::black_box(input.as_bytes()),
+                    &sig
+                ));
             }
             let crypto = start.elapsed() / n;
             println!("{alg} ({kid}): {full:?} per verify, of which {crypto:?} signature");

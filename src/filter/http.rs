@@ -43,30 +43,30 @@ impl HttpContext for Http {
             path: &path,
             cookie: cookie.as_deref(),
         };
-        let reply = match decision::decide(&st.config, st.keys.as_deref(), &mut st.cache, &view, now)
-        {
-            Step::Pass => return Action::Continue,
-            Step::Forward(f) => {
-                host::apply_forward(&f);
-                return Action::Continue;
-            }
-            Step::Respond(r) => r,
-            Step::UnknownKid => match st.jwks.as_mut().map(|j| j.want_kid_refetch(now)) {
-                Some(KidRefetch::Wait) => {
-                    log::debug!("[ctx {}] unknown kid: waiting for a JWKS refetch", self.id);
-                    st.waiters.insert(
-                        self.id,
-                        Waiter {
-                            path: path.to_string(),
-                            cookie: cookie.clone(),
-                            since: now,
-                        },
-                    );
-                    return Action::Pause;
+        let reply =
+            match decision::decide(&st.config, st.keys.as_deref(), &mut st.cache, &view, now) {
+                Step::Pass => return Action::Continue,
+                Step::Forward(f) => {
+                    host::apply_forward(&f);
+                    return Action::Continue;
                 }
-                Some(KidRefetch::RateLimited) | None => decision::unknown_kid_reply(),
-            },
-        };
+                Step::Respond(r) => r,
+                Step::UnknownKid => match st.jwks.as_mut().map(|j| j.want_kid_refetch(now)) {
+                    Some(KidRefetch::Wait) => {
+                        log::debug!("[ctx {}] unknown kid: waiting for a JWKS refetch", self.id);
+                        st.waiters.insert(
+                            self.id,
+                            Waiter {
+                                path: path.to_string(),
+                                cookie: cookie.clone(),
+                                since: now,
+                            },
+                        );
+                        return Action::Pause;
+                    }
+                    Some(KidRefetch::RateLimited) | None => decision::unknown_kid_reply(),
+                },
+            };
         drop(guard);
         host::send_reply(self.id, &reply)
     }

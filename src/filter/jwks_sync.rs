@@ -172,9 +172,9 @@ impl JwksSync {
     pub fn on_response(&mut self, status: Option<u32>, body: Option<Vec<u8>>, now: u64) -> Fetched {
         self.in_flight = None;
         let result = match (status, body) {
-            (Some(200), Some(body)) if body.len() <= MAX_JWKS_BYTES => {
-                KeySet::parse(&body).map(|keys| (keys, body)).map_err(|e| e.to_string())
-            }
+            (Some(200), Some(body)) if body.len() <= MAX_JWKS_BYTES => KeySet::parse(&body)
+                .map(|keys| (keys, body))
+                .map_err(|e| e.to_string()),
             (Some(200), _) => Err("empty or oversized body".to_string()),
             (Some(s), _) => Err(format!("HTTP status {s}")),
             (None, _) => Err("no response (connection failure or timeout)".to_string()),
@@ -251,7 +251,11 @@ impl JwksSync {
                 });
             (now + backoff, failures)
         };
-        let _ = hostcalls::set_shared_data(&self.lease_key, Some(&lease_bytes(next_at, failures)), None);
+        let _ = hostcalls::set_shared_data(
+            &self.lease_key,
+            Some(&lease_bytes(next_at, failures)),
+            None,
+        );
     }
 }
 

@@ -94,16 +94,17 @@ pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, all: bool) {
                 path: &w.path,
                 cookie: w.cookie.as_deref(),
             };
-            let finish = match decision::decide(&st.config, st.keys.as_deref(), &mut st.cache, &view, now) {
-                Step::Pass => Finish::Resume,
-                Step::Forward(f) => {
-                    // Header writes do not re-enter the VM, so they are safe under the borrow.
-                    host::apply_forward(&f);
-                    Finish::Resume
-                }
-                Step::Respond(r) => Finish::Reply(r),
-                Step::UnknownKid => Finish::Reply(decision::unknown_kid_reply()),
-            };
+            let finish =
+                match decision::decide(&st.config, st.keys.as_deref(), &mut st.cache, &view, now) {
+                    Step::Pass => Finish::Resume,
+                    Step::Forward(f) => {
+                        // Header writes do not re-enter the VM, so they are safe under the borrow.
+                        host::apply_forward(&f);
+                        Finish::Resume
+                    }
+                    Step::Respond(r) => Finish::Reply(r),
+                    Step::UnknownKid => Finish::Reply(decision::unknown_kid_reply()),
+                };
             done.push((id, finish));
         }
     }

@@ -62,3 +62,16 @@ def test_bad_plugin_config_fails_closed(wasm_file, keys, name):
                 f"with plugin config {name!r} a protected request was forwarded ({resp.status_code})"
     finally:
         stack.stop()
+
+
+def test_baseline_jwks_matches_the_demo_keys():
+    """envoy/jwt_authn_baseline.yaml inlines the public half of tests/e2e/keys/ (so the
+    benchmark can mint tokens it accepts)."""
+    import re
+
+    from support import demo_keys, jwks_of
+
+    text = (ENVOY_DIR / "jwt_authn_baseline.yaml").read_text()
+    m = re.search(r"inline_string: '(.*)'", text)
+    assert m, "no local_jwks.inline_string in jwt_authn_baseline.yaml"
+    assert json.loads(m.group(1)) == jwks_of(demo_keys().values())

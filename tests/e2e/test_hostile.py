@@ -102,11 +102,11 @@ def test_three_thousand_cookies_around_a_valid_token(stack, valid):
     pairs = [f"c{i}=v{i}" for i in range(3000)]
     pairs.insert(1500, f"{AT_COOKIE}={valid}")
     resp = stack.get("/api/x", "; ".join(pairs))
+    received = list(stack.upstream.received)  # check_outcome sends another request
     check_outcome(stack, resp, valid, allowed=(200, 400, 401))
     if resp.status_code == 200:
-        rec = stack.upstream.received[0]
-        (cookie,) = upstream_headers(rec, "cookie")
-        assert len(cookie_pairs(cookie)) == 3000
+        (rec,) = received
+        assert upstream_headers(rec, "cookie") == ["; ".join(p for p in pairs if "relay" not in p)]
 
 
 @pytest.mark.parametrize("size", [4_000, 16_000, 48_000])
@@ -233,8 +233,9 @@ def test_hostile_forwarded_claim_values(stack, keys, valid, sub):
     header Envoy cannot encode would turn into a 5xx)."""
     tok = keys["RS256"].sign(make_claims(sub=sub))
     resp = stack.get("/api/x", f"{AT_COOKIE}={tok}")
+    received = list(stack.upstream.received)  # check_outcome sends another request
     check_outcome(stack, resp, valid, allowed=(200, 400, 401))
-    for rec in stack.upstream.received:
+    for rec in received:
         assert upstream_headers(rec, "x-injected") == [], "header injection via the sub claim"
         for v in upstream_headers(rec, "x-user-sub"):
             assert not any(ch in v for ch in "\r\n\x00"), repr(v)

@@ -1,4 +1,4 @@
-"""Envoy bootstraps for the five benchmark configurations.
+"""Envoy bootstraps for the five benchmark configurations (used by run.py).
 
 Every configuration is the same front proxy: one listener on 127.0.0.1, one HTTP connection
 manager, and routes that answer with `direct_response` (200, a 3-byte body), so no upstream

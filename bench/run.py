@@ -1,0 +1,661 @@
+#!/usr/bin/env python3
+"""Load benchmark: wrk against one Envoy worker, with and without the relay filter.
+
+Five configurations (see envoy_configs.py and README.md):
+  a  Envoy, no filter                       d  jwt_authn without its cache
+  b  relay, same token (cache hits)         e  relay, a fresh token per request (misses)
+  c  jwt_authn with its JWT cache
+
+Method: a fresh Envoy (`--concurrency 1 -l warning`, pinned to one CPU) per run, wrk pinned
+to the other CPU; pre-flight requests prove the configuration accepts the token (200) and
+rejects a missing or forged one (401); warm-up, then the measured window; configurations
+alternate round-robin over the rounds; medians are reported. Any non-2xx answer or socket
+error during a run fails the benchmark.
+
+Usage: .venv/bin/python bench/run.py [--rounds 3] [--duration 10] [--warmup 3]
+                                     [--only a,b] [--quick]
+The Envoy binary is $ENVOY, else .venv/bin/envoy, else `envoy` on PATH.
+Results: Markdown on stdout, and Markdown + raw JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(BENCH_DIR))
+
+import support  # noqa: E402  (tests/e2e/support.py: JWT minting, the Envoy launcher)
+import envoy_configs as ec  # noqa: E402
+
+RESULTS_DIR = BENCH_DIR / "results"
+LUA_REPORT = BENCH_DIR / "lua" / "report.lua"
+LUA_FRESH_TOKENS = BENCH_DIR / "lua" / "fresh_tokens.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SUB = "bench-user"
+
+# Tokens for (e): enough that no token repeats within one Envoy's life (warm-up + measured
+# window), assuming the relay serves cache misses at up to this rate. After each (e) run the
+# list is topped up to twice the most any run used, and a run that would reuse a token fails
+# (see run_wrk), so this is a sizing guess, not a silent assumption.
+MAX_MISS_RPS = 4000
+
+# Orientation targets from the issue: printed next to the ratios, never asserted.
+TARGETS = {"b/a": ">= 0.75", "b/c": ">= 1.0", "b/d": ">= 2.0", "e/a": "",
+           "cache_miss_us": "<= 500"}
+
+NOISY_SPREAD = 0.10      # (max - min) / median of req/s across rounds
+NOISY_OTHER_CPU = 0.10   # share of Envoy's core busy with something other than Envoy
+WRK_SATURATED = 0.95     # wrk this busy on its core: the load generator may be the limit
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot produce a trustworthy number: stop and say why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and /proc
+# --------------------------------------------------------------------------------------------
+
+
+class PinnedEnvoy(support.Envoy):
+    """support.Envoy started under `taskset -c <cpu>` (taskset execs Envoy: same pid)."""
+
+    def __init__(self, config: dict, *, cpu: int, **kw: Any):
+        super().__init__(config, **kw)
+        self.cpu = cpu
+
+    def command(self) -> list[str]:
+        return ["taskset", "-c", str(self.cpu)] + super().command()
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_line_ticks(cpu: int) -> tuple[int, int]:
+    """(busy, total) ticks of one CPU from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                vals = [int(v) for v in line.split()[1:]]
+                idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+                total = sum(vals[:8])
+                return total - idle, total
+    raise BenchError(f"cpu{cpu} not found in /proc/stat")
+
+
+def check_affinity(pid: int, cpu: int) -> int:
+    """Every thread of `pid` may run on `cpu` only; returns the thread count."""
+    tids = os.listdir(f"/proc/{pid}/task")
+    for tid in tids:
+        try:
+            aff = os.sched_getaffinity(int(tid))
+        except ProcessLookupError:
+            continue
+        if aff != {cpu}:
+            raise BenchError(f"Envoy thread {tid} has CPU affinity {sorted(aff)}, expected [{cpu}]")
+    return len(tids)
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return next((ln.strip() for ln in text if ln.strip()), "unknown")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Tokens
+# --------------------------------------------------------------------------------------------
+
+
+def _jws(key: support.KeyPair, claims: dict) -> str:
+    """Sign without support.KeyPair.sign, which keeps every token in a global list."""
+    header = json.dumps(key.header(), separators=(",", ":"))
+    payload = json.dumps(claims, separators=(",", ":"))
+    signing_input = f"{support.b64url(header)}.{support.b64url(payload)}"
+    return f"{signing_input}.{support.b64url(key.raw_signature(signing_input.encode()))}"
+
+
+def bench_claims(jti: str, now: int) -> dict:
+    return support.make_claims(sub=SUB, iat=now, exp=now + 3600, jti=jti)
+
+
+_worker_key: support.KeyPair | None = None
+
+
+def _mint_init(pem: bytes, kid: str):
+    global _worker_key
+    _worker_key = support.KeyPair.from_pem(pem, "RS256", kid)
+
+
+def _mint_range(args: tuple[int, int, int]) -> list[str]:
+    start, stop, now = args
+    assert _worker_key is not None
+    return [_jws(_worker_key, bench_claims(f"miss-{i}", now)) for i in range(start, stop)]
+
+
+def mint_tokens(key: support.KeyPair, start: int, stop: int, path: Path,
+                cpus: set[int]) -> float:
+    """Append distinct RS256 tokens number `start`..`stop-1` (one per line) to `path`, signing
+    on all of `cpus`; returns seconds taken."""
+    t0 = time.monotonic()
+    now = int(time.time())
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)  # the pool's processes inherit this
+    try:
+        chunk = 2000
+        ranges = [(s, min(s + chunk, stop), now) for s in range(start, stop, chunk)]
+        with concurrent.futures.ProcessPoolExecutor(
+                max_workers=len(cpus), initializer=_mint_init,
+                initargs=(key.private_pem(), key.kid)) as pool, open(path, "a") as out:
+            for tokens in pool.map(_mint_range, ranges):
+                out.write("\n".join(tokens))
+                out.write("\n")
+    finally:
+        os.sched_setaffinity(0, own)
+    return time.monotonic() - t0
+
+
+def forged(token: str) -> str:
+    """The token with one character in the middle of its signature changed."""
+    head, _, sig = token.rpartition(".")
+    mid = len(sig) // 2
+    swap = "A" if sig[mid] != "A" else "B"
+    return f"{head}.{sig[:mid]}{swap}{sig[mid + 1:]}"
+
+
+# --------------------------------------------------------------------------------------------
+# One run: fresh Envoy, pre-flight, warm-up, measured window
+# --------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path):
+        self.args = args
+        self.workdir = workdir
+        self.key = support.KeyPair.generate("RS256", kid="bench-rs256")
+        self.jwks = support.jwks_of([self.key])
+        self.token = _jws(self.key, bench_claims("hit", int(time.time())))
+        self.tokens_file = workdir / "tokens.txt"
+        self.tokens_count = 0
+        self.mint_seconds = 0.0
+        self.cpus = os.sched_getaffinity(0)
+        self.wrk = os.environ.get("WRK") or shutil.which("wrk") or ""
+        try:
+            self.envoy_bin = support.find_envoy()
+        except FileNotFoundError as e:
+            raise BenchError(str(e)) from None
+        # Every run loads this snapshot of the module, so a rebuild during the benchmark
+        # cannot mix two builds into one table.
+        self.wasm_copy = workdir / "edge_token_relay.wasm"
+        if support.WASM_PATH.is_file():
+            shutil.copyfile(support.WASM_PATH, self.wasm_copy)
+
+    def envoy_config(self, name: str, wasm_path: Path | None = None) -> dict:
+        return ec.config_for(name, jwks=self.jwks, wasm_path=wasm_path or self.wasm_copy)
+
+    def ensure_tokens(self, n: int):
+        """At least `n` distinct tokens in the tokens file."""
+        if n <= self.tokens_count:
+            return
+        print(f"minting {n - self.tokens_count:,} RS256 tokens for (e) ...", file=sys.stderr,
+              flush=True)
+        took = mint_tokens(self.key, self.tokens_count, n, self.tokens_file, self.cpus)
+        self.mint_seconds += took
+        self.tokens_count = n
+        print(f"  done in {took:.1f} s", file=sys.stderr, flush=True)
+
+    # -- wrk ---------------------------------------------------------------------------------
+
+    def run_wrk(self, url_base: str, name: str, seconds: int, first_token: int = 0) -> dict:
+        a = self.args
+        cmd = ["taskset", "-c", str(a.wrk_cpu), self.wrk, "-t", str(a.threads),
+               "-c", str(a.connections), "-d", f"{seconds}s", "--latency", "--timeout", "2s"]
+        if name == "e":
+            cmd += ["-s", str(LUA_FRESH_TOKENS), url_base + ec.BENCH_PATH,
+                    "--", str(self.tokens_file), str(first_token), ec.BENCH_PATH]
+        else:
+            cmd += ["-H", f"Cookie: {ec.AT_COOKIE}={self.token}",
+                    "-s", str(LUA_REPORT), url_base + ec.BENCH_PATH]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        result = None
+        for line in proc.stdout.splitlines():
+            if line.startswith("BENCH_RESULT "):
+                result = json.loads(line[len("BENCH_RESULT "):])
+        text = "\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("BENCH_RESULT "))
+        if proc.returncode != 0 or result is None:
+            raise BenchError(f"wrk failed for ({name}) (exit {proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+        result["text"] = text
+        errs = result["errors"]
+        if errs["status"]:
+            raise BenchError(f"({name}): wrk saw {errs['status']} non-2xx/3xx responses; a "
+                             f"benchmark of error answers is worthless.\n{text}")
+        if any(errs[k] for k in ("connect", "read", "write", "timeout")):
+            raise BenchError(f"({name}): wrk saw socket errors {errs}\n{text}")
+        if result["requests"] <= 0:
+            raise BenchError(f"({name}): wrk completed no request\n{text}")
+        if name == "e" and first_token + result["issued"] > result["tokens"]:
+            raise BenchError(
+                f"(e): {first_token + result['issued']} requests issued but only "
+                f"{result['tokens']} distinct tokens were minted, so some tokens repeated and "
+                f"hit the relay's cache. Rerun with --tokens "
+                f"{2 * (first_token + result['issued'])}.")
+        return result
+
+    # -- pre-flight --------------------------------------------------------------------------
+
+    def preflight(self, env: PinnedEnvoy, name: str) -> dict:
+        """Prove the configuration does what the benchmark claims before timing it."""
+        http = support.new_http_session()
+        problems: list[str] = []
+
+        def get(path: str, token: str | None):
+            headers = {"Cookie": f"{ec.AT_COOKIE}={token}"} if token else {}
+            return http.get(env.url(path), headers=headers, timeout=10)
+
+        def expect(what: str, resp, status: int):
+            if resp.status_code != status:
+                problems.append(f"{what}: expected {status}, got {resp.status_code} "
+                                f"{resp.text[:200]!r}")
+
+        r = get(ec.BENCH_PATH, self.token)
+        expect(f"GET {ec.BENCH_PATH} with a valid token", r, 200)
+        if r.status_code == 200 and r.text != ec.RESPONSE_BODY:
+            problems.append(f"GET {ec.BENCH_PATH}: unexpected body {r.text[:200]!r}")
+        probe = get(ec.PROBE_PATH, self.token)
+        expect(f"GET {ec.PROBE_PATH} with a valid token", probe, 200)
+        seen = {"authorization": probe.headers.get(ec.PROBE_AUTH_HEADER),
+                "x-user-sub": probe.headers.get(ec.PROBE_SUB_HEADER)}
+        if name in ec.RELAY_CONFIGS:
+            if seen["authorization"] != f"Bearer {self.token}":
+                problems.append("the relay did not forward `Authorization: Bearer <token>` "
+                                f"(route saw {str(seen['authorization'])[:60]!r})")
+        if name in ec.RELAY_CONFIGS + ec.JWT_AUTHN_CONFIGS and seen["x-user-sub"] != SUB:
+            problems.append(f"the `sub` claim was not forwarded as x-user-sub "
+                            f"(route saw {seen['x-user-sub']!r})")
+        missing = get(ec.BENCH_PATH, None)
+        bad = get(ec.BENCH_PATH, forged(self.token))
+        if name == "a":
+            expect("no filter, no cookie", missing, 200)
+        else:
+            expect("missing cookie", missing, 401)
+            expect("forged signature", bad, 401)
+        http.close()
+        if problems:
+            raise BenchError(f"pre-flight of ({name}) failed:\n  - " + "\n  - ".join(problems))
+        return {"valid": r.status_code, "missing_cookie": missing.status_code,
+                "forged": bad.status_code, "forwarded": {k: (v[:24] + "...") if v and len(v) > 27 else v
+                                                         for k, v in seen.items()}}
+
+    # -- one run -----------------------------------------------------------------------------
+
+    def run_one(self, name: str, round_no: int) -> dict:
+        a = self.args
+        env = PinnedEnvoy(self.envoy_config(name), cpu=a.envoy_cpu, concurrency=1,
+                          log_level="warning", component_log_level=None,
+                          name=f"bench-{name}{round_no}", binary=self.envoy_bin,
+                          ready_timeout=60, workdir=self.workdir)
+        env.start()
+        try:
+            pid = env.proc.pid  # type: ignore[union-attr]
+            threads = check_affinity(pid, a.envoy_cpu)
+            pre = self.preflight(env, name)
+            url = f"http://127.0.0.1:{env.port}"
+            stats_re = rf"^http\.{ec.STAT_PREFIX}\.(downstream_rq_|jwt_authn\.)"
+            stats0 = env.stats(stats_re)
+
+            warm = self.run_wrk(url, name, a.warmup) if a.warmup > 0 else None
+            first = warm["issued"] if (warm and name == "e") else 0
+
+            busy0, total0 = cpu_line_ticks(a.envoy_cpu)
+            ticks0 = proc_cpu_ticks(pid)
+            kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.monotonic()
+            res = self.run_wrk(url, name, a.duration, first_token=first)
+            t1 = time.monotonic()
+            kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            ticks1 = proc_cpu_ticks(pid)
+            busy1, total1 = cpu_line_ticks(a.envoy_cpu)
+
+            stats1 = env.stats(stats_re)
+            evidence = support.wasm_failure_evidence(env) if name in ec.RELAY_CONFIGS else {}
+        finally:
+            env.stop()
+        delta = {k: stats1.get(k, 0) - stats0.get(k, 0) for k in stats1}
+        p = f"http.{ec.STAT_PREFIX}."
+        non2xx = sum(delta.get(f"{p}downstream_rq_{c}xx", 0) for c in (1, 3, 4, 5))
+        ok2xx = delta.get(f"{p}downstream_rq_2xx", 0)
+        sent = res["requests"] + (warm["requests"] if warm else 0)
+        if non2xx or ok2xx < sent:
+            raise BenchError(f"({name}) round {round_no}: Envoy answered {ok2xx} 2xx and "
+                             f"{non2xx} other responses for {sent} completed wrk requests")
+        if evidence:
+            raise BenchError(f"({name}) round {round_no}: the Wasm VM failed: {evidence}")
+        log_problems = [ln for ln in env.log_text().splitlines()
+                        if "[critical]" in ln or "[error]" in ln]
+        if log_problems:
+            raise BenchError(f"({name}) round {round_no}: Envoy logged errors:\n"
+                             + "\n".join(log_problems[:20]))
+        warnings = [ln for ln in env.log_text().splitlines() if "[warning]" in ln]
+        shutil.rmtree(env.tmp, ignore_errors=True)
+
+        cpu_s = (ticks1 - ticks0) / CLK_TCK
+        window = t1 - t0
+        other = ((busy1 - busy0) - (ticks1 - ticks0)) / max(1, total1 - total0)
+        wrk_s = res["duration_us"] / 1e6
+        # taskset execs wrk, so the only child reaped in the window is wrk itself.
+        wrk_cpu = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
+        run = {
+            "config": name,
+            "round": round_no,
+            "requests": res["requests"],
+            "rps": res["requests"] / wrk_s,
+            "latency_us": res["latency_us"],
+            "envoy_cpu_s": cpu_s,
+            "cpu_us_per_request": cpu_s * 1e6 / res["requests"],
+            "envoy_cpu_utilisation": cpu_s / window,
+            "window_s": window,
+            "wrk_duration_s": wrk_s,
+            "envoy_core_other_busy": max(0.0, other),
+            "wrk_cpu_utilisation": wrk_cpu / window,
+            "envoy_threads": threads,
+            "preflight": pre,
+            "stats_delta": delta,
+            "warmup": {k: warm[k] for k in ("requests", "duration_us", "issued")} if warm else None,
+            "first_token": first if name == "e" else None,
+            "tokens_issued": (first + res["issued"]) if name == "e" else None,
+            "envoy_warnings": warnings[:10],
+            "wrk_text": res["text"],
+        }
+        return run
+
+
+# --------------------------------------------------------------------------------------------
+# Summary and report
+# --------------------------------------------------------------------------------------------
+
+
+def summarize(runs: list[dict], names: list[str]) -> dict:
+    per: dict[str, dict] = {}
+    for name in names:
+        rs = [r for r in runs if r["config"] == name]
+        if not rs:
+            continue
+        rps = [r["rps"] for r in rs]
+        med = statistics.median(rps)
+        per[name] = {
+            "description": ec.DESCRIPTIONS[name],
+            "rounds": len(rs),
+            "rps": med,
+            "rps_per_round": rps,
+            "rps_spread": (max(rps) - min(rps)) / med if med else 0.0,
+            "p50_ms": statistics.median(r["latency_us"]["p50"] for r in rs) / 1000,
+            "p99_ms": statistics.median(r["latency_us"]["p99"] for r in rs) / 1000,
+            "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in rs),
+            "envoy_cpu_utilisation": statistics.median(r["envoy_cpu_utilisation"] for r in rs),
+            "envoy_core_other_busy_max": max(r["envoy_core_other_busy"] for r in rs),
+            "wrk_cpu_utilisation": statistics.median(r["wrk_cpu_utilisation"] for r in rs),
+        }
+    ratios: dict[str, float | None] = {}
+    for num, den in (("b", "a"), ("b", "c"), ("b", "d"), ("e", "a")):
+        ratios[f"{num}/{den}"] = (per[num]["rps"] / per[den]["rps"]
+                                  if num in per and den in per else None)
+    miss = (per["e"]["cpu_us_per_request"] - per["b"]["cpu_us_per_request"]
+            if "e" in per and "b" in per else None)
+    noisy = [f"({n}) req/s varies {p['rps_spread']:.0%} across rounds"
+             for n, p in per.items() if p["rounds"] > 1 and p["rps_spread"] > NOISY_SPREAD]
+    noisy += [f"({n}) Envoy's core was up to {p['envoy_core_other_busy_max']:.0%} busy with "
+              f"other work" for n, p in per.items()
+              if p["envoy_core_other_busy_max"] > NOISY_OTHER_CPU]
+    limited = [f"({n}) wrk used {p['wrk_cpu_utilisation']:.0%} of its core"
+               for n, p in per.items() if p["wrk_cpu_utilisation"] > WRK_SATURATED]
+    return {"configs": per, "ratios": ratios, "cache_miss_us": miss, "noise": noisy,
+            "load_generator_limited": limited}
+
+
+def fmt(v: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if v is None else f"{v:{spec}}{suffix}"
+
+
+def render_markdown(summary: dict, meta: dict) -> str:
+    per = summary["configs"]
+    lines = [
+        f"# edge-token-relay load benchmark ({meta['date']})",
+        "",
+        f"wrk `-t{meta['params']['threads']} -c{meta['params']['connections']}` on CPU "
+        f"{meta['params']['wrk_cpu']}, Envoy `--concurrency 1 -l warning` on CPU "
+        f"{meta['params']['envoy_cpu']}, fresh Envoy per run; warm-up "
+        f"{meta['params']['warmup_s']} s, measured {meta['params']['duration_s']} s; "
+        f"{meta['params']['rounds']} round(s) alternating {','.join(meta['params']['configs'])}; "
+        "medians. Route: direct_response 200 (no upstream).",
+        "",
+        "| config | what | req/s | req/s per round | p50 ms | p99 ms | Envoy CPU µs/req | vs (a) |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    base = per.get("a", {}).get("rps")
+    for name, p in per.items():
+        rounds = " / ".join(f"{v:,.0f}" for v in p["rps_per_round"])
+        vs = f"{p['rps'] / base:.2f}" if base else "n/a"
+        lines.append(f"| {name} | {p['description']} | {p['rps']:,.0f} | {rounds} | "
+                     f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
+                     f"{p['cpu_us_per_request']:.1f} | {vs} |")
+    lines += ["", "| ratio (req/s) | value | orientation target |", "|---|---:|---|"]
+    for k, v in summary["ratios"].items():
+        lines.append(f"| {k} | {fmt(v, '.2f')} | {TARGETS.get(k) or '—'} |")
+    lines.append(f"| cache-miss verification cost, CPU µs/req (e) − (b) | "
+                 f"{fmt(summary['cache_miss_us'], '.0f', ' µs')} | {TARGETS['cache_miss_us']} µs |")
+    lines += ["", "Where the CPU went (medians over the measured windows; a config whose Envoy is "
+              "not near 100 % was limited by something else):", "",
+              "| config | Envoy CPU | wrk CPU | other work on Envoy's core (max) |",
+              "|---|---:|---:|---:|"]
+    for name, p in per.items():
+        lines.append(f"| {name} | {p['envoy_cpu_utilisation']:.0%} | "
+                     f"{p['wrk_cpu_utilisation']:.0%} | {p['envoy_core_other_busy_max']:.0%} |")
+    lines += [
+        "",
+        f"- filter: `{meta['wasm']['path']}`, {meta['wasm']['size_bytes']:,} bytes"
+        if meta["wasm"].get("size_bytes") is not None else "- filter: not built (relay configs not run)",
+        f"- Envoy: {meta['envoy_version']}",
+        f"- wrk: {meta['wrk_version']}",
+        f"- machine: {meta['machine']['cpu']}, {meta['machine']['cpus']} CPUs, "
+        f"kernel {meta['machine']['kernel']}, load average at start {meta['machine']['loadavg_start']}",
+    ]
+    if meta.get("tokens"):
+        t = meta["tokens"]
+        lines.append(f"- (e): {t['count']:,} distinct RS256 tokens minted up front in "
+                     f"{t['mint_s']:.1f} s; each Envoy saw each token at most once (max issued "
+                     f"in one run: {t['max_issued']:,})")
+    if summary["load_generator_limited"]:
+        lines += ["", "**Load generator limit:** " + "; ".join(summary["load_generator_limited"])
+                  + ". wrk, not Envoy, may have set those req/s; compare Envoy CPU µs/req."]
+    if summary["noise"]:
+        lines += ["", "**Noise warning:** " + "; ".join(summary["noise"])
+                  + ". Something else was running; rerun on a quiet machine."]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 3)")
+    ap.add_argument("--duration", type=int, default=None, help="measured seconds per run (10)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up seconds per run (3)")
+    ap.add_argument("--only", default=",".join(ec.CONFIG_NAMES),
+                    help="comma-separated subset of a,b,c,d,e (default: all)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 1 round, 3 s measured, 1 s warm-up")
+    ap.add_argument("--connections", type=int, default=32, help="wrk -c (32)")
+    ap.add_argument("--threads", type=int, default=1, help="wrk -t (1)")
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="tokens to mint for (e) (default: sized from the run length)")
+    ap.add_argument("--envoy-cpu", type=int, default=0, help="CPU for Envoy (0)")
+    ap.add_argument("--wrk-cpu", type=int, default=1, help="CPU for wrk (1)")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+    # --quick changes the defaults only: explicit options still win.
+    defaults = {"rounds": 1, "duration": 3, "warmup": 1} if args.quick else \
+        {"rounds": 3, "duration": 10, "warmup": 3}
+    for opt, value in defaults.items():
+        if getattr(args, opt) is None:
+            setattr(args, opt, value)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ec.CONFIG_NAMES]
+    if unknown or not names:
+        ap.error(f"--only: unknown configuration(s) {unknown}; choose from a,b,c,d,e")
+    args.configs = [n for n in ec.CONFIG_NAMES if n in names]  # canonical order
+    if args.rounds < 1 or args.duration < 1 or args.warmup < 0:
+        ap.error("--rounds and --duration must be >= 1, --warmup >= 0")
+    if "e" in args.configs and args.threads != 1:
+        ap.error("(e) walks one token list in order: use --threads 1")
+    if args.tokens is None:
+        args.tokens = MAX_MISS_RPS * (args.warmup + args.duration + 2)
+    return args
+
+
+def check_machine(args: argparse.Namespace, bench: Bench):
+    allowed = os.sched_getaffinity(0)
+    for what, cpu in (("--envoy-cpu", args.envoy_cpu), ("--wrk-cpu", args.wrk_cpu)):
+        if cpu not in allowed:
+            raise BenchError(f"{what} {cpu}: this process may only use CPUs {sorted(allowed)}")
+    if args.envoy_cpu == args.wrk_cpu:
+        raise BenchError("Envoy and wrk must run on different CPUs")
+    if not shutil.which("taskset"):
+        raise BenchError("taskset is missing (util-linux)")
+    if not bench.wrk:
+        raise BenchError("wrk is missing: apt-get install wrk (or set WRK=/path/to/wrk)")
+    needs_wasm = [n for n in args.configs if n in ec.RELAY_CONFIGS]
+    if needs_wasm and not bench.wasm_copy.is_file():
+        raise BenchError(f"configs {needs_wasm} need the filter, but {support.WASM_PATH} is "
+                         "missing: run `make wasm` (or choose others with --only a,c,d)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="edge-token-relay-bench-"))
+    ok = False
+    try:
+        bench = Bench(args, workdir)
+        check_machine(args, bench)
+        meta: dict[str, Any] = {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "params": {"rounds": args.rounds, "duration_s": args.duration,
+                       "warmup_s": args.warmup, "connections": args.connections,
+                       "threads": args.threads, "envoy_cpu": args.envoy_cpu,
+                       "wrk_cpu": args.wrk_cpu, "configs": args.configs,
+                       "path": ec.BENCH_PATH, "jwt_authn_cache_size": ec.JWT_AUTHN_CACHE_SIZE},
+            "envoy": bench.envoy_bin,
+            "envoy_version": tool_version([bench.envoy_bin, "--version"]).split("version:")[-1].strip(),
+            "wrk_version": tool_version([bench.wrk, "--version"]).split("Copyright")[0].strip(),
+            "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(),
+                        "kernel": platform.release(),
+                        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg())},
+            "wasm": {"path": str(support.WASM_PATH.relative_to(REPO_ROOT))},
+        }
+        if bench.wasm_copy.is_file():
+            data = bench.wasm_copy.read_bytes()
+            meta["wasm"].update(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        else:
+            meta["wasm"]["size_bytes"] = None
+
+        if "e" in args.configs:
+            bench.ensure_tokens(args.tokens)
+        # The orchestrator itself stays off Envoy's core (it sleeps while wrk runs).
+        os.sched_setaffinity(0, {args.wrk_cpu})
+
+        total_runs = args.rounds * len(args.configs)
+        est = total_runs * (args.warmup + args.duration + 2)
+        print(f"{total_runs} runs, about {est // 60} min {est % 60} s", file=sys.stderr, flush=True)
+        runs: list[dict] = []
+        for rnd in range(1, args.rounds + 1):
+            for name in args.configs:
+                run = bench.run_one(name, rnd)
+                runs.append(run)
+                if name == "e":  # keep the list well ahead of what a run uses
+                    bench.ensure_tokens(2 * max(r["tokens_issued"] for r in runs
+                                                if r["config"] == "e"))
+                print(f"  round {rnd} ({name}) {run['rps']:>9,.0f} req/s  "
+                      f"p50 {run['latency_us']['p50'] / 1000:.2f} ms  "
+                      f"p99 {run['latency_us']['p99'] / 1000:.2f} ms  "
+                      f"{run['cpu_us_per_request']:.1f} µs CPU/req  "
+                      f"(Envoy core other-busy {run['envoy_core_other_busy']:.0%})",
+                      file=sys.stderr, flush=True)
+
+        if "e" in args.configs:
+            meta["tokens"] = {"count": bench.tokens_count, "mint_s": bench.mint_seconds,
+                              "max_issued": max(r["tokens_issued"] for r in runs
+                                                if r["config"] == "e"),
+                              "scheme": "distinct per request within each Envoy's life, no reuse"}
+        meta["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        meta["elapsed_s"] = round(time.monotonic() - started, 1)
+        summary = summarize(runs, args.configs)
+        md = render_markdown(summary, meta)
+        print(md)
+
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        raw = {"meta": meta, "summary": summary, "runs": runs,
+               "envoy_configs": {n: bench.envoy_config(n, support.WASM_PATH)
+                                 for n in args.configs}}
+        for base in (f"bench-{stamp}", "latest"):
+            (args.results_dir / f"{base}.md").write_text(md)
+            (args.results_dir / f"{base}.json").write_text(json.dumps(raw, indent=2) + "\n")
+        print(f"results: {args.results_dir / f'bench-{stamp}.md'} (+ .json), "
+              f"also latest.md / latest.json; took {meta['elapsed_s']:.0f} s", file=sys.stderr)
+        ok = True
+        return 0
+    except (BenchError, support.EnvoyStartError) as e:
+        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        support.stop_all_envoys()
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept Envoy configs and logs in {workdir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

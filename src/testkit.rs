@@ -1,0 +1,80 @@
+//! Test-only helpers shared by module tests: an Ed25519 signer (RFC 8032 test key) and
+//! a configuration builder.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jwt_compact::alg::Ed25519;
+use jwt_compact::Algorithm;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+
+pub const NOW: u64 = 1_700_000_000;
+pub const ISS: &str = "https://idp.test";
+pub const AUD: &str = "my-app-client-id";
+pub const KID: &str = "ed-1";
+
+// RFC 8032 7.1 TEST 1.
+const ED_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+const ED_X: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+pub fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+pub fn jwks() -> Value {
+    json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": KID, "x": b64(&hex(ED_X))}]})
+}
+
+/// Claims of a valid access token at `NOW`.
+pub fn claims() -> Value {
+    json!({"iss": ISS, "aud": AUD, "token_use": "access", "sub": "alice", "exp": NOW + 300, "iat": NOW})
+}
+
+/// Signs `claims` with the test key under `kid`.
+pub fn sign_with_kid(claims: &Value, kid: &str) -> String {
+    let key = <Ed25519 as Algorithm>::SigningKey::from_slice(&[hex(ED_SEED), hex(ED_X)].concat())
+        .unwrap();
+    let header = json!({"alg": "EdDSA", "kid": kid, "typ": "JWT"});
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = Ed25519.sign(&key, input.as_bytes());
+    format!(
+        "{input}.{}",
+        b64(jwt_compact::AlgorithmSignature::as_bytes(&sig).as_ref())
+    )
+}
+
+pub fn sign(claims: &Value) -> String {
+    sign_with_kid(claims, KID)
+}
+
+/// The example configuration with inline test keys; `extra` is merged on top.
+pub fn config(extra: Value) -> Config {
+    let mut v = json!({
+        "protected_prefixes": ["/api/"],
+        "public_prefixes": ["/api/public/"],
+        "issuer": ISS,
+        "audiences": [AUD],
+        "required_claims": {"token_use": "access"},
+        "clock_skew_s": 30,
+        "jwks": {"inline": jwks()},
+        "forward_claims": {"x-user-sub": "sub"}
+    });
+    if let (Some(obj), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, val) in extra {
+            obj.insert(k.clone(), val.clone());
+        }
+    }
+    Config::parse(v.to_string().as_bytes()).unwrap()
+}
