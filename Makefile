@@ -13,6 +13,8 @@ export ENVOY
 # Debian's rustc 1.96 builds std for wasm32-wasip1 from source when rustup has no such target
 # (see ../shared/TOOLCHAIN.md). Prefer rustup's target when it is installed.
 DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi
+# Size pass after cargo (binaryen's wasm-opt; features as rustc emits them for wasm32-wasip1).
+WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
 
 .PHONY: help wasm test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps clean
@@ -29,9 +31,11 @@ else
 	RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="$(DEB_RUSTFLAGS)" \
 	  /usr/bin/cargo build --release --target wasm32-wasip1 --lib -Zbuild-std=std,panic_abort
 endif
+	wasm-opt -Oz $(WASM_OPT_FEATURES) -o $(WASM).opt $(WASM) && mv $(WASM).opt $(WASM)
 	@ls -l $(WASM) | awk '{printf "built %s (%d bytes)\n", $$9, $$5}'
 
 toolchain: ## install the wasm toolchain if missing (Debian recipe when rustup has no wasm32-wasip1)
+	@command -v wasm-opt >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen >/dev/null; }
 ifneq ($(HAVE_RUSTUP_WASM),yes)
 	@if ! { [ -x /usr/bin/rustc ] && [ -d /usr/lib/rustlib/src/rust/library ] && [ -x /usr/lib/llvm-16/bin/wasm-ld ] && [ -d /usr/lib/wasm32-wasi ]; }; then \
 	  echo "installing Debian wasm toolchain (rustc-web, rust-web-src, wasi-libc, lld-16)"; \

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::cookie::{self, CookieAttrs, SameSite};
 use crate::jwks::{Alg, AlgSet, KeySet};
 use crate::path::PathPolicy;
+use crate::session::SessionKeys;
 use crate::token::ClaimRules;
 
 /// Default size of the verified-token cache, per worker VM.
@@ -75,6 +76,57 @@ pub struct CookieNames {
     pub attrs: CookieAttrs,
 }
 
+/// A secret string: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// How the filter authenticates to the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-encoded id and secret.
+    Basic { secret: Secret },
+    /// `client_id` and `client_secret` in the form body.
+    Post { secret: Secret },
+    /// A public client: `client_id` in the body, no secret.
+    None,
+}
+
+/// Headers an upstream may use to hand rotated tokens to the filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTokenHeaders {
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+}
+
+/// Silent refresh: sealed sessions and the token endpoint.
+#[derive(Debug)]
+pub struct RefreshConfig {
+    pub session_keys: SessionKeys,
+    pub endpoint: Upstream,
+    pub timeout_ms: u64,
+    pub client_id: String,
+    pub client_auth: ClientAuth,
+    /// Refresh when the access token expires within this many seconds.
+    pub margin_s: u64,
+    /// How long a refresh outcome is reused by requests still carrying the old refresh token.
+    pub grace_s: u64,
+    /// First backoff after a transient token-endpoint failure (doubles, capped at 16x).
+    pub backoff_s: u64,
+    pub upstream_token_headers: Option<UpstreamTokenHeaders>,
+}
+
 /// The validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -83,6 +135,8 @@ pub struct Config {
     pub jwks: JwksSource,
     pub cookies: CookieNames,
     pub token_cache_size: usize,
+    /// `None` when no `session_keys`/`token_endpoint` are configured (verification only).
+    pub refresh: Option<RefreshConfig>,
 }
 
 // ---- raw serde shapes -------------------------------------------------------------------
@@ -108,6 +162,38 @@ struct RawConfig {
     forward_claims: BTreeMap<String, String>,
     #[serde(default)]
     token_cache_size: Option<usize>,
+    session_keys: Option<Vec<RawSessionKey>>,
+    token_endpoint: Option<RawEndpoint>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_auth: Option<String>,
+    refresh_margin_s: Option<u64>,
+    refresh_grace_s: Option<u64>,
+    refresh_backoff_s: Option<u64>,
+    upstream_token_headers: Option<RawUpstreamTokenHeaders>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSessionKey {
+    kid: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTokenHeaders {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -260,6 +346,17 @@ impl Config {
             forward_claims,
         };
 
+        let refresh = refresh_config(RawRefresh {
+            session_keys: raw.session_keys,
+            token_endpoint: raw.token_endpoint,
+            client_id: raw.client_id,
+            client_secret: raw.client_secret,
+            client_auth: raw.client_auth,
+            margin_s: raw.refresh_margin_s,
+            grace_s: raw.refresh_grace_s,
+            backoff_s: raw.refresh_backoff_s,
+            upstream_token_headers: raw.upstream_token_headers,
+        })?;
         let jwks = jwks_source(raw.jwks)?;
         let cookies = cookie_names(raw.cookies)?;
         let token_cache_size = raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
@@ -276,8 +373,153 @@ impl Config {
             jwks,
             cookies,
             token_cache_size,
+            refresh,
         })
     }
+}
+
+struct RawRefresh {
+    session_keys: Option<Vec<RawSessionKey>>,
+    token_endpoint: Option<RawEndpoint>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_auth: Option<String>,
+    margin_s: Option<u64>,
+    grace_s: Option<u64>,
+    backoff_s: Option<u64>,
+    upstream_token_headers: Option<RawUpstreamTokenHeaders>,
+}
+
+fn refresh_config(raw: RawRefresh) -> Result<Option<RefreshConfig>, ConfigError> {
+    let (keys, endpoint) = match (raw.session_keys, raw.token_endpoint) {
+        (None, None) => {
+            for (field, set) in [
+                ("client_id", raw.client_id.is_some()),
+                ("client_secret", raw.client_secret.is_some()),
+                ("client_auth", raw.client_auth.is_some()),
+                ("refresh_margin_s", raw.margin_s.is_some()),
+                ("refresh_grace_s", raw.grace_s.is_some()),
+                ("refresh_backoff_s", raw.backoff_s.is_some()),
+                ("upstream_token_headers", raw.upstream_token_headers.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::new(
+                        field,
+                        "needs `session_keys` and `token_endpoint` (silent refresh)",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "token_endpoint",
+                "is required when `session_keys` is set",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "session_keys",
+                "is required when `token_endpoint` is set",
+            ))
+        }
+        (Some(k), Some(e)) => (k, e),
+    };
+    let entries: Vec<(String, String)> = keys.into_iter().map(|k| (k.kid, k.key)).collect();
+    let session_keys =
+        SessionKeys::from_config(&entries).map_err(|(field, problem)| ConfigError::new(field, problem))?;
+    let timeout_ms = endpoint.timeout_ms.unwrap_or(3000);
+    if !(100..=60_000).contains(&timeout_ms) {
+        return Err(ConfigError::new(
+            "token_endpoint.timeout_ms",
+            "must be between 100 and 60000",
+        ));
+    }
+    let endpoint = upstream(
+        "token_endpoint",
+        endpoint.cluster,
+        endpoint.authority,
+        endpoint.path,
+    )?;
+    let client_id = raw
+        .client_id
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ConfigError::new("client_id", "is required with `token_endpoint`"))?;
+    let secret = raw.client_secret.map(Secret);
+    let method = raw
+        .client_auth
+        .unwrap_or_else(|| if secret.is_some() { "basic" } else { "none" }.to_string());
+    let client_auth = match (method.as_str(), secret) {
+        ("basic", Some(secret)) => ClientAuth::Basic { secret },
+        ("post", Some(secret)) => ClientAuth::Post { secret },
+        ("none", None) => ClientAuth::None,
+        ("basic" | "post", None) => {
+            return Err(ConfigError::new(
+                "client_secret",
+                format!("is required with \"client_auth\": {method:?}"),
+            ))
+        }
+        ("none", Some(_)) => {
+            return Err(ConfigError::new(
+                "client_secret",
+                "is set but \"client_auth\" is \"none\"",
+            ))
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "client_auth",
+                format!("{method:?} is not one of basic, post, none"),
+            ))
+        }
+    };
+    let margin_s = raw.margin_s.unwrap_or(10);
+    let grace_s = raw.grace_s.unwrap_or(60);
+    let backoff_s = raw.backoff_s.unwrap_or(5);
+    for (field, value, max) in [
+        ("refresh_margin_s", margin_s, 3600),
+        ("refresh_grace_s", grace_s, 3600),
+        ("refresh_backoff_s", backoff_s, 300),
+    ] {
+        if value > max {
+            return Err(ConfigError::new(field, format!("must be at most {max}")));
+        }
+    }
+    if backoff_s == 0 {
+        return Err(ConfigError::new("refresh_backoff_s", "must be at least 1"));
+    }
+    let upstream_token_headers = match raw.upstream_token_headers {
+        None => None,
+        Some(h) => {
+            for (field, name) in [
+                ("upstream_token_headers.access_token", &h.access_token),
+                ("upstream_token_headers.refresh_token", &h.refresh_token),
+            ] {
+                if let Some(name) = name {
+                    if !cookie::is_valid_name(name) || name.to_ascii_lowercase() != *name {
+                        return Err(ConfigError::new(
+                            field,
+                            "must be a lower-case header name",
+                        ));
+                    }
+                }
+            }
+            Some(UpstreamTokenHeaders {
+                access_token: h.access_token,
+                refresh_token: h.refresh_token,
+            })
+        }
+    };
+    Ok(Some(RefreshConfig {
+        session_keys,
+        endpoint,
+        timeout_ms,
+        client_id,
+        client_auth,
+        margin_s,
+        grace_s,
+        backoff_s,
+        upstream_token_headers,
+    }))
 }
 
 /// Headers a forwarded claim must never overwrite.
@@ -456,6 +698,45 @@ mod tests {
             None => obj.remove(key),
         };
         v
+    }
+
+    const KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc";
+
+    /// The base config with refresh configured, then `extra` merged (null removes a field).
+    fn refresh(extra: Value) -> Value {
+        let mut v = base();
+        let obj = v.as_object_mut().unwrap();
+        obj.insert("session_keys".into(), json!([{"kid": "2026-11", "key": KEY}]));
+        obj.insert("token_endpoint".into(), json!({"cluster": "idp", "authority": "idp.example.com", "path": "/oauth2/token"}));
+        obj.insert("client_id".into(), json!("my-app-client-id"));
+        obj.insert("client_secret".into(), json!("s3cret"));
+        for (k, val) in extra.as_object().unwrap() {
+            if val.is_null() {
+                obj.remove(k);
+            } else {
+                obj.insert(k.clone(), val.clone());
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn refresh_configuration_parses_with_defaults() {
+        let c = parse(&refresh(json!({}))).unwrap();
+        let r = c.refresh.unwrap();
+        assert_eq!(r.client_id, "my-app-client-id");
+        assert!(matches!(r.client_auth, ClientAuth::Basic { .. }));
+        assert_eq!(r.timeout_ms, 3000);
+        assert_eq!((r.margin_s, r.grace_s, r.backoff_s), (10, 60, 5));
+        assert_eq!(r.session_keys.current_kid(), "2026-11");
+        // Secrets never show in Debug.
+        let dbg = format!("{r:?}");
+        assert!(!dbg.contains("s3cret") && !dbg.contains(KEY), "{dbg}");
+        let c = parse(&refresh(json!({"client_secret": null}))).unwrap();
+        assert_eq!(c.refresh.unwrap().client_auth, ClientAuth::None);
+        let c = parse(&refresh(json!({"client_auth": "post"}))).unwrap();
+        assert!(matches!(c.refresh.unwrap().client_auth, ClientAuth::Post { .. }));
+        assert!(parse(&base()).unwrap().refresh.is_none());
     }
 
     fn parse(v: &Value) -> Result<Config, ConfigError> {

@@ -9,6 +9,7 @@ pub mod cookie;
 pub mod decision;
 pub mod jwks;
 pub mod path;
+pub mod refresh;
 pub mod reply;
 pub mod session;
 pub mod token;

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use jwt_compact::alg::{Ed25519, Es256};
+use jwt_compact::alg::Ed25519;
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use rsa::signature::hazmat::PrehashVerifier;
 use serde::{Deserialize, Deserializer};
@@ -273,7 +273,19 @@ fn signature_ok(key: &KeyMaterial, message: &[u8], signature: &[u8]) -> bool {
             let digest = sha2_11::Sha256::digest(message);
             key.verify_prehash(digest.as_slice(), &signature).is_ok()
         }
-        KeyMaterial::Es256(key) => jwt_compact_verify(&Es256, key, message, signature),
+        KeyMaterial::Es256(key) => {
+            // Prehash with the same SHA-256 as RS256: one SHA-256 implementation in the module.
+            let Ok(signature) = p256::ecdsa::Signature::from_slice(signature) else {
+                return false;
+            };
+            let digest = sha2_11::Sha256::digest(message);
+            p256::ecdsa::signature::hazmat::PrehashVerifier::verify_prehash(
+                key.as_ref(),
+                digest.as_slice(),
+                &signature,
+            )
+            .is_ok()
+        }
         KeyMaterial::EdDsa(key) => jwt_compact_verify(&Ed25519, key, message, signature),
     }
 }
@@ -405,7 +417,7 @@ fn has_control(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jwt_compact::alg::{Hs256, Hs256Key};
+    use jwt_compact::alg::{Es256, Hs256, Hs256Key};
     use proptest::prelude::*;
     use rsa::signature::hazmat::PrehashSigner;
     use serde_json::json;

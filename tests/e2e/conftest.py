@@ -89,9 +89,24 @@ def pytest_runtest_makereport(item, call):
         if env.stopped_at is not None and env.stopped_at < started:
             continue  # finished before this test began
         since = offsets.get(id(env), 0)
-        report.sections.append(
-            (f"Envoy '{env.name}' log ({env.log_path}, from offset {since}, {report.when})",
-             env.log_tail(LOG_TAIL_LINES, since)))
+        report.sections.append((f"Envoy '{env.name}' log ({env.log_path}, {report.when})",
+                                _log_excerpt(env, since, item.name)))
+
+
+def _log_excerpt(env: Envoy, since: int, test_name: str) -> str:
+    """The log written during the test (last LOG_TAIL_LINES lines); when that is short, also
+    the lines that led up to it."""
+    try:
+        data = env.log_path.read_bytes()
+    except FileNotFoundError:
+        return "(no log file)"
+    during = data[since:].decode(errors="replace").splitlines()
+    if len(during) > LOG_TAIL_LINES:
+        during = [f"... ({len(during) - LOG_TAIL_LINES} lines omitted)"] + during[-LOG_TAIL_LINES:]
+    if since == 0 or len(during) >= 20:
+        return "\n".join(during)
+    before = data[:since].decode(errors="replace").splitlines()[-30:]
+    return "\n".join(before + [f"----- {test_name} starts here -----"] + during)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -12,8 +12,8 @@ Modes:
                  "refresh_token": <new value, only when rotate=True>}; with reject_reuse=True a
                  refresh_token that is not the current one of its chain gets invalid_grant
   status_500     500 {"error": "server_error"}        (also status_<N> for any N, e.g. 503)
-  slow           sleep `slow_s` seconds, then answer as `ok`
-  hold           wait until release() (or `hold_timeout_s`), then answer as `ok`
+  slow           sleep `slow_s` seconds, then answer as `then` (default "ok")
+  hold           wait until release() (or `hold_timeout_s`), then answer as `then`
   garbage        200 with a body that is not JSON
   invalid_grant  400 {"error": "invalid_grant"}
   invalid_client 401 {"error": "invalid_client"} with WWW-Authenticate: Basic
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.server
 import json
 import socket
 import struct
@@ -41,8 +42,7 @@ import urllib.parse
 import uuid
 from typing import Any, Callable
 
-from support import (AUDIENCE, ISSUER, JWKS_PATH, KeyPair, _BaseHandler, _Server, jwks_of,
-                     make_claims, wait_until)
+from support import AUDIENCE, ISSUER, JWKS_PATH, KeyPair, jwks_of, make_claims, wait_until
 
 MODES = ("ok", "status_500", "slow", "hold", "garbage", "invalid_grant", "invalid_client",
          "close", "reset")
@@ -81,15 +81,27 @@ def parse_client_auth(headers: dict, form: dict) -> dict:
             "raw": None}
 
 
-class FakeTokenEndpoint(_Server):
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def handle_error(self, request, client_address):  # broken pipes, resets: not our business
+        pass
+
+
+class FakeTokenEndpoint:
     """See the module docstring. Settable at any time: `mode`, `expires_in`, `rotate`,
-    `reject_reuse`, `slow_s`, `hold_timeout_s`, `claims` (overrides for the minted access
+    `reject_reuse`, `slow_s`, `hold_timeout_s`, `then`, `claims` (overrides for the minted access
     tokens, as for support.make_claims; `None` removes a claim), `claims_fn(record) -> dict`
     (full claims, wins over `claims`), `extra_response` (merged into `ok` answers)."""
 
     def __init__(self, signer: KeyPair, port: int = 0, *, token_path: str = "/token",
                  expires_in: int = 300, rotate: bool = True, sub: str = "alice"):
-        super().__init__(port)
+        self._requested_port = port
+        self.httpd: _HTTPServer | None = None
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
         self.signer = signer
         self.token_path = token_path
         self.mode = "ok"
@@ -98,6 +110,7 @@ class FakeTokenEndpoint(_Server):
         self.reject_reuse = False
         self.slow_s = 5.0
         self.hold_timeout_s = 30.0
+        self.then = "ok"  # how `slow` and `hold` answer after waiting
         self.sub = sub
         self.claims: dict[str, Any] = {}
         self.claims_fn: Callable[[dict], dict] | None = None
@@ -109,7 +122,49 @@ class FakeTokenEndpoint(_Server):
         self._released = threading.Event()
         self._current_rts: set[str] = set()  # the live refresh token of each chain
 
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "FakeTokenEndpoint":
+        outer = self
+
+        class Handler(_Handler):
+            server_obj = outer
+
+        self.httpd = _HTTPServer(("127.0.0.1", self._requested_port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True,
+                                       name="FakeTokenEndpoint")
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._released.set()  # let held requests finish
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+    def __enter__(self) -> "FakeTokenEndpoint":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self.httpd is not None, "not started"
+        return self.httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     # -- control -----------------------------------------------------------------------------
+
+    def set_mode(self, mode: str) -> "FakeTokenEndpoint":
+        _check_mode(mode)
+        self.mode = mode
+        return self
 
     def script(self, *modes: str) -> "FakeTokenEndpoint":
         """The next len(modes) token requests are answered in these modes, in order; after
@@ -200,8 +255,6 @@ class FakeTokenEndpoint(_Server):
             self.issued.append(body)
         return 200, json.dumps(body).encode()
 
-    handler_class: type
-
 
 def _check_mode(mode: str) -> None:
     if mode in MODES:
@@ -211,8 +264,38 @@ def _check_mode(mode: str) -> None:
     raise ValueError(f"unknown mode {mode!r}; one of {MODES} or status_<N>")
 
 
-class _Handler(_BaseHandler):
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
     server_obj: FakeTokenEndpoint
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            return self.rfile.read(length)
+        if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        return b""
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_GET(self):
         fake = self.server_obj
@@ -253,20 +336,21 @@ class _Handler(_BaseHandler):
 
         if mode == "slow":
             time.sleep(fake.slow_s)
-            mode = "ok"
+            mode = fake.then
         elif mode == "hold":
             fake._released.wait(fake.hold_timeout_s)
-            mode = "ok"
+            mode = fake.then
 
         if mode in ("close", "reset"):
             self.close_connection = True
             if mode == "reset":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                            struct.pack("ii", 1, 0))
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR) if mode == "close" else None
-            except OSError:
-                pass
+            elif mode == "close":
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             return
         if mode == "ok":
             status, payload = fake._answer_ok(record)
@@ -282,7 +366,5 @@ class _Handler(_BaseHandler):
             status = int(mode[len("status_"):])
             self._send(status, json.dumps({"error": "server_error"}).encode())
 
-
-FakeTokenEndpoint.handler_class = _Handler
 
 __all__ = ["FakeTokenEndpoint", "MODES", "header", "parse_client_auth", "AUDIENCE", "ISSUER"]

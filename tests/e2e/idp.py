@@ -202,13 +202,14 @@ class Idp:
               audience: str = DEFAULT_AUDIENCE, resource: str = DEFAULT_RESOURCE,
               access_token_alg: str = "RS256", refresh_token_ttl: int | None = None,
               extra_access_token_claims: dict | None = None, issuer: str | None = None,
-              test_grants: bool = True, env: dict | None = None, name: str = "idp",
-              ready_timeout: float = 30.0) -> "Idp":
+              test_grants: bool = True, env: dict | None = None, config: dict | None = None,
+              name: str = "idp", ready_timeout: float = 30.0) -> "Idp":
         """Start the provider (port None = any free port) and wait for its discovery document.
 
         `issuer` defaults to http://127.0.0.1:<port>. `extra_access_token_claims` are added
         to every access token (e.g. {"token_use": "access"}). `env` adds raw environment
-        variables (see tests/idp/server.js).
+        variables; `config` is written to a JSON file passed as server.js's argument (same
+        keys as the environment variables; it wins over them). See tests/idp/server.js.
         """
         ensure_node_modules()
         tmp = Path(tempfile.mkdtemp(prefix=f"e2e-{name}-"))
@@ -232,12 +233,20 @@ class Idp:
         if issuer:
             child_env["ISSUER"] = issuer
         child_env.update(env or {})
+        argv = ["node", str(SERVER_JS)]
+        if config is not None:
+            config_path = tmp / "idp-config.json"
+            config_path.write_text(json.dumps(config))
+            argv.append(str(config_path))
         log_file = open(log_path, "wb")
         try:
-            proc = subprocess.Popen(["node", str(SERVER_JS)], cwd=str(IDP_DIR), env=child_env,
+            proc = subprocess.Popen(argv, cwd=str(IDP_DIR), env=child_env,
                                     stdin=subprocess.DEVNULL, stdout=log_file,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_child_setup)
+                                    # PDEATHSIG fires when the forking THREAD ends: only
+                                    # from the main thread does it mean "the test process"
+                                    preexec_fn=(_child_setup if threading.current_thread()
+                                                is threading.main_thread() else None))
         finally:
             log_file.close()
 
@@ -360,7 +369,9 @@ class Idp:
 
     def introspect(self, token: str, client_id: str = "relay-client",
                    token_type_hint: str | None = None) -> dict:
-        """RFC 7662 introspection (does not consume anything): {"active": bool, ...}."""
+        """RFC 7662 introspection (does not consume anything): {"active": bool, ...}. For
+        refresh tokens; oidc-provider refuses to introspect its JWT access tokens (400
+        unsupported_token_type), so this raises for those."""
         form = {"token": token}
         if token_type_hint:
             form["token_type_hint"] = token_type_hint
@@ -530,10 +541,17 @@ def login_via_http(idp: Idp, client: str = "relay-client",
                    redirect_uri: str = DEFAULT_REDIRECT_URI, *, login: str = DEMO_LOGIN,
                    password: str = DEMO_PASSWORD, scope: str = DEFAULT_SCOPE,
                    exchange: bool = True, extra_params: dict | None = None,
-                   session: requests.Session | None = None) -> dict:
+                   session: requests.Session | None = None,
+                   prompt: str | None = "auto") -> dict:
     """The authorization code + PKCE (S256) flow as a browser and a client would do it:
     GET /auth -> login form -> consent -> code at `redirect_uri` (read from Location, not
     followed) -> (exchange=True) POST /token with the client's authentication.
+
+    `prompt="auto"` sends prompt=consent when the scope has offline_access: oidc-provider
+    silently DROPS offline_access from any authorization request without prompt=consent.
+    Refresh tokens are issued either way (issueRefreshToken is always true here), but
+    without offline_access they are bound to the IdP browser session and die at its logout.
+    Pass prompt=None to send no prompt.
 
     Returns {"code", "state", "nonce", "code_verifier", "callback_url", "session",
     "steps", and with exchange: "token_response" (requests.Response) and "tokens" (its
@@ -543,7 +561,12 @@ def login_via_http(idp: Idp, client: str = "relay-client",
     nonce = b64url(secrets.token_bytes(16))
     params = {"client_id": client, "response_type": "code", "redirect_uri": redirect_uri,
               "scope": scope, "state": state, "nonce": nonce, "code_challenge": challenge,
-              "code_challenge_method": "S256", **(extra_params or {})}
+              "code_challenge_method": "S256"}
+    if prompt == "auto":
+        prompt = "consent" if "offline_access" in scope.split() else None
+    if prompt:
+        params["prompt"] = prompt
+    params.update(extra_params or {})
     url = idp.authorization_endpoint + "?" + urllib.parse.urlencode(params)
     flow = authorize_via_http(idp, url, redirect_uri, login=login, password=password,
                               session=session)

@@ -35,7 +35,8 @@ def test_no_token_material_in_debug_log(relay_stack, keys):
         s.get("/api/x", f"{AT_COOKIE}=garbage-cookie-value-0123456789")
 
         log = s.envoy.log_text()
-        assert "wasm" in log, "no wasm log lines at all: is the log level applied?"
+        assert "wasm log edge_token_relay" in log and "refused" in log, \
+            "no debug lines from the plugin: is the wasm log level applied?"
         leaks = []
         for tok in tokens:
             header, payload, sig = tok.split(".")

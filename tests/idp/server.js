@@ -9,6 +9,10 @@
 //   * authorization code + PKCE (S256, required for every client), devInteractions (the
 //     built-in login form accepts ANY login and password; the login becomes `sub`),
 //     RP-initiated logout, token revocation, token introspection;
+//   * refresh tokens are issued to these clients with or without offline_access; NOTE that
+//     oidc-provider drops offline_access from an authorization request that lacks
+//     prompt=consent, and without offline_access the refresh token (its grant) ends with the
+//     IdP browser session (RP-initiated logout revokes it);
 //   * an in-process Map adapter (the bundled dev adapter is an LRU capped at 1,000 entries);
 //   * with TEST_GRANTS=1 only: the grant type `urn:test:mint` (tokens for a `sub` without a
 //     browser), `GET /__test/stats` and `POST /__test/reset`.
@@ -32,6 +36,9 @@
 //   POST_LOGOUT_REDIRECT_URIS  comma/space separated, default http://127.0.0.1:8080/
 //   CLIENT_ID / CLIENT_SECRET  the basic-auth client, default relay-client / relay-secret
 //   TEST_GRANTS                1 enables the test-only grant and /__test endpoints
+//   STRICT_CLIENT_AUTH         1 (default): a client must authenticate with its registered
+//                              token_endpoint_auth_method (oidc-provider alone accepts
+//                              client_secret_post for a client_secret_basic client and back)
 //
 // Clients (all: grant types authorization_code + refresh_token, response type code):
 //   CLIENT_ID (relay-client) / CLIENT_SECRET (relay-secret)   client_secret_basic
@@ -39,8 +46,8 @@
 //   relay-public (no secret)                                   none (public)
 //
 // stdout: one line `IDP_READY {json}` once listening, then one line per token endpoint
-// call (`token grant_type=... client_id=... status=... result=ok|error ...`; never a token
-// value). Stops on SIGTERM / SIGINT.
+// call (`token grant_type=... client_id=... auth=... status=... result=ok|error ...`; also
+// `revocation ...` and `introspection ...` lines; never a token value). Stops on SIGTERM / SIGINT.
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -95,6 +102,7 @@ const POST_LOGOUT_REDIRECT_URIS = list(settings.POST_LOGOUT_REDIRECT_URIS, ['htt
 const CLIENT_ID = settings.CLIENT_ID || 'relay-client';
 const CLIENT_SECRET = settings.CLIENT_SECRET || 'relay-secret';
 const TEST_GRANTS = settings.TEST_GRANTS === '1' || settings.TEST_GRANTS === 'true';
+const STRICT_CLIENT_AUTH = !['0', 'false'].includes(settings.STRICT_CLIENT_AUTH ?? '1');
 
 const TEST_GRANT = 'urn:test:mint';
 const OIDC_SCOPES = ['openid', 'offline_access', 'profile', 'email'];
@@ -432,8 +440,9 @@ function freshStats() {
 let stats = freshStats();
 
 function logValue(value) {
-  const text = String(value ?? '');
-  return /^[\w.:/@+-]*$/.test(text) && text !== '' ? text : JSON.stringify(text);
+  if (value === undefined || value === null || value === '') return '-';
+  const text = String(value);
+  return /^[\w.:/@+-]+$/.test(text) ? text : JSON.stringify(text);
 }
 
 let tokenLock = Promise.resolve();
@@ -446,7 +455,48 @@ function acquireTokenLock() {
   return previous.then(() => release);
 }
 
-function installMiddleware(provider, tokenPath, revocationPath) {
+const BODY_LIMIT = 56 * 1024; // oidc-provider's own limit
+
+async function readBody(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > BODY_LIMIT) throw new Error('request entity too large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function decodeBasicPart(text) {
+  return decodeURIComponent(text.replace(/\+/g, '%20'));
+}
+
+// Which client authentication the request used: { method, clientId }.
+function usedClientAuth(ctx, form) {
+  const authorization = ctx.get('authorization');
+  if (authorization) {
+    const [scheme, value = ''] = authorization.split(' ');
+    if (scheme.toLowerCase() === 'basic') {
+      try {
+        const decoded = Buffer.from(value, 'base64').toString('utf8');
+        const i = decoded.indexOf(':');
+        return {
+          method: 'client_secret_basic',
+          clientId: i === -1 ? undefined : decodeBasicPart(decoded.slice(0, i)),
+        };
+      } catch {
+        return { method: 'client_secret_basic', clientId: undefined };
+      }
+    }
+    return { method: 'other', clientId: form.get('client_id') ?? undefined };
+  }
+  if (form.has('client_assertion')) return { method: 'jwt', clientId: form.get('client_id') ?? undefined };
+  if (form.has('client_secret')) return { method: 'client_secret_post', clientId: form.get('client_id') ?? undefined };
+  return { method: 'none', clientId: form.get('client_id') ?? undefined };
+}
+
+function installMiddleware(provider, tokenPath, revocationPath, introspectionPath) {
   provider.on('grant.error', (ctx, err) => {
     ctx.state.grantError = err;
   });
@@ -464,19 +514,53 @@ function installMiddleware(provider, tokenPath, revocationPath) {
 
     const isToken = ctx.path === tokenPath && ctx.method === 'POST';
     const isRevocation = ctx.path === revocationPath && ctx.method === 'POST';
-    if (!isToken && !isRevocation) {
+    const isIntrospection = ctx.path === introspectionPath && ctx.method === 'POST';
+    if (!isToken && !isRevocation && !isIntrospection) {
       await next();
       return;
     }
 
     const started = Date.now();
+    // Read the form here (oidc-provider then uses ctx.req.body, see its selective_body.js)
+    // so the log, the counters and the client authentication check see it too.
+    let form = new URLSearchParams();
+    if (ctx.is('application/x-www-form-urlencoded')) {
+      let raw;
+      try {
+        raw = await readBody(ctx.req);
+      } catch (err) {
+        ctx.status = 400;
+        ctx.body = { error: 'invalid_request', error_description: 'failed to read the request body' };
+        console.log(`${isToken ? 'token' : 'other'} status=400 result=error error=invalid_request detail=${logValue(err.message)}`);
+        return;
+      }
+      form = new URLSearchParams(raw);
+      ctx.req.body = raw === '' ? {} : raw;
+    }
+    const auth = usedClientAuth(ctx, form);
+    const registered = clients.find((c) => c.client_id === auth.clientId)?.token_endpoint_auth_method;
+
     // One token/revocation request at a time: oidc-provider checks `consumed` and then
     // consumes a refresh token with awaits in between, so two parallel uses of one refresh
     // token could in principle both pass. Serialized, the second one is always seen as a
     // reuse (and revokes the grant), as a strict production IdP would do.
     const release = await acquireTokenLock();
+    let strictRejected = false;
     try {
-      await next();
+      // oidc-provider treats client_secret_basic and client_secret_post as interchangeable;
+      // this IdP holds each client to its registered method (STRICT_CLIENT_AUTH=0: off).
+      if (STRICT_CLIENT_AUTH && registered && auth.method !== registered
+          && ['client_secret_basic', 'client_secret_post', 'none'].includes(auth.method)) {
+        strictRejected = true;
+        ctx.status = 401;
+        if (auth.method === 'client_secret_basic') ctx.set('WWW-Authenticate', 'Basic realm="test-idp"');
+        ctx.body = {
+          error: 'invalid_client',
+          error_description: `client ${auth.clientId} must authenticate with ${registered}, not ${auth.method}`,
+        };
+      } else {
+        await next();
+      }
     } finally {
       release();
       const status = ctx.status;
@@ -485,18 +569,20 @@ function installMiddleware(provider, tokenPath, revocationPath) {
       const ok = status >= 200 && status < 300;
       const err = ctx.state.grantError;
       const errorCode = ok ? undefined : (body.error || err?.error || 'unknown');
-      const detail = ok ? undefined : (err?.error_detail || body.error_description);
-      const params = ctx.oidc?.params ?? {};
-      const clientId = ctx.oidc?.client?.clientId ?? params.client_id;
+      const detail = ok ? undefined
+        : (strictRejected ? 'client authentication method mismatch' : (err?.error_detail || body.error_description));
+      const clientId = ctx.oidc?.client?.clientId ?? auth.clientId;
       const ms = Date.now() - started;
+      const common = `client_id=${logValue(clientId)} auth=${auth.method} status=${status} `
+        + `result=${ok ? 'ok' : 'error'}`;
 
-      if (isRevocation) {
-        stats.revocation_requests += 1;
-        console.log(`revocation client_id=${logValue(clientId)} hint=${logValue(params.token_type_hint)} `
-          + `status=${status} result=${ok ? 'ok' : 'error'}`
+      if (isRevocation || isIntrospection) {
+        if (isRevocation) stats.revocation_requests += 1;
+        console.log(`${isRevocation ? 'revocation' : 'introspection'} ${common} `
+          + `hint=${logValue(form.get('token_type_hint'))}`
           + `${ok ? '' : ` error=${logValue(errorCode)}`} ms=${ms}`);
       } else {
-        const gty = params.grant_type || 'unknown';
+        const gty = form.get('grant_type') || 'unknown';
         stats.token_requests += 1;
         const perType = (stats.by_grant_type[gty] ??= { requests: 0, ok: 0, errors: 0 });
         perType.requests += 1;
@@ -515,13 +601,12 @@ function installMiddleware(provider, tokenPath, revocationPath) {
         if (!ok) {
           extra = ` error=${logValue(errorCode)} detail=${logValue(detail)}`;
         } else if (gty === 'refresh_token') {
-          const rotated = Boolean(body.refresh_token) && body.refresh_token !== params.refresh_token;
+          const rotated = Boolean(body.refresh_token) && body.refresh_token !== form.get('refresh_token');
           extra = ` rotated=${rotated}`;
         } else {
           extra = ` refresh_token_issued=${Boolean(body.refresh_token)}`;
         }
-        console.log(`token grant_type=${logValue(gty)} client_id=${logValue(clientId)} `
-          + `status=${status} result=${ok ? 'ok' : 'error'}${extra} ms=${ms}`);
+        console.log(`token grant_type=${logValue(gty)} ${common}${extra} ms=${ms}`);
       }
     }
   });
@@ -545,7 +630,8 @@ server.listen(PORT, HOST, () => {
   if (TEST_GRANTS) registerTestGrant(provider);
   const tokenPath = new URL(provider.urlFor('token')).pathname;
   const revocationPath = new URL(provider.urlFor('revocation')).pathname;
-  installMiddleware(provider, tokenPath, revocationPath);
+  const introspectionPath = new URL(provider.urlFor('introspection')).pathname;
+  installMiddleware(provider, tokenPath, revocationPath, introspectionPath);
   provider.on('server_error', (_ctx, err) => {
     console.log(`server_error ${logValue(err?.message)}`);
   });
@@ -558,6 +644,7 @@ server.listen(PORT, HOST, () => {
     access_token_ttl: ACCESS_TOKEN_TTL,
     access_token_alg: ACCESS_TOKEN_ALG,
     test_grants: TEST_GRANTS,
+    strict_client_auth: STRICT_CLIENT_AUTH,
     clients: clients.map((c) => ({ client_id: c.client_id, auth: c.token_endpoint_auth_method })),
     redirect_uris: REDIRECT_URIS,
   })}`);
