@@ -400,7 +400,10 @@ fn refresh_config(raw: RawRefresh) -> Result<Option<RefreshConfig>, ConfigError>
                 ("refresh_margin_s", raw.margin_s.is_some()),
                 ("refresh_grace_s", raw.grace_s.is_some()),
                 ("refresh_backoff_s", raw.backoff_s.is_some()),
-                ("upstream_token_headers", raw.upstream_token_headers.is_some()),
+                (
+                    "upstream_token_headers",
+                    raw.upstream_token_headers.is_some(),
+                ),
             ] {
                 if set {
                     return Err(ConfigError::new(
@@ -426,8 +429,8 @@ fn refresh_config(raw: RawRefresh) -> Result<Option<RefreshConfig>, ConfigError>
         (Some(k), Some(e)) => (k, e),
     };
     let entries: Vec<(String, String)> = keys.into_iter().map(|k| (k.kid, k.key)).collect();
-    let session_keys =
-        SessionKeys::from_config(&entries).map_err(|(field, problem)| ConfigError::new(field, problem))?;
+    let session_keys = SessionKeys::from_config(&entries)
+        .map_err(|(field, problem)| ConfigError::new(field, problem))?;
     let timeout_ms = endpoint.timeout_ms.unwrap_or(3000);
     if !(100..=60_000).contains(&timeout_ms) {
         return Err(ConfigError::new(
@@ -496,10 +499,7 @@ fn refresh_config(raw: RawRefresh) -> Result<Option<RefreshConfig>, ConfigError>
             ] {
                 if let Some(name) = name {
                     if !cookie::is_valid_name(name) || name.to_ascii_lowercase() != *name {
-                        return Err(ConfigError::new(
-                            field,
-                            "must be a lower-case header name",
-                        ));
+                        return Err(ConfigError::new(field, "must be a lower-case header name"));
                     }
                 }
             }
@@ -706,8 +706,14 @@ mod tests {
     fn refresh(extra: Value) -> Value {
         let mut v = base();
         let obj = v.as_object_mut().unwrap();
-        obj.insert("session_keys".into(), json!([{"kid": "2026-11", "key": KEY}]));
-        obj.insert("token_endpoint".into(), json!({"cluster": "idp", "authority": "idp.example.com", "path": "/oauth2/token"}));
+        obj.insert(
+            "session_keys".into(),
+            json!([{"kid": "2026-11", "key": KEY}]),
+        );
+        obj.insert(
+            "token_endpoint".into(),
+            json!({"cluster": "idp", "authority": "idp.example.com", "path": "/oauth2/token"}),
+        );
         obj.insert("client_id".into(), json!("my-app-client-id"));
         obj.insert("client_secret".into(), json!("s3cret"));
         for (k, val) in extra.as_object().unwrap() {
@@ -735,7 +741,10 @@ mod tests {
         let c = parse(&refresh(json!({"client_secret": null}))).unwrap();
         assert_eq!(c.refresh.unwrap().client_auth, ClientAuth::None);
         let c = parse(&refresh(json!({"client_auth": "post"}))).unwrap();
-        assert!(matches!(c.refresh.unwrap().client_auth, ClientAuth::Post { .. }));
+        assert!(matches!(
+            c.refresh.unwrap().client_auth,
+            ClientAuth::Post { .. }
+        ));
         assert!(parse(&base()).unwrap().refresh.is_none());
     }
 

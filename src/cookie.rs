@@ -42,7 +42,8 @@ pub fn find<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Finds the `wanted` cookies and collects every other pair (as sent) for the remainder.
-pub fn scan<'a, const N: usize>(header: &'a str, wanted: [&str; N]) -> Scan<'a, N> {
+/// Chunks of a split cookie (`<chunked>.<index>`) are left out of the remainder too.
+pub fn scan<'a, const N: usize>(header: &'a str, wanted: [&str; N], chunked: &str) -> Scan<'a, N> {
     let mut values = [None; N];
     let mut remainder = Vec::new();
     let mut any_found = false;
@@ -65,6 +66,7 @@ pub fn scan<'a, const N: usize>(header: &'a str, wanted: [&str; N]) -> Scan<'a, 
                     }
                 }
             }
+            None if is_chunk_of(name, chunked) => any_found = true,
             None => remainder.push(trimmed),
         }
     }
@@ -73,6 +75,15 @@ pub fn scan<'a, const N: usize>(header: &'a str, wanted: [&str; N]) -> Scan<'a, 
         any_found,
         remainder,
     }
+}
+
+/// Whether `name` is `<base>.<decimal index>`.
+pub fn is_chunk_of(name: &str, base: &str) -> bool {
+    !base.is_empty()
+        && name
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|idx| !idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn is_ws(c: char) -> bool {
@@ -156,7 +167,7 @@ pub struct CookieAttrs {
 pub fn set_cookie(
     name: &str,
     value: &str,
-    max_age: u64,
+    max_age: Option<u64>,
     attrs: &CookieAttrs,
     same_site: SameSite,
     http_only: bool,
@@ -167,8 +178,10 @@ pub fn set_cookie(
     out.push_str(value);
     out.push_str("; Path=");
     out.push_str(&attrs.path);
-    out.push_str("; Max-Age=");
-    out.push_str(&max_age.to_string());
+    if let Some(max_age) = max_age {
+        out.push_str("; Max-Age=");
+        out.push_str(&max_age.to_string());
+    }
     if http_only {
         out.push_str("; HttpOnly");
     }
@@ -182,7 +195,7 @@ pub fn set_cookie(
 
 /// A Set-Cookie value that deletes `name` (empty value, Max-Age=0).
 pub fn clear_cookie(name: &str, attrs: &CookieAttrs) -> String {
-    set_cookie(name, "", 0, attrs, attrs.same_site, true)
+    set_cookie(name, "", Some(0), attrs, attrs.same_site, true)
 }
 
 #[cfg(test)]
@@ -220,17 +233,21 @@ mod tests {
 
     #[test]
     fn scan_collects_remainder() {
-        let s = scan("a=1; at=T; b=2; s=S; flag", ["at", "s", "c"]);
+        let s = scan(
+            "a=1; at=T; b=2; s=S; flag; s.0=x; s.1=y; s.x=z",
+            ["at", "s", "c"],
+            "s",
+        );
         assert_eq!(s.values, [Some("T"), Some("S"), None]);
         assert!(s.any_found);
-        assert_eq!(s.remainder().as_deref(), Some("a=1; b=2; flag"));
+        assert_eq!(s.remainder().as_deref(), Some("a=1; b=2; flag; s.x=z"));
     }
 
     #[test]
     fn scan_remainder_none_when_only_relay_cookies() {
-        let s = scan("at=T;s=S", ["at", "s"]);
+        let s = scan("at=T;s=S", ["at", "s"], "s");
         assert_eq!(s.remainder(), None);
-        let s = scan("a=1", ["at"]);
+        let s = scan("a=1", ["at"], "");
         assert!(!s.any_found);
         assert_eq!(s.values, [None]);
         assert_eq!(s.remainder().as_deref(), Some("a=1"));
@@ -238,7 +255,7 @@ mod tests {
 
     #[test]
     fn duplicate_wanted_cookie_is_removed_first_wins() {
-        let s = scan("at=1; at=2; x=y", ["at"]);
+        let s = scan("at=1; at=2; x=y", ["at"], "");
         assert_eq!(s.values, [Some("1")]);
         assert_eq!(s.remainder().as_deref(), Some("x=y"));
     }
@@ -262,7 +279,7 @@ mod tests {
             secure: true,
         };
         assert_eq!(
-            set_cookie("n", "v", 60, &attrs, attrs.same_site, true),
+            set_cookie("n", "v", Some(60), &attrs, attrs.same_site, true),
             "n=v; Path=/; Max-Age=60; HttpOnly; Secure; SameSite=Strict"
         );
         assert_eq!(
@@ -286,7 +303,7 @@ mod tests {
             #[test]
             fn never_panics(h in "\\PC*") {
                 let _ = find(&h, "x");
-                let s = scan(&h, ["x", "y"]);
+                let s = scan(&h, ["x", "y"], "y");
                 let _ = s.remainder();
             }
 
@@ -299,7 +316,7 @@ mod tests {
                 }
                 // Removing a name keeps every other pair, in order.
                 if let Some((victim, _)) = cookies.first() {
-                    let s = scan(&header, [victim.as_str()]);
+                    let s = scan(&header, [victim.as_str()], "");
                     let kept: Vec<String> = cookies.iter().filter(|(n, _)| n != victim).map(|(n, v)| format!("{n}={v}")).collect();
                     prop_assert_eq!(s.remainder(), if kept.is_empty() { None } else { Some(kept.join("; ")) });
                 }

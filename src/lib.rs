@@ -4,6 +4,7 @@
 //! Everything but `filter/` is pure logic with no proxy-wasm dependency: time, randomness and
 //! host calls are parameters. `filter/` is the thin shell that talks to Envoy.
 
+pub mod cache_policy;
 pub mod config;
 pub mod cookie;
 pub mod decision;

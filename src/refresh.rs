@@ -287,7 +287,9 @@ pub enum Seen {
     /// Another VM is refreshing.
     InFlight,
     Done(Tokens),
-    BackingOff { retry_at: u64 },
+    BackingOff {
+        retry_at: u64,
+    },
     Invalid,
 }
 
@@ -405,11 +407,17 @@ mod tests {
         let r = refresh_request(&c, "rt+/=");
         assert_eq!(r.body, "grant_type=refresh_token&refresh_token=rt%2B%2F%3D");
         let expected = STANDARD.encode("my+app:s3cr3t%2F%2B%26");
-        assert_eq!(header(&r, "authorization"), Some(format!("Basic {expected}").as_str()));
+        assert_eq!(
+            header(&r, "authorization"),
+            Some(format!("Basic {expected}").as_str())
+        );
         assert_eq!(header(&r, ":method"), Some("POST"));
         assert_eq!(header(&r, ":path"), Some("/oauth2/token"));
         assert_eq!(header(&r, ":authority"), Some("idp.example.com"));
-        assert_eq!(header(&r, "content-type"), Some("application/x-www-form-urlencoded"));
+        assert_eq!(
+            header(&r, "content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
         assert!(!format!("{r:?}").contains("s3cr3t"));
     }
 
@@ -424,7 +432,10 @@ mod tests {
         assert_eq!(header(&r, "authorization"), None);
         let c = cfg(json!({"client_auth": "none"}));
         let r = refresh_request(&c, "rt");
-        assert_eq!(r.body, "grant_type=refresh_token&refresh_token=rt&client_id=my+app");
+        assert_eq!(
+            r.body,
+            "grant_type=refresh_token&refresh_token=rt&client_id=my+app"
+        );
     }
 
     #[test]
@@ -434,24 +445,69 @@ mod tests {
         assert_eq!(t.access_token, "a.b.c");
         assert_eq!(t.refresh_token.as_deref(), Some("new"));
         let no_rotation = br#"{"access_token":"a.b.c","token_type":"bearer"}"#;
-        assert_eq!(parse_token_response(Some(200), no_rotation).unwrap().refresh_token, None);
+        assert_eq!(
+            parse_token_response(Some(200), no_rotation)
+                .unwrap()
+                .refresh_token,
+            None
+        );
 
         let cases: &[(Option<u32>, &[u8], RefreshError)] = &[
             (None, b"", RefreshError::Transient("no_response")),
-            (Some(500), b"oops", RefreshError::Transient("token_endpoint_5xx")),
-            (Some(503), b"", RefreshError::Transient("token_endpoint_5xx")),
-            (Some(200), b"<html>", RefreshError::Transient("unparseable_response")),
+            (
+                Some(500),
+                b"oops",
+                RefreshError::Transient("token_endpoint_5xx"),
+            ),
+            (
+                Some(503),
+                b"",
+                RefreshError::Transient("token_endpoint_5xx"),
+            ),
+            (
+                Some(200),
+                b"<html>",
+                RefreshError::Transient("unparseable_response"),
+            ),
             (Some(200), b"{}", RefreshError::Transient("no_access_token")),
-            (Some(200), br#"{"access_token":""}"#, RefreshError::Transient("no_access_token")),
-            (Some(200), br#"{"access_token":"x","token_type":"mac"}"#, RefreshError::Transient("unexpected_token_type")),
-            (Some(200), br#"{"access_token":5}"#, RefreshError::Transient("unparseable_response")),
-            (Some(400), br#"{"error":"invalid_grant"}"#, RefreshError::InvalidGrant),
-            (Some(400), br#"{"error":"invalid_client"}"#, RefreshError::Transient("token_endpoint_4xx")),
-            (Some(401), b"", RefreshError::Transient("token_endpoint_4xx")),
+            (
+                Some(200),
+                br#"{"access_token":""}"#,
+                RefreshError::Transient("no_access_token"),
+            ),
+            (
+                Some(200),
+                br#"{"access_token":"x","token_type":"mac"}"#,
+                RefreshError::Transient("unexpected_token_type"),
+            ),
+            (
+                Some(200),
+                br#"{"access_token":5}"#,
+                RefreshError::Transient("unparseable_response"),
+            ),
+            (
+                Some(400),
+                br#"{"error":"invalid_grant"}"#,
+                RefreshError::InvalidGrant,
+            ),
+            (
+                Some(400),
+                br#"{"error":"invalid_client"}"#,
+                RefreshError::Transient("token_endpoint_4xx"),
+            ),
+            (
+                Some(401),
+                b"",
+                RefreshError::Transient("token_endpoint_4xx"),
+            ),
             (Some(302), b"", RefreshError::Transient("unexpected_status")),
         ];
         for (status, body, want) in cases {
-            assert_eq!(parse_token_response(*status, body).unwrap_err(), *want, "{status:?} {body:?}");
+            assert_eq!(
+                parse_token_response(*status, body).unwrap_err(),
+                *want,
+                "{status:?} {body:?}"
+            );
         }
         let huge = vec![b' '; MAX_RESPONSE_BYTES + 1];
         assert_eq!(
@@ -473,18 +529,47 @@ mod tests {
         let id = RefreshId::of("rt");
         let cases = [
             (RecordState::Lease { until: 100 }, 99, Seen::InFlight, 100),
-            (RecordState::Done { at: 50, tokens: tokens() }, 109, Seen::Done(tokens()), 110),
-            (RecordState::Failed { retry_at: 70, reason: "x".into() }, 69, Seen::BackingOff { retry_at: 70 }, 70),
+            (
+                RecordState::Done {
+                    at: 50,
+                    tokens: tokens(),
+                },
+                109,
+                Seen::Done(tokens()),
+                110,
+            ),
+            (
+                RecordState::Failed {
+                    retry_at: 70,
+                    reason: "x".into(),
+                },
+                69,
+                Seen::BackingOff { retry_at: 70 },
+                70,
+            ),
             (RecordState::Invalid { at: 50 }, 109, Seen::Invalid, 110),
         ];
         for (state, live_at, seen, dead_at) in cases {
-            let r = Record { id: id.hex(), state };
+            let r = Record {
+                id: id.hex(),
+                state,
+            };
             let back = Record::decode(&r.encode()).unwrap();
             assert_eq!(back, r);
             assert_eq!(r.seen(live_at, 60), seen);
             assert_eq!(r.seen(dead_at, 60), Seen::Free);
         }
-        assert!(!format!("{:?}", Record { id: id.hex(), state: RecordState::Done { at: 1, tokens: tokens() } }).contains("rt2"));
+        assert!(!format!(
+            "{:?}",
+            Record {
+                id: id.hex(),
+                state: RecordState::Done {
+                    at: 1,
+                    tokens: tokens()
+                }
+            }
+        )
+        .contains("rt2"));
         assert_eq!(Record::decode(b"garbage"), None);
     }
 
@@ -493,8 +578,17 @@ mod tests {
         let id = RefreshId::of("rt");
         let slots: Vec<u32> = id.slots().collect();
         assert_eq!(slots.len(), PROBES as usize);
-        let other = Record { id: RefreshId::of("other").hex(), state: RecordState::Lease { until: 1000 } };
-        let mine = Record { id: id.hex(), state: RecordState::Done { at: 10, tokens: tokens() } };
+        let other = Record {
+            id: RefreshId::of("other").hex(),
+            state: RecordState::Lease { until: 1000 },
+        };
+        let mine = Record {
+            id: id.hex(),
+            state: RecordState::Done {
+                at: 10,
+                tokens: tokens(),
+            },
+        };
         let table = |s: u32| -> (Option<Vec<u8>>, Option<u32>) {
             if s == slots[0] {
                 (Some(other.encode()), Some(1))
@@ -508,7 +602,13 @@ mod tests {
         assert_eq!(p.seen, Seen::Done(tokens()));
         assert_eq!(p.slot, Some((slots[2], Some(7))));
         // Without its record, the first slot not held by a live foreign record is offered.
-        let p = probe(&RefreshId::of("rt"), 20, 60, |s| if s == slots[0] { (Some(other.encode()), Some(1)) } else { (None, None) });
+        let p = probe(&RefreshId::of("rt"), 20, 60, |s| {
+            if s == slots[0] {
+                (Some(other.encode()), Some(1))
+            } else {
+                (None, None)
+            }
+        });
         assert_eq!(p.seen, Seen::Free);
         assert_eq!(p.slot, Some((slots[1], None)));
         // All slots busy with other sessions: no slot.
@@ -527,6 +627,9 @@ mod tests {
     fn refresh_id_is_stable_and_short_in_debug() {
         assert_eq!(RefreshId::of("a"), RefreshId::of("a"));
         assert_ne!(RefreshId::of("a"), RefreshId::of("b"));
-        assert_eq!(format!("{:?}", RefreshId::of("a")).len(), "RefreshId(12345678)".len());
+        assert_eq!(
+            format!("{:?}", RefreshId::of("a")).len(),
+            "RefreshId(12345678)".len()
+        );
     }
 }

@@ -15,6 +15,8 @@ use std::rc::Rc;
 pub struct Cached {
     /// Unix seconds after which the entry is dead (`exp` + clock skew).
     pub valid_until: u64,
+    /// The token's `exp` (cookie lifetimes and the refresh margin count from it).
+    pub exp: u64,
     /// Forwarded claim headers, ready to set (shared, so a hit copies nothing).
     pub forwarded: Rc<[(String, String)]>,
 }
@@ -81,6 +83,7 @@ mod tests {
     fn entry(valid_until: u64) -> Cached {
         Cached {
             valid_until,
+            exp: valid_until,
             forwarded: vec![("x-user-sub".into(), "alice".into())].into(),
         }
     }

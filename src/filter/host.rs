@@ -53,6 +53,27 @@ pub fn apply_forward(f: &Forward<'_>) {
     }
 }
 
+/// A fresh AES-GCM IV from the host's randomness (WASI `random_get`).
+pub fn random_iv() -> Option<[u8; 12]> {
+    let mut iv = [0u8; 12];
+    getrandom::fill(&mut iv).ok()?;
+    Some(iv)
+}
+
+pub fn response_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+}
+
+pub fn add_response_header(name: &str, value: &str) {
+    let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+}
+
 /// Sends a locally generated answer for the current (effective) stream.
 pub fn send_reply(ctx: u32, reply: &Reply) -> Action {
     log::debug!(

@@ -4,18 +4,24 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::host;
-use super::jwks_sync::KidRefetch;
-use super::vm::{SharedVm, Waiter};
-use crate::decision::{self, RequestView, Step};
+use super::vm::{Outcome, SharedVm, Waiter};
+use crate::cache_policy;
+use crate::decision::{self, RequestView};
 
 pub struct Http {
     id: u32,
     vm: SharedVm,
+    /// The request's Cookie header, kept only when an upstream may rotate tokens itself.
+    cookie: Option<Vec<u8>>,
 }
 
 impl Http {
     pub fn new(id: u32, vm: SharedVm) -> Http {
-        Http { id, vm }
+        Http {
+            id,
+            vm,
+            cookie: None,
+        }
     }
 }
 
@@ -24,6 +30,7 @@ impl Drop for Http {
         // A parked stream that the client abandoned must not be resumed later.
         if let Ok(mut st) = self.vm.try_borrow_mut() {
             st.waiters.remove(&self.id);
+            st.response_cookies.remove(&self.id);
         }
     }
 }
@@ -36,38 +43,113 @@ impl HttpContext for Http {
         let path = String::from_utf8_lossy(&path_raw);
         let cookie = host::request_header("cookie");
         let now = host::now_s();
-
-        let mut guard = self.vm.borrow_mut();
-        let st = &mut *guard;
         let view = RequestView {
             path: &path,
             cookie: cookie.as_deref(),
         };
-        let reply =
-            match decision::decide(&st.config, st.keys.as_deref(), &mut st.cache, &view, now) {
-                Step::Pass => return Action::Continue,
-                Step::Forward(f) => {
-                    host::apply_forward(&f);
+
+        let reply = {
+            let mut st = self.vm.borrow_mut();
+            match st.process(self.id, &view, now, true) {
+                Outcome::Continue => {
+                    let rotating = st
+                        .config
+                        .refresh
+                        .as_ref()
+                        .is_some_and(|r| r.upstream_token_headers.is_some());
+                    if rotating && st.config.paths.is_protected(&path) {
+                        self.cookie = cookie.clone();
+                    }
                     return Action::Continue;
                 }
-                Step::Respond(r) => r,
-                Step::UnknownKid => match st.jwks.as_mut().map(|j| j.want_kid_refetch(now)) {
-                    Some(KidRefetch::Wait) => {
-                        log::debug!("[ctx {}] unknown kid: waiting for a JWKS refetch", self.id);
-                        st.waiters.insert(
-                            self.id,
-                            Waiter {
-                                path: path.to_string(),
-                                cookie: cookie.clone(),
-                                since: now,
-                            },
-                        );
-                        return Action::Pause;
-                    }
-                    Some(KidRefetch::RateLimited) | None => decision::unknown_kid_reply(),
-                },
-            };
-        drop(guard);
+                Outcome::Wait(on) => {
+                    log::debug!("[ctx {}] parked: {on:?}", self.id);
+                    st.waiters.insert(
+                        self.id,
+                        Waiter {
+                            path: path.to_string(),
+                            cookie: cookie.clone(),
+                            since: now,
+                            on,
+                        },
+                    );
+                    return Action::Pause;
+                }
+                Outcome::Reply(r) => {
+                    st.metrics.refused(&r);
+                    r
+                }
+            }
+        };
         host::send_reply(self.id, &reply)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let mut cookies = {
+            let Ok(mut st) = self.vm.try_borrow_mut() else {
+                return Action::Continue;
+            };
+            st.response_cookies.remove(&self.id).unwrap_or_default()
+        };
+        if self.cookie.is_some() {
+            cookies.extend(self.upstream_rotation());
+        }
+        if cookies.is_empty() {
+            return Action::Continue;
+        }
+        for c in &cookies {
+            host::add_response_header("set-cookie", c);
+        }
+        host::set_response_header("cache-control", Some(cache_policy::NO_STORE));
+        let vary = host::response_header("vary");
+        let vary = vary.as_deref().and_then(|v| std::str::from_utf8(v).ok());
+        if let Some(v) = cache_policy::vary_with(vary, "Cookie") {
+            host::set_response_header("vary", Some(&v));
+        }
+        Action::Continue
+    }
+}
+
+impl Http {
+    /// Turns `upstream_token_headers` into cookies and removes those headers.
+    fn upstream_rotation(&mut self) -> Vec<String> {
+        let Ok(mut guard) = self.vm.try_borrow_mut() else {
+            return Vec::new();
+        };
+        let st = &mut *guard;
+        let Some(names) = st
+            .config
+            .refresh
+            .as_ref()
+            .and_then(|r| r.upstream_token_headers.clone())
+        else {
+            return Vec::new();
+        };
+        let read = |name: &Option<String>| -> Option<String> {
+            let name = name.as_deref()?;
+            let value = host::response_header(name)?;
+            host::set_response_header(name, None);
+            String::from_utf8(value).ok()
+        };
+        let at = read(&names.access_token);
+        let rt = read(&names.refresh_token);
+        if at.is_none() && rt.is_none() {
+            return Vec::new();
+        }
+        let Some(iv) = host::random_iv() else {
+            return Vec::new();
+        };
+        let cookie = self.cookie.take().unwrap_or_default();
+        let cookie_header = std::str::from_utf8(&cookie).unwrap_or("");
+        decision::upstream_rotation(
+            &st.config,
+            st.keys.as_deref(),
+            &mut st.cache,
+            cookie_header,
+            at.as_deref(),
+            rt.as_deref(),
+            host::now_s(),
+            iv,
+        )
     }
 }

@@ -2,9 +2,11 @@
 //! calls it, and carries out the resulting `Step`. Host calls go through `hostcalls` directly
 //! (not the SDK's trait helpers, which unwrap host errors and non-UTF-8 headers).
 
+mod flight;
 mod host;
 mod http;
 mod jwks_sync;
+mod metrics;
 mod root;
 mod vm;
 

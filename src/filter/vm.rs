@@ -1,27 +1,50 @@
-//! Per-VM (per worker thread) state shared by the root context and every stream context.
+//! Per-VM (per worker thread) state shared by the root context and every stream context, and
+//! the one routine that takes a request from `decide` to done: `Vm::process`.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::Action;
 
+use super::flight::{Flights, Known, Plan};
 use super::host;
-use super::jwks_sync::JwksSync;
+use super::jwks_sync::{JwksSync, KidRefetch};
+use super::metrics::Metrics;
 use crate::config::{Config, JwksSource};
-use crate::decision::{self, RequestView, Step};
+use crate::decision::{self, RefreshOutcome, RequestView, Step};
 use crate::jwks::KeySet;
+use crate::refresh::RefreshId;
 use crate::reply::Reply;
 use crate::token_cache::TokenCache;
 
 pub type SharedVm = Rc<RefCell<Vm>>;
 
-/// A request parked until the key set is refetched (its token named an unknown `kid`).
+/// Why a request is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOn {
+    /// Its token named an unknown `kid`; a JWKS refetch is under way.
+    Keys,
+    /// Its session's refresh is in flight (here or in another VM).
+    Refresh(RefreshId),
+}
+
+/// A parked request: what is needed to decide it again.
 pub struct Waiter {
     pub path: String,
     pub cookie: Option<Vec<u8>>,
     pub since: u64,
+    pub on: WaitOn,
+}
+
+/// What became of a request after `process`.
+pub enum Outcome {
+    /// Forwarded (mutations applied) or passed untouched.
+    Continue,
+    /// Answer with this.
+    Reply(Reply),
+    /// Park until `on` resolves.
+    Wait(WaitOn),
 }
 
 pub struct Vm {
@@ -31,17 +54,15 @@ pub struct Vm {
     pub keys_digest: u64,
     pub cache: TokenCache,
     pub jwks: Option<JwksSync>,
+    pub flights: Option<Flights>,
     pub waiters: BTreeMap<u32, Waiter>,
-}
-
-/// How a parked request ends once decided again.
-enum Finish {
-    Resume,
-    Reply(Reply),
+    /// Set-Cookie values for the response of a forwarded stream, by context id.
+    pub response_cookies: HashMap<u32, Vec<String>>,
+    pub metrics: Metrics,
 }
 
 impl Vm {
-    pub fn new(config: Config) -> Vm {
+    pub fn new(config: Config, instance: u64) -> Vm {
         let cache = TokenCache::new(config.token_cache_size);
         let (keys, jwks) = match &config.jwks {
             JwksSource::Inline(keys) => (Some(Rc::clone(keys)), None),
@@ -50,13 +71,17 @@ impl Vm {
                 refresh_s,
             } => (None, Some(JwksSync::new(upstream.clone(), *refresh_s))),
         };
+        let flights = config.refresh.as_ref().map(|_| Flights::new(instance));
         Vm {
             config,
             keys,
             keys_digest: 0,
             cache,
             jwks,
+            flights,
             waiters: BTreeMap::new(),
+            response_cookies: HashMap::new(),
+            metrics: Metrics::define(),
         }
     }
 
@@ -68,11 +93,108 @@ impl Vm {
             self.keys_digest = digest;
         }
     }
+
+    /// Decides a request and carries out everything but resuming or answering it (those may
+    /// re-enter the VM, so the caller does them after releasing its borrow). Request header
+    /// writes happen here: they target the effective context and never call back.
+    pub fn process(&mut self, ctx: u32, req: &RequestView<'_>, now: u64, fresh: bool) -> Outcome {
+        let step = decision::decide(
+            &self.config,
+            self.keys.as_deref(),
+            &mut self.cache,
+            req,
+            now,
+            fresh,
+        );
+        match step {
+            Step::Pass => Outcome::Continue,
+            Step::Forward(f) => {
+                host::apply_forward(&f);
+                self.metrics.forwarded();
+                Outcome::Continue
+            }
+            Step::Respond(r) => Outcome::Reply(r),
+            Step::UnknownKid => match self.jwks.as_mut().map(|j| j.want_kid_refetch(now)) {
+                Some(KidRefetch::Wait) => Outcome::Wait(WaitOn::Keys),
+                Some(KidRefetch::RateLimited) | None => {
+                    Outcome::Reply(decision::unknown_kid_reply())
+                }
+            },
+            Step::Refresh(need) => {
+                let (Some(flights), Some(cfg)) =
+                    (self.flights.as_mut(), self.config.refresh.as_ref())
+                else {
+                    return Outcome::Reply(Reply::missing_token());
+                };
+                let id = need.id;
+                let owned_before = flights.owns(&id);
+                let known = match flights.plan(cfg, id, &need.session.rt, now) {
+                    Plan::Known(k) => k,
+                    Plan::Wait => {
+                        if fresh && (owned_before || !flights.owns(&id)) {
+                            // Joined a refresh someone else started.
+                            self.metrics.refresh_waiter();
+                        }
+                        // The root dispatches (or polls another VM's refresh) on its next tick.
+                        let _ = hostcalls::set_tick_period(super::root::FAST_TICK);
+                        return Outcome::Wait(WaitOn::Refresh(id));
+                    }
+                };
+                if fresh && matches!(known, Known::Done(_)) {
+                    // A fresh request served by an outcome it did not fetch.
+                    self.metrics.refresh_reused();
+                }
+                let outcome = match &known {
+                    Known::Done(tokens) => RefreshOutcome::Tokens(tokens),
+                    Known::Invalid => RefreshOutcome::Invalid,
+                    Known::Failed { retry_at } => RefreshOutcome::Unavailable {
+                        retry_after_s: retry_at.saturating_sub(now),
+                    },
+                };
+                let Some(iv) = host::random_iv() else {
+                    return Outcome::Reply(Reply::unavailable(
+                        "no_randomness",
+                        "the filter could not seal the session",
+                        1,
+                    ));
+                };
+                let done = decision::complete_refresh(
+                    &self.config,
+                    self.keys.as_deref(),
+                    &mut self.cache,
+                    req,
+                    need,
+                    outcome,
+                    now,
+                    iv,
+                );
+                match done.step {
+                    Step::Forward(f) => {
+                        host::apply_forward(&f);
+                        self.metrics.forwarded();
+                        if !done.set_cookies.is_empty() {
+                            self.response_cookies.insert(ctx, done.set_cookies);
+                        }
+                        Outcome::Continue
+                    }
+                    Step::Respond(r) => Outcome::Reply(r),
+                    // complete_refresh only forwards or responds.
+                    Step::Pass | Step::UnknownKid | Step::Refresh(_) => Outcome::Continue,
+                }
+            }
+        }
+    }
 }
 
-/// Decides again every parked request (the key set changed or its refetch ended) and resumes
-/// or answers each. `all` also finishes those not yet timed out while a fetch is in flight.
-pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, all: bool) {
+/// How a parked request ends.
+enum Finish {
+    Resume,
+    Reply(Reply),
+}
+
+/// Decides parked requests again and resumes or answers those that are settled. `select`
+/// picks which to look at; a waiter older than `max_wait_s` is answered whatever happens.
+pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, select: impl Fn(&Waiter) -> bool) {
     let mut done: Vec<(u32, Finish)> = Vec::new();
     {
         let mut guard = vm.borrow_mut();
@@ -80,7 +202,7 @@ pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, all: bool) {
         let ids: Vec<u32> = st
             .waiters
             .iter()
-            .filter(|(_, w)| all || now >= w.since.saturating_add(max_wait_s))
+            .filter(|(_, w)| select(w) || now >= w.since.saturating_add(max_wait_s))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -94,18 +216,22 @@ pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, all: bool) {
                 path: &w.path,
                 cookie: w.cookie.as_deref(),
             };
-            let finish =
-                match decision::decide(&st.config, st.keys.as_deref(), &mut st.cache, &view, now) {
-                    Step::Pass => Finish::Resume,
-                    Step::Forward(f) => {
-                        // Header writes do not re-enter the VM, so they are safe under the borrow.
-                        host::apply_forward(&f);
-                        Finish::Resume
-                    }
-                    Step::Respond(r) => Finish::Reply(r),
-                    Step::UnknownKid => Finish::Reply(decision::unknown_kid_reply()),
-                };
-            done.push((id, finish));
+            let timed_out = now >= w.since.saturating_add(max_wait_s);
+            match st.process(id, &view, now, false) {
+                Outcome::Continue => done.push((id, Finish::Resume)),
+                Outcome::Reply(r) => done.push((id, Finish::Reply(r))),
+                Outcome::Wait(_) if timed_out => done.push((
+                    id,
+                    Finish::Reply(Reply::unavailable(
+                        "refresh_timeout",
+                        "the identity provider did not answer in time",
+                        1,
+                    )),
+                )),
+                Outcome::Wait(on) => {
+                    st.waiters.insert(id, Waiter { on, ..w });
+                }
+            }
         }
     }
     // Resuming or answering a stream can call back into this VM: no borrow may be held.
@@ -118,7 +244,8 @@ pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, all: bool) {
                 let _ = hostcalls::resume_http_request();
             }
             Finish::Reply(r) => {
-                let _: Action = host::send_reply(id, &r);
+                vm.borrow().metrics.refused(&r);
+                host::send_reply(id, &r);
             }
         }
     }

