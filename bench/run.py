@@ -265,7 +265,8 @@ class Bench:
         for line in proc.stdout.splitlines():
             if line.startswith("BENCH_RESULT "):
                 result = json.loads(line[len("BENCH_RESULT "):])
-        text = "\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("BENCH_RESULT "))
+        text = "\n".join(ln for ln in proc.stdout.splitlines()
+                         if not ln.startswith("BENCH_RESULT "))
         if proc.returncode != 0 or result is None:
             raise BenchError(f"wrk failed for ({name}) (exit {proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")
@@ -327,9 +328,9 @@ class Bench:
         http.close()
         if problems:
             raise BenchError(f"pre-flight of ({name}) failed:\n  - " + "\n  - ".join(problems))
+        shown = {k: (v[:24] + "...") if v and len(v) > 27 else v for k, v in seen.items()}
         return {"valid": r.status_code, "missing_cookie": missing.status_code,
-                "forged": bad.status_code, "forwarded": {k: (v[:24] + "...") if v and len(v) > 27 else v
-                                                         for k, v in seen.items()}}
+                "forged": bad.status_code, "forwarded": shown}
 
     # -- one run -----------------------------------------------------------------------------
 
@@ -365,6 +366,10 @@ class Bench:
 
             stats1 = env.stats(stats_re)
             evidence = support.wasm_failure_evidence(env) if name in ec.RELAY_CONFIGS else {}
+        except BenchError as e:
+            env.stop()
+            raise BenchError(f"{e}\n--- Envoy log ({env.log_path}) ---\n"
+                             f"{env.log_tail(40)}") from None
         finally:
             env.stop()
         delta = {k: stats1.get(k, 0) - stats0.get(k, 0) for k in stats1}
@@ -518,11 +523,13 @@ def render_markdown(summary: dict, meta: dict) -> str:
     lines += [
         "",
         f"- filter: `{meta['wasm']['path']}`, {meta['wasm']['size_bytes']:,} bytes"
-        if meta["wasm"].get("size_bytes") is not None else "- filter: not built (relay configs not run)",
+        if meta["wasm"].get("size_bytes") is not None
+        else "- filter: not built (relay configs not run)",
         f"- Envoy: {meta['envoy_version']}",
         f"- wrk: {meta['wrk_version']}",
         f"- machine: {meta['machine']['cpu']}, {meta['machine']['cpus']} CPUs, "
-        f"kernel {meta['machine']['kernel']}, load average at start {meta['machine']['loadavg_start']}",
+        f"kernel {meta['machine']['kernel']}, "
+        f"load average at start {meta['machine']['loadavg_start']}",
     ]
     if meta.get("tokens"):
         t = meta["tokens"]
@@ -636,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
                        "wrk_cpu": args.wrk_cpu, "nice": args.nice, "configs": args.configs,
                        "path": ec.BENCH_PATH, "jwt_authn_cache_size": ec.JWT_AUTHN_CACHE_SIZE},
             "envoy": bench.envoy_bin,
-            "envoy_version": tool_version([bench.envoy_bin, "--version"]).split("version:")[-1].strip(),
+            "envoy_version":
+                tool_version([bench.envoy_bin, "--version"]).split("version:")[-1].strip(),
             "wrk_version": tool_version([bench.wrk, "--version"]).split("Copyright")[0].strip(),
             "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(),
                         "kernel": platform.release(),

@@ -100,6 +100,9 @@ pub struct Completed<'a> {
     pub set_cookies: Vec<String>,
 }
 
+/// A verified access token: its forwarded claims and its `exp`.
+type Valid = (Rc<[(String, String)]>, u64);
+
 /// Decides what happens to one request.
 pub fn decide<'a>(
     config: &'a Config,
@@ -140,7 +143,7 @@ pub fn decide<'a>(
         .filter(|t| !t.is_empty());
 
     // The access token, if it verifies: its forwarded claims and exp.
-    let verified: Result<(Rc<[(String, String)]>, u64), Reply> = match token {
+    let verified: Result<Valid, Reply> = match token {
         None => Err(Reply::missing_token()),
         Some(token) => match cache.get(token, now) {
             Some(hit) => Ok((Rc::clone(&hit.forwarded), hit.exp)),

@@ -19,5 +19,6 @@ pub mod token_cache;
 #[cfg(test)]
 mod testkit;
 
-#[cfg(target_arch = "wasm32")]
+// Compiled on every target so host clippy and tests check the shell too; only the wasm build
+// exports the proxy-wasm entry point.
 mod filter;

@@ -2,6 +2,9 @@
 //! calls it, and carries out the resulting `Step`. Host calls go through `hostcalls` directly
 //! (not the SDK's trait helpers, which unwrap host errors and non-UTF-8 headers).
 
+// On the host nothing constructs the root context (only the wasm entry point does).
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 mod flight;
 mod host;
 mod http;
@@ -10,6 +13,7 @@ mod metrics;
 mod root;
 mod vm;
 
+#[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     // The real level is read from Envoy in on_configure; until then, let everything through.
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);

@@ -116,10 +116,12 @@ class SessionKeys:
         return kid, json.loads(plain)
 
 
-def seal_raw(key: bytes, kid: str, plaintext: bytes) -> str:
+def seal_raw(key: bytes, kid: str, plaintext: bytes, iv: bytes | None = None) -> str:
+    """Compact JWE (dir, A256GCM) with AAD = the encoded protected header; random IV unless
+    given (a fixed IV only to compare with fixtures)."""
     header = b64url(json.dumps({"alg": "dir", "enc": "A256GCM", "kid": kid},
                                separators=(",", ":")))
-    iv = os.urandom(12)
+    iv = iv if iv is not None else os.urandom(12)
     sealed = AESGCM(key).encrypt(iv, plaintext, header.encode("ascii"))
     return f"{header}..{b64url(iv)}.{b64url(sealed[:-16])}.{b64url(sealed[-16:])}"
 
