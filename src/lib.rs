@@ -7,7 +7,9 @@
 pub mod cache_policy;
 pub mod config;
 pub mod cookie;
+pub mod csrf;
 pub mod decision;
+pub mod header_budget;
 pub mod jwks;
 pub mod path;
 pub mod refresh;

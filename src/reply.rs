@@ -53,6 +53,33 @@ impl Reply {
         r
     }
 
+    /// 403 for a request that may be a cross-site request forgery.
+    pub fn forbidden_csrf(reason: &'static str, description: &str) -> Reply {
+        let mut r = Reply::json(403, reason, "csrf", description);
+        r.reason = reason;
+        r
+    }
+
+    /// 431 when the request's headers, as they would go upstream, exceed the budget.
+    pub fn headers_too_large(description: &str, largest: &str, bytes: usize) -> Reply {
+        let body = json!({
+            "error": "request_header_fields_too_large",
+            "error_description": description,
+            "largest": largest,
+            "largest_bytes": bytes,
+        })
+        .to_string();
+        Reply {
+            status: 431,
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("cache-control", "no-store".to_string()),
+            ],
+            body,
+            reason: "headers_too_large",
+        }
+    }
+
     /// 400 for a request the filter cannot read at all (e.g. a Cookie header that is not UTF-8).
     pub fn bad_request(reason: &'static str, description: &str) -> Reply {
         Reply::json(400, reason, "invalid_request", description)

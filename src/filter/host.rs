@@ -17,6 +17,11 @@ pub fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
+/// Every request header, pseudo-headers included, in one host call.
+pub fn request_headers() -> Vec<(String, Vec<u8>)> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
 pub fn request_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()

@@ -11,6 +11,8 @@ use crate::decision::{self, RequestView};
 pub struct Http {
     id: u32,
     vm: SharedVm,
+    /// The request was protected and forwarded: its response must stay out of shared caches.
+    protected: bool,
     /// The request's Cookie header, kept only when an upstream may rotate tokens itself.
     cookie: Option<Vec<u8>>,
 }
@@ -20,6 +22,7 @@ impl Http {
         Http {
             id,
             vm,
+            protected: false,
             cookie: None,
         }
     }
@@ -39,36 +42,45 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let path_raw = host::request_header(":path").unwrap_or_default();
-        let path = String::from_utf8_lossy(&path_raw);
-        let cookie = host::request_header("cookie");
+        let headers = host::request_headers();
         let now = host::now_s();
-        let view = RequestView {
-            path: &path,
-            cookie: cookie.as_deref(),
-        };
+        let view = RequestView { headers: &headers };
 
         let reply = {
             let mut st = self.vm.borrow_mut();
             match st.process(self.id, &view, now, true) {
+                Outcome::Pass => return Action::Continue,
                 Outcome::Continue => {
+                    self.protected = true;
                     let rotating = st
                         .config
                         .refresh
                         .as_ref()
                         .is_some_and(|r| r.upstream_token_headers.is_some());
-                    if rotating && st.config.paths.is_protected(&path) {
-                        self.cookie = cookie.clone();
+                    if rotating {
+                        self.cookie = view.cookie().map(|c| c.into_owned());
                     }
                     return Action::Continue;
                 }
                 Outcome::Wait(on) => {
                     log::debug!("[ctx {}] parked: {on:?}", self.id);
-                    st.waiters.insert(
+                    drop(st);
+                    // A parked request may be resumed by the root later: it is protected.
+                    self.protected = true;
+                    let rotating = self
+                        .vm
+                        .borrow()
+                        .config
+                        .refresh
+                        .as_ref()
+                        .is_some_and(|r| r.upstream_token_headers.is_some());
+                    if rotating {
+                        self.cookie = view.cookie().map(|c| c.into_owned());
+                    }
+                    self.vm.borrow_mut().waiters.insert(
                         self.id,
                         Waiter {
-                            path: path.to_string(),
-                            cookie: cookie.clone(),
+                            headers,
                             since: now,
                             on,
                         },
@@ -94,7 +106,21 @@ impl HttpContext for Http {
         if self.cookie.is_some() {
             cookies.extend(self.upstream_rotation());
         }
+        if !self.protected {
+            return Action::Continue;
+        }
         if cookies.is_empty() {
+            // A protected response: shared caches must not keep it; the browser's cache may.
+            let cc = host::response_header("cache-control");
+            let cc = cc.as_deref().and_then(|v| std::str::from_utf8(v).ok());
+            if let Some(v) = cache_policy::private_cache_control(cc) {
+                host::set_response_header("cache-control", Some(&v));
+            }
+            let vary = host::response_header("vary");
+            let vary = vary.as_deref().and_then(|v| std::str::from_utf8(v).ok());
+            if let Some(v) = cache_policy::vary_with(vary, "Cookie") {
+                host::set_response_header("vary", Some(&v));
+            }
             return Action::Continue;
         }
         for c in &cookies {

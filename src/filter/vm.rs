@@ -31,15 +31,16 @@ pub enum WaitOn {
 
 /// A parked request: what is needed to decide it again.
 pub struct Waiter {
-    pub path: String,
-    pub cookie: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
     pub since: u64,
     pub on: WaitOn,
 }
 
 /// What became of a request after `process`.
 pub enum Outcome {
-    /// Forwarded (mutations applied) or passed untouched.
+    /// Passed untouched (not protected).
+    Pass,
+    /// Forwarded with its mutations applied.
     Continue,
     /// Answer with this.
     Reply(Reply),
@@ -106,8 +107,8 @@ impl Vm {
             now,
             fresh,
         );
-        match step {
-            Step::Pass => Outcome::Continue,
+        let mut outcome = match step {
+            Step::Pass => Outcome::Pass,
             Step::Forward(f) => {
                 host::apply_forward(&f);
                 self.metrics.forwarded();
@@ -182,7 +183,11 @@ impl Vm {
                     Step::Pass | Step::UnknownKid | Step::Refresh(_) => Outcome::Continue,
                 }
             }
+        };
+        if let Outcome::Reply(r) = &mut outcome {
+            decision::add_cors(&self.config, req, r);
         }
+        outcome
     }
 }
 
@@ -213,12 +218,11 @@ pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, select: impl Fn(
                 continue; // the stream is gone
             }
             let view = RequestView {
-                path: &w.path,
-                cookie: w.cookie.as_deref(),
+                headers: &w.headers,
             };
             let timed_out = now >= w.since.saturating_add(max_wait_s);
             match st.process(id, &view, now, false) {
-                Outcome::Continue => done.push((id, Finish::Resume)),
+                Outcome::Continue | Outcome::Pass => done.push((id, Finish::Resume)),
                 Outcome::Reply(r) => done.push((id, Finish::Reply(r))),
                 Outcome::Wait(_) if timed_out => done.push((
                     id,

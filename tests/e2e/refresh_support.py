@@ -366,12 +366,23 @@ class Relay:
         return self.http.get(self.envoy.url(path), **kw)
 
     def wait_ready(self, token: str, timeout: float = 20.0) -> requests.Response:
-        """Poll with a valid access token (no session) until the key set is loaded."""
+        """Poll with a valid access token (no session) until the key set is loaded in every
+        worker: a round of probes on new connections all relayed, and together they reached
+        all `concurrency` workers."""
         last: list[requests.Response] = []
+        rounds = 1 if self.concurrency == 1 else 4 * self.concurrency
 
         def settled():
-            last[:] = [self.get("/api/ready-probe", f"{AT_COOKIE}={token}")]
-            return last[0].status_code != 503
+            assert self.envoy is not None
+            before = worker_connections(self.envoy)
+            for _ in range(rounds):
+                last[:] = [self.get("/api/ready-probe", f"{AT_COOKIE}={token}",
+                                    new_connection=True)]
+                if last[0].status_code == 503:
+                    return False
+            after = worker_connections(self.envoy)
+            reached = sum(1 for w in after if after[w] > before.get(w, 0))
+            return reached >= self.concurrency
 
         try:
             wait_until(settled, timeout, interval=0.05, what=f"{self.name}: JWKS loaded")

@@ -103,7 +103,12 @@ def test_three_thousand_cookies_around_a_valid_token(stack, valid):
     pairs.insert(1500, f"{AT_COOKIE}={valid}")
     resp = stack.get("/api/x", "; ".join(pairs))
     received = list(stack.upstream.received)  # check_outcome sends another request
-    check_outcome(stack, resp, valid, allowed=(200, 400, 401))
+    # The default header budget (8192 bytes) is exceeded once the relay cookie is replaced by
+    # the bearer token: the filter answers 431 (issue: header budget) instead of forwarding.
+    check_outcome(stack, resp, valid, allowed=(200, 400, 401, 431))
+    if resp.status_code == 431:
+        assert resp.json()["error"] == "request_header_fields_too_large"
+        assert received == []
     if resp.status_code == 200:
         (rec,) = received
         assert upstream_headers(rec, "cookie") == ["; ".join(p for p in pairs if "relay" not in p)]

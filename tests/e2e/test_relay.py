@@ -181,12 +181,22 @@ def test_client_x_user_sub_is_removed_when_claim_absent(stack, keys):
 
 def test_post_body_and_query_are_forwarded(stack, token):
     body = json.dumps({"item": "book", "qty": 2})
+    # A same-origin POST (without a `csrf` section the filter allows the request's own host).
+    origin = "http://" + stack.envoy.url("/").split("://", 1)[1].rstrip("/")
     resp = stack.request("POST", "/api/orders?dry_run=1", f"{AT_COOKIE}={token}",
-                         headers={"Content-Type": "application/json"}, data=body)
+                         headers={"Content-Type": "application/json", "Origin": origin}, data=body)
     rec = assert_forwarded(resp, stack, token, cookie=None)
     assert rec["method"] == "POST"
     assert rec["path"] == "/api/orders?dry_run=1"
     assert rec["body"] == body
+
+
+def test_cross_site_post_is_refused(stack, token):
+    resp = stack.request("POST", "/api/orders", f"{AT_COOKIE}={token}",
+                         headers={"Origin": "https://evil.example"}, data="{}")
+    assert resp.status_code == 403, describe(resp)
+    assert resp.json()["error"] == "csrf"
+    assert resp.headers.get("Cache-Control") == "no-store"
 
 
 def test_upstream_response_headers_reach_the_client(stack, token):
