@@ -82,3 +82,15 @@ bench: wasm envoy ## load benchmark (wrk) against bare Envoy, jwt_authn and this
 
 clean: ## remove build outputs
 	cargo clean
+
+# ---- fuzzing: cargo-fuzz on nightly, one target at a time; see fuzz/README.md ----------------
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := cookie_parser jws_verify jws_structured jwe_unseal config_parse decide csrf_headers
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZ_SECONDS (default 600) each; not part of make test
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@# -a: debug assertions and overflow checks on, so a silent wrap-around shows as a crash.
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run -a $$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
