@@ -111,6 +111,31 @@ impl Forward<'_> {
     }
 }
 
+/// Fresh randomness for one request (the shell draws it from the host).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Random {
+    /// AES-GCM IV for sealing a session.
+    pub iv: [u8; 12],
+    /// A new double-submit CSRF token.
+    pub csrf: [u8; 32],
+}
+
+impl Random {
+    /// Deterministic values, for tests.
+    pub fn fixed(b: u8) -> Random {
+        Random {
+            iv: [b; 12],
+            csrf: [b; 32],
+        }
+    }
+}
+
+impl std::fmt::Debug for Random {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Random([redacted])")
+    }
+}
+
 /// A session that needs a refresh.
 #[derive(Debug)]
 pub struct RefreshNeed<'a> {
@@ -284,7 +309,7 @@ pub fn complete_refresh<'a>(
     need: RefreshNeed<'a>,
     outcome: RefreshOutcome<'_>,
     now: u64,
-    iv: [u8; 12],
+    rand: &Random,
 ) -> Completed<'a> {
     let cookie_bytes = req.cookie();
     let cookie_header = cookie_bytes
@@ -345,7 +370,7 @@ pub fn complete_refresh<'a>(
             cookie_header,
             &session,
             now,
-            iv,
+            rand,
         ));
     }
 
@@ -554,11 +579,11 @@ pub fn session_cookies(
     cookie_header: &str,
     session: &Session,
     now: u64,
-    iv: [u8; 12],
+    rand: &Random,
 ) -> Vec<String> {
     let attrs = &config.cookies.attrs;
     let name = &config.cookies.session;
-    let sealed = session::seal(&refresh.session_keys, session, iv);
+    let sealed = session::seal(&refresh.session_keys, session, rand.iv);
     let max_age = session.exp.map(|exp| exp.saturating_sub(now));
     let written = session::chunk(name, &sealed);
     let mut out: Vec<String> = written
@@ -568,7 +593,22 @@ pub fn session_cookies(
     for stale in session::stale_chunks(cookie_header, name, &written) {
         out.push(cookie::clear_cookie(&stale, attrs));
     }
+    if config.csrf.as_ref().is_some_and(|c| c.double_submit) {
+        out.push(csrf_cookie(config, cookie_header, rand));
+    }
     out
+}
+
+/// The double-submit CSRF cookie, issued with every session: the request's value is kept (the
+/// page's copy stays valid), else a new token. Readable by JavaScript, `SameSite=Strict`.
+pub fn csrf_cookie(config: &Config, cookie_header: &str, rand: &Random) -> String {
+    let name = &config.cookies.csrf;
+    let value = cookie::find(cookie_header, name)
+        .filter(|v| !v.is_empty() && cookie::is_valid_value(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| csrf::new_token(rand.csrf));
+    let attrs = &config.cookies.attrs;
+    cookie::set_cookie(name, &value, None, attrs, cookie::SameSite::Strict, false)
 }
 
 /// Set-Cookie values that delete the access token and every piece of the session present.
@@ -599,7 +639,7 @@ pub fn upstream_rotation(
     access_token: Option<&str>,
     refresh_token: Option<&str>,
     now: u64,
-    iv: [u8; 12],
+    rand: &Random,
 ) -> Vec<String> {
     let mut out = Vec::new();
     let Some(refresh) = &config.refresh else {
@@ -630,7 +670,7 @@ pub fn upstream_rotation(
             cookie_header,
             &session,
             now,
-            iv,
+            rand,
         ));
     }
     out
@@ -1247,7 +1287,7 @@ mod tests {
             need,
             RefreshOutcome::Tokens(&tokens),
             NOW,
-            [2u8; 12],
+            &Random::fixed(2),
         );
         let Step::Forward(f) = done.step else {
             panic!("{:?}", done.step)
@@ -1301,7 +1341,7 @@ mod tests {
             need,
             RefreshOutcome::Invalid,
             NOW,
-            [0; 12],
+            &Random::fixed(0),
         );
         let Step::Respond(r) = done.step else {
             panic!()
@@ -1323,7 +1363,7 @@ mod tests {
             need,
             RefreshOutcome::Unavailable { retry_after_s: 4 },
             NOW,
-            [0; 12],
+            &Random::fixed(0),
         );
         let Step::Respond(r) = done.step else {
             panic!()
@@ -1353,7 +1393,7 @@ mod tests {
             need,
             RefreshOutcome::Tokens(&tokens),
             NOW,
-            [0; 12],
+            &Random::fixed(0),
         );
         let Step::Respond(r) = done.step else {
             panic!()
@@ -1363,5 +1403,76 @@ mod tests {
             .headers
             .iter()
             .any(|(n, v)| *n == "set-cookie" && v.starts_with("__Host-relay-session=")));
+    }
+
+    #[test]
+    fn double_submit_cookie_is_issued_with_a_resealed_session() {
+        let c = refresh_config(
+            json!({"csrf": {"allowed_origins": ["https://app.example.com"], "double_submit": true}}),
+        );
+        let mut cache = TokenCache::new(8);
+        let s = sealed(&c, "rt-1", None, 0);
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("__Host-relay-session={s}").as_bytes()),
+            &[],
+        );
+        let Step::Refresh(need) = decide_owned(&c, &mut cache, &h, NOW) else {
+            panic!()
+        };
+        let tokens = Tokens {
+            access_token: sign(&claims()),
+            refresh_token: Some("rt-2".into()),
+            id_token: None,
+        };
+        let done = complete_refresh(
+            &c,
+            Some(keys(&c)),
+            &mut cache,
+            &RequestView { headers: &h },
+            need,
+            RefreshOutcome::Tokens(&tokens),
+            NOW,
+            &Random::fixed(5),
+        );
+        let csrf = done
+            .set_cookies
+            .iter()
+            .find(|v| v.starts_with("__Host-relay-csrf="))
+            .expect("csrf cookie");
+        assert!(
+            !csrf.contains("HttpOnly"),
+            "JavaScript must read it: {csrf}"
+        );
+        assert!(csrf.contains("SameSite=Strict") && csrf.contains("Secure"));
+        assert_eq!(
+            csrf.split(';').next().unwrap(),
+            format!("__Host-relay-csrf={}", csrf::new_token([5; 32]))
+        );
+        // An existing token is kept.
+        let h = request(
+            "GET",
+            "/api/x",
+            Some(format!("__Host-relay-session={s}; __Host-relay-csrf=keep-me").as_bytes()),
+            &[],
+        );
+        let Step::Refresh(need) = decide_owned(&c, &mut cache, &h, NOW) else {
+            panic!()
+        };
+        let done = complete_refresh(
+            &c,
+            Some(keys(&c)),
+            &mut cache,
+            &RequestView { headers: &h },
+            need,
+            RefreshOutcome::Tokens(&tokens),
+            NOW,
+            &Random::fixed(5),
+        );
+        assert!(done
+            .set_cookies
+            .iter()
+            .any(|v| v.starts_with("__Host-relay-csrf=keep-me;")));
     }
 }

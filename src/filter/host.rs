@@ -5,7 +5,7 @@ use std::time::UNIX_EPOCH;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
 
-use crate::decision::Forward;
+use crate::decision::{Forward, Random};
 use crate::reply::Reply;
 
 /// Unix seconds from the host clock (0 if the host cannot tell, which fails tokens closed).
@@ -58,11 +58,12 @@ pub fn apply_forward(f: &Forward<'_>) {
     }
 }
 
-/// A fresh AES-GCM IV from the host's randomness (WASI `random_get`).
-pub fn random_iv() -> Option<[u8; 12]> {
-    let mut iv = [0u8; 12];
-    getrandom::fill(&mut iv).ok()?;
-    Some(iv)
+/// Fresh randomness for one request from the host (WASI `random_get`).
+pub fn random() -> Option<Random> {
+    let mut r = Random::fixed(0);
+    getrandom::fill(&mut r.iv).ok()?;
+    getrandom::fill(&mut r.csrf).ok()?;
+    Some(r)
 }
 
 pub fn response_header(name: &str) -> Option<Vec<u8>> {

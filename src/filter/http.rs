@@ -162,7 +162,7 @@ impl Http {
         if at.is_none() && rt.is_none() {
             return Vec::new();
         }
-        let Some(iv) = host::random_iv() else {
+        let Some(rand) = host::random() else {
             return Vec::new();
         };
         let cookie = self.cookie.take().unwrap_or_default();
@@ -175,7 +175,7 @@ impl Http {
             at.as_deref(),
             rt.as_deref(),
             host::now_s(),
-            iv,
+            &rand,
         )
     }
 }

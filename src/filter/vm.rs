@@ -152,7 +152,7 @@ impl Vm {
                         retry_after_s: retry_at.saturating_sub(now),
                     },
                 };
-                let Some(iv) = host::random_iv() else {
+                let Some(rand) = host::random() else {
                     return Outcome::Reply(Reply::unavailable(
                         "no_randomness",
                         "the filter could not seal the session",
@@ -167,7 +167,7 @@ impl Vm {
                     need,
                     outcome,
                     now,
-                    iv,
+                    &rand,
                 );
                 match done.step {
                     Step::Forward(f) => {

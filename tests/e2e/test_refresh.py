@@ -38,8 +38,8 @@ from refresh_support import (CHUNK_LIMIT, METRIC_PREFIX, METRICS, Relay, Session
                              refresh_plugin_config, relay_cookie_names, seal_raw,
                              session_cookie_names, session_value, set_cookie_headers,
                              set_cookies, vary_values, verify_rs256, worker_connections)
-from support import (AT_COOKIE, JWKS_AUTHORITY, JWKS_PATH, SESSION_COOKIE, KeyPair,
-                     b64url_decode, make_claims, wait_until, wasm_failure_evidence)
+from support import (AT_COOKIE, SESSION_COOKIE, KeyPair, b64url_decode, make_claims,
+                     wait_until, wasm_failure_evidence)
 
 MAX_AGE_SLACK_S = 3
 FAKE_SECRET = "s3cret+/:%~ x"  # needs form-encoding before Basic / in a form body
