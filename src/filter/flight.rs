@@ -280,7 +280,8 @@ impl Flights {
             ),
             Err(RefreshError::InvalidGrant) => (Known::Invalid, RecordState::Invalid { at: now }),
             Err(RefreshError::Transient(reason)) => {
-                let retry_at = now + cfg.backoff_s;
+                // The clock has whole seconds: +1 so the wait is never shorter than the backoff.
+                let retry_at = now + cfg.backoff_s + 1;
                 (
                     Known::Failed { retry_at },
                     RecordState::Failed {

@@ -116,11 +116,8 @@ impl HttpContext for Http {
             if let Some(v) = cache_policy::private_cache_control(cc) {
                 host::set_response_header("cache-control", Some(&v));
             }
-            let vary = host::response_header("vary");
-            let vary = vary.as_deref().and_then(|v| std::str::from_utf8(v).ok());
-            if let Some(v) = cache_policy::vary_with(vary, "Cookie") {
-                host::set_response_header("vary", Some(&v));
-            }
+            // A second Vary header is the same as a merged one (RFC 9110 §5.3): no read needed.
+            host::add_response_header("vary", "Cookie");
             return Action::Continue;
         }
         for c in &cookies {

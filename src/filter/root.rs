@@ -12,7 +12,7 @@ use super::host;
 use super::http::Http;
 use super::jwks_sync::{fnv1a, Fetched, FETCH_TIMEOUT_S};
 use super::vm::{finish_waiters, SharedVm, Vm, WaitOn};
-use crate::config::{Config, JwksSource};
+use crate::config::Config;
 use crate::refresh::{RefreshError, RefreshId, MAX_RESPONSE_BYTES};
 
 /// How often each VM looks for a new shared key set, due fetches and settled refreshes.
@@ -101,23 +101,21 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let needs_tick =
-            matches!(config.jwks, JwksSource::Remote { .. }) || config.refresh.is_some();
         // Shared records are named by configuration, so two filter instances never mix.
         let vm = Vm::new(config, fnv1a(&raw));
         if let Some(flights) = &vm.flights {
             flights.init_slots();
         }
         self.vm = Some(Rc::new(RefCell::new(vm)));
-        if needs_tick {
-            let _ = hostcalls::set_tick_period(TICK);
-        }
+        // Every VM ticks: key sync, refresh dispatch and metric flushes run there.
+        let _ = hostcalls::set_tick_period(TICK);
         log::info!("edge-token-relay configured (root context {})", self.id);
         true
     }
 
     fn on_tick(&mut self) {
         let Some(vm) = self.vm.clone() else { return };
+        vm.borrow().metrics.flush();
         let now = host::now_s();
         let mut keys_settled = false;
         let mut settled_refreshes: Vec<RefreshId> = Vec::new();
