@@ -1,4 +1,4 @@
-"""Envoy bootstraps for the five benchmark configurations (used by run.py).
+"""Envoy bootstraps for the six benchmark configurations (used by run.py).
 
 Every configuration is the same front proxy: one listener on 127.0.0.1, one HTTP connection
 manager, and routes that answer with `direct_response` (200, a 3-byte body), so no upstream
@@ -6,6 +6,7 @@ takes part and only Envoy's own cost plus the filter under test is measured. The
 the HTTP filters placed before the router:
 
   a  none (bare Envoy)
+  n  a proxy-wasm filter that does nothing (bench/nop/): the floor of any Wasm filter
   b  this filter (envoy.filters.http.wasm, V8), same token on every request -> cache hits
   c  Envoy's native jwt_authn with its verified-JWT cache
   d  jwt_authn without the cache
@@ -36,9 +37,10 @@ STAT_PREFIX = "ingress_http"
 RESPONSE_BODY = "ok\n"
 JWT_AUTHN_CACHE_SIZE = 100
 
-CONFIG_NAMES = ("a", "b", "c", "d", "e")
+CONFIG_NAMES = ("a", "n", "b", "c", "d", "e")
 DESCRIPTIONS = {
     "a": "Envoy, no filter",
+    "n": "Wasm filter that does nothing (floor)",
     "b": "relay filter, same token (cache hit)",
     "c": "jwt_authn with jwt_cache_config",
     "d": "jwt_authn without cache",
@@ -46,6 +48,9 @@ DESCRIPTIONS = {
 }
 RELAY_CONFIGS = ("b", "e")
 JWT_AUTHN_CONFIGS = ("c", "d")
+NOP_CONFIGS = ("n",)
+# Configurations that load a Wasm module, and the plugin name each gives it.
+WASM_PLUGIN_NAMES = {"n": "bench_nop", "b": "edge_token_relay", "e": "edge_token_relay"}
 
 
 def relay_plugin_config(jwks: dict) -> dict:
@@ -78,6 +83,26 @@ def relay_filter(wasm_path: str | Path, jwks: dict) -> dict:
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": json.dumps(relay_plugin_config(jwks)),
+                },
+            },
+        },
+    }
+
+
+def nop_filter(wasm_path: str | Path) -> dict:
+    """The do-nothing filter (bench/nop/), loaded exactly as the relay is (same runtime, same
+    kind of VM config) but without a plugin configuration: it reads none."""
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": WASM_PLUGIN_NAMES["n"],
+                "root_id": WASM_PLUGIN_NAMES["n"],
+                "vm_config": {
+                    "vm_id": WASM_PLUGIN_NAMES["n"],
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(Path(wasm_path).resolve())}},
                 },
             },
         },
@@ -155,9 +180,14 @@ def bootstrap(http_filters: list[dict]) -> dict:
     }
 
 
-def config_for(name: str, *, jwks: dict, wasm_path: str | Path) -> dict:
+def config_for(name: str, *, jwks: dict, wasm_path: str | Path,
+               nop_wasm_path: str | Path | None = None) -> dict:
     if name == "a":
         return bootstrap([])
+    if name in NOP_CONFIGS:
+        if nop_wasm_path is None:
+            raise ValueError("configuration (n) needs the do-nothing module (nop_wasm_path)")
+        return bootstrap([nop_filter(nop_wasm_path)])
     if name in RELAY_CONFIGS:
         return bootstrap([relay_filter(wasm_path, jwks)])
     if name == "c":

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::cookie::{self, CookieAttrs, SameSite};
 use crate::csrf::CsrfPolicy;
 use crate::jwks::{Alg, AlgSet, KeySet};
+use crate::login::{LoginConfig, RawLogin};
 use crate::path::PathPolicy;
 use crate::session::SessionKeys;
 use crate::token::ClaimRules;
@@ -142,6 +143,8 @@ pub struct Config {
     pub csrf: Option<CsrfPolicy>,
     /// 0 disables the check.
     pub max_request_headers_bytes: usize,
+    /// The relay runs the OIDC login itself (authorization code + PKCE, callback, logout).
+    pub login: Option<LoginConfig>,
 }
 
 // ---- raw serde shapes -------------------------------------------------------------------
@@ -178,6 +181,7 @@ struct RawConfig {
     upstream_token_headers: Option<RawUpstreamTokenHeaders>,
     csrf: Option<RawCsrf>,
     max_request_headers_bytes: Option<usize>,
+    login: Option<RawLogin>,
 }
 
 #[derive(Deserialize)]
@@ -389,6 +393,18 @@ impl Config {
         }
         let jwks = jwks_source(raw.jwks)?;
         let cookies = cookie_names(raw.cookies)?;
+        let login = match raw.login {
+            None => None,
+            Some(_) if refresh.is_none() => {
+                return Err(ConfigError::new(
+                    "login",
+                    "needs `session_keys`, `token_endpoint` and `client_id` (the login stores a session)",
+                ))
+            }
+            Some(l) => Some(
+                LoginConfig::new(l, &cookies).map_err(|(field, problem)| ConfigError::new(field, problem))?,
+            ),
+        };
         let token_cache_size = raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
         if !(1..=1_000_000).contains(&token_cache_size) {
             return Err(ConfigError::new(
@@ -406,6 +422,7 @@ impl Config {
             refresh,
             csrf,
             max_request_headers_bytes,
+            login,
         })
     }
 }

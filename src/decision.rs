@@ -14,6 +14,7 @@ use crate::cookie;
 use crate::csrf::{self, CsrfInput, CsrfPolicy};
 use crate::header_budget;
 use crate::jwks::KeySet;
+use crate::login;
 use crate::refresh::{RefreshId, Tokens};
 use crate::reply::Reply;
 use crate::session::{self, Session};
@@ -203,7 +204,7 @@ pub fn decide<'a>(
             names.session.as_str(),
             names.csrf.as_str(),
         ],
-        &names.session,
+        |n| relay_owned(config, n),
     );
     let token = scan
         .values
@@ -404,7 +405,7 @@ pub fn complete_refresh<'a>(
                     config.cookies.session.as_str(),
                     config.cookies.csrf.as_str(),
                 ],
-                &config.cookies.session,
+                |n| relay_owned(config, n),
             )
             .remainder();
             let f = forward(config, at, remainder, values);
@@ -457,9 +458,46 @@ fn forward<'a>(
     }
 }
 
+/// Cookies the relay owns besides its three: session chunks and login flow cookies. They are
+/// never forwarded.
+fn relay_owned(config: &Config, name: &str) -> bool {
+    cookie::is_chunk_of(name, &config.cookies.session)
+        || config
+            .login
+            .as_ref()
+            .is_some_and(|l| l.is_flow_cookie(name))
+}
+
+/// A refusal of a top-level navigation becomes a redirect to the login when the relay runs it
+/// (fetch and XHR keep their 401: redirecting an API call breaks clients). Cookies the refusal
+/// clears are cleared by the redirect too.
+pub fn navigation_redirect(config: &Config, req: &RequestView<'_>, reply: Reply) -> Reply {
+    let Some(login) = &config.login else {
+        return reply;
+    };
+    if reply.status != 401 {
+        return reply;
+    }
+    let navigation = login::is_navigation(
+        req.get_str(":method").unwrap_or(""),
+        req.get_str("sec-fetch-mode"),
+        req.get_str("accept"),
+    );
+    if !navigation {
+        return reply;
+    }
+    let mut redirect = login::login_redirect(login, &req.path());
+    for (name, value) in reply.headers {
+        if name == "set-cookie" {
+            redirect.headers.push((name, value));
+        }
+    }
+    redirect
+}
+
 /// The CSRF policy for unsafe methods: the configured one, or, without a `csrf` section, the
 /// request's own host (same-origin requests only, by either scheme).
-fn check_csrf(
+pub fn check_csrf(
     config: &Config,
     req: &RequestView<'_>,
     csrf_cookie: Option<&str>,

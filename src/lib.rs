@@ -11,6 +11,7 @@ pub mod csrf;
 pub mod decision;
 pub mod header_budget;
 pub mod jwks;
+pub mod login;
 pub mod path;
 pub mod refresh;
 pub mod reply;

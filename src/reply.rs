@@ -85,6 +85,44 @@ impl Reply {
         Reply::json(400, reason, "invalid_request", description)
     }
 
+    /// Any JSON error answer `{"error", "error_description"}` with `Cache-Control: no-store`.
+    pub fn error(status: u32, reason: &'static str, error: &str, description: &str) -> Reply {
+        Reply::json(status, reason, error, description)
+    }
+
+    /// A `302 Found` to `location` (which the caller has validated), no body, `no-store`.
+    pub fn redirect(location: &str, reason: &'static str) -> Reply {
+        Reply {
+            status: 302,
+            headers: vec![
+                ("location", location.to_string()),
+                ("cache-control", "no-store".to_string()),
+            ],
+            body: String::new(),
+            reason,
+        }
+    }
+
+    /// An HTML page (`body` must already be escaped), `no-store`, with a CSP that allows no
+    /// script, style, frame or sub-resource at all, and `nosniff`.
+    pub fn html(status: u32, reason: &'static str, body: String) -> Reply {
+        Reply {
+            status,
+            headers: vec![
+                ("content-type", "text/html; charset=utf-8".to_string()),
+                ("cache-control", "no-store".to_string()),
+                (
+                    "content-security-policy",
+                    "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+                        .to_string(),
+                ),
+                ("x-content-type-options", "nosniff".to_string()),
+            ],
+            body,
+            reason,
+        }
+    }
+
     /// 503 while a dependency (the signing keys, the IdP) is unavailable; the client may retry.
     pub fn unavailable(reason: &'static str, description: &str, retry_after_s: u64) -> Reply {
         let mut r = Reply::json(503, reason, "temporarily_unavailable", description);
@@ -124,6 +162,25 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["error"], "invalid_token");
         assert_eq!(body["error_description"], "token \"expired\"");
+    }
+
+    #[test]
+    fn redirect_html_and_error() {
+        let r = Reply::redirect("/next?a=1", "login");
+        assert_eq!(r.status, 302);
+        assert_eq!(header(&r, "location"), Some("/next?a=1"));
+        assert_eq!(header(&r, "cache-control"), Some("no-store"));
+        assert!(r.body.is_empty());
+        let r = Reply::html(400, "x", "<p>hi</p>".into());
+        assert_eq!(header(&r, "content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(header(&r, "cache-control"), Some("no-store"));
+        assert!(header(&r, "content-security-policy")
+            .unwrap()
+            .starts_with("default-src 'none'"));
+        let r = Reply::error(405, "m", "invalid_request", "use POST");
+        assert_eq!(r.status, 405);
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error_description"], "use POST");
     }
 
     #[test]

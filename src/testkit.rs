@@ -78,3 +78,11 @@ pub fn config(extra: Value) -> Config {
     }
     Config::parse(v.to_string().as_bytes()).unwrap()
 }
+
+/// The inline key set of a configuration built by [`config`].
+pub fn inline_keys(c: &Config) -> &crate::jwks::KeySet {
+    match &c.jwks {
+        crate::config::JwksSource::Inline(k) => k,
+        crate::config::JwksSource::Remote { .. } => panic!("inline keys expected"),
+    }
+}

@@ -1,11 +1,12 @@
 //! Thin wrappers over proxy-wasm host calls that never panic on request data.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
 
 use crate::decision::{Forward, Random};
+use crate::refresh::TokenRequest;
 use crate::reply::Reply;
 
 /// Unix seconds from the host clock (0 if the host cannot tell, which fails tokens closed).
@@ -78,6 +79,25 @@ pub fn set_response_header(name: &str, value: Option<&str>) {
 
 pub fn add_response_header(name: &str, value: &str) {
     let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+}
+
+/// Dispatches a POST built by the pure core (token exchange, revocation) to `cluster`; the
+/// answer comes to the calling context's `on_http_call_response`.
+pub fn dispatch(cluster: &str, req: &TokenRequest, timeout_ms: u64) -> Option<u32> {
+    let headers: Vec<(&str, &str)> = req.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    match hostcalls::dispatch_http_call(
+        cluster,
+        headers,
+        Some(req.body.as_bytes()),
+        vec![],
+        Duration::from_millis(timeout_ms),
+    ) {
+        Ok(token) => Some(token),
+        Err(status) => {
+            log::warn!("call to cluster {cluster:?} could not be dispatched ({status:?})");
+            None
+        }
+    }
 }
 
 /// Sends a locally generated answer for the current (effective) stream.

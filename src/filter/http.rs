@@ -6,11 +6,19 @@ use proxy_wasm::types::Action;
 use super::host;
 use super::vm::{Outcome, SharedVm, Waiter};
 use crate::cache_policy;
+use crate::cookie;
 use crate::decision::{self, RequestView};
+use crate::login::{self, LoginRandom, LoginStep, PendingCallback, Route};
+use crate::refresh::MAX_RESPONSE_BYTES;
+use crate::reply::Reply;
 
 pub struct Http {
     id: u32,
     vm: SharedVm,
+    /// A login callback waiting for its code exchange.
+    pending_login: Option<PendingCallback>,
+    /// A logout answer waiting for its token revocation (best effort, bounded by the timeout).
+    pending_logout: Option<Reply>,
     /// The request was protected and forwarded: its response must stay out of shared caches.
     protected: bool,
     /// The request's Cookie header, kept only when an upstream may rotate tokens itself.
@@ -22,6 +30,8 @@ impl Http {
         Http {
             id,
             vm,
+            pending_login: None,
+            pending_logout: None,
             protected: false,
             cookie: None,
         }
@@ -38,13 +48,38 @@ impl Drop for Http {
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let status = host::call_response_status();
+        if let Some(reply) = self.pending_logout.take() {
+            // Best effort: the session cookies are cleared whatever the IdP said.
+            log::debug!("[ctx {}] token revocation answered {status:?}", self.id);
+            self.answer(&reply);
+            return;
+        }
+        let Some(pending) = self.pending_login.take() else {
+            return;
+        };
+        let body = host::call_response_body(body_size, MAX_RESPONSE_BYTES).unwrap_or_default();
+        let reply = self.finish_login(&pending, status, &body);
+        self.answer(&reply);
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = host::request_headers();
         let now = host::now_s();
         let view = RequestView { headers: &headers };
+        if let Some(action) = self.login(&view, now) {
+            return action;
+        }
 
         let reply = {
             let mut st = self.vm.borrow_mut();
@@ -134,6 +169,128 @@ impl HttpContext for Http {
 }
 
 impl Http {
+    /// Sends an answer the filter generated (login, callback, logout) and counts it.
+    fn answer(&self, reply: &Reply) -> Action {
+        if let Ok(st) = self.vm.try_borrow() {
+            st.metrics.login(reply);
+        }
+        host::send_reply(self.id, reply)
+    }
+
+    /// Login, callback and logout paths; `None` for every other request.
+    fn login(&mut self, view: &RequestView<'_>, now: u64) -> Option<Action> {
+        let mut guard = self.vm.borrow_mut();
+        let st = &mut *guard;
+        let login = st.config.login.as_ref()?;
+        let route = login.route(&view.path())?;
+        if route == Route::Logout && view.get_str(":method") == Some("POST") {
+            // Logging out is a state change: a cross-site page must not log the user out.
+            let csrf_cookie = view
+                .cookie()
+                .and_then(|c| String::from_utf8(c.into_owned()).ok())
+                .and_then(|c| cookie::find(&c, &st.config.cookies.csrf).map(str::to_string));
+            if let Err(e) = decision::check_csrf(&st.config, view, csrf_cookie.as_deref()) {
+                let mut r = Reply::forbidden_csrf(e.code(), &e.to_string());
+                decision::add_cors(&st.config, view, &mut r);
+                st.metrics.refused(&r);
+                drop(guard);
+                return Some(host::send_reply(self.id, &r));
+            }
+        }
+        let Some(random) = LoginRandom::draw(|b| getrandom::fill(b).is_ok()) else {
+            drop(guard);
+            let r = Reply::unavailable("no_randomness", "the filter has no randomness", 1);
+            return Some(host::send_reply(self.id, &r));
+        };
+        let step = login::handle(&st.config, login, view, now, &random)?;
+        let timeout = st
+            .config
+            .refresh
+            .as_ref()
+            .map(|r| (r.endpoint.cluster.clone(), r.timeout_ms));
+        drop(guard);
+        let reply = match step {
+            LoginStep::Respond(r) => r,
+            LoginStep::Exchange { request, pending } => {
+                match timeout.and_then(|(cluster, ms)| host::dispatch(&cluster, &request, ms)) {
+                    Some(_) => {
+                        self.pending_login = Some(pending);
+                        return Some(Action::Pause);
+                    }
+                    None => self.finish_login(&pending, None, b""),
+                }
+            }
+            LoginStep::Logout(l) => match (l.revocation, timeout) {
+                (Some(rev), Some((cluster, ms)))
+                    if host::dispatch(&cluster, &rev, ms).is_some() =>
+                {
+                    self.pending_logout = Some(l.reply);
+                    return Some(Action::Pause);
+                }
+                _ => l.reply,
+            },
+        };
+        Some(self.answer(&reply))
+    }
+
+    /// Finishes a callback with the token endpoint's answer (`status` None: no answer).
+    fn finish_login(
+        &mut self,
+        pending: &PendingCallback,
+        status: Option<u32>,
+        body: &[u8],
+    ) -> Reply {
+        let now = host::now_s();
+        let Some(rand) = host::random() else {
+            return Reply::unavailable("no_randomness", "the filter has no randomness", 1);
+        };
+        let Ok(mut guard) = self.vm.try_borrow_mut() else {
+            return Reply::unavailable("busy", "retry", 1);
+        };
+        let st = &mut *guard;
+        let Some(login) = st.config.login.as_ref() else {
+            return Reply::unavailable("login_not_configured", "login is not configured", 60);
+        };
+        match login::finish_callback(
+            &st.config,
+            login,
+            st.keys.as_deref(),
+            pending,
+            status,
+            body,
+            now,
+            &rand,
+            true,
+        ) {
+            login::Finish::Respond(r) => r,
+            login::Finish::UnknownKid => {
+                // The IdP signs with a key fetched after ours: refetch; the code is spent, so the
+                // user logs in again (the page links to the login).
+                if let Some(j) = st.jwks.as_mut() {
+                    let _ = j.want_kid_refetch(now);
+                }
+                match login::finish_callback(
+                    &st.config,
+                    login,
+                    st.keys.as_deref(),
+                    pending,
+                    status,
+                    body,
+                    now,
+                    &rand,
+                    false,
+                ) {
+                    login::Finish::Respond(r) => r,
+                    login::Finish::UnknownKid => Reply::unavailable(
+                        "login_keys_not_ready",
+                        "the identity provider's signing key is not known yet; log in again",
+                        1,
+                    ),
+                }
+            }
+        }
+    }
+
     /// Turns `upstream_token_headers` into cookies and removes those headers.
     fn upstream_rotation(&mut self) -> Vec<String> {
         let Ok(mut guard) = self.vm.try_borrow_mut() else {

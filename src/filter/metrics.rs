@@ -27,6 +27,10 @@ pub struct Metrics {
     refresh_reused: Option<u32>,
     jwks_fetches: Option<u32>,
     jwks_failures: Option<u32>,
+    login_started: Option<u32>,
+    login_succeeded: Option<u32>,
+    login_failed: Option<u32>,
+    logout: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -58,6 +62,10 @@ impl Metrics {
             refresh_reused: counter("edge_token_relay_refresh_reused_total"),
             jwks_fetches: counter("edge_token_relay_jwks_fetches_total"),
             jwks_failures: counter("edge_token_relay_jwks_failures_total"),
+            login_started: counter("edge_token_relay_login_started_total"),
+            login_succeeded: counter("edge_token_relay_login_succeeded_total"),
+            login_failed: counter("edge_token_relay_login_failed_total"),
+            logout: counter("edge_token_relay_logout_total"),
         }
     }
 
@@ -109,6 +117,17 @@ impl Metrics {
 
     pub fn refresh_reused(&self) {
         inc(self.refresh_reused);
+    }
+
+    /// A login, callback or logout answer, by its reason code.
+    pub fn login(&self, reply: &Reply) {
+        inc(match reply.reason {
+            "login_start" => self.login_started,
+            "login" | "login_no_refresh_token" => self.login_succeeded,
+            "logout" => self.logout,
+            r if r.starts_with("login_") => self.login_failed,
+            _ => None,
+        });
     }
 
     pub fn jwks_fetch(&self, ok: bool) {

@@ -184,8 +184,10 @@ impl Vm {
                 }
             }
         };
-        if let Outcome::Reply(r) = &mut outcome {
-            decision::add_cors(&self.config, req, r);
+        if let Outcome::Reply(r) = outcome {
+            let mut r = decision::navigation_redirect(&self.config, req, r);
+            decision::add_cors(&self.config, req, &mut r);
+            outcome = Outcome::Reply(r);
         }
         outcome
     }
