@@ -7,7 +7,8 @@
 //! GET  <callback>?code=..&state=..   -> Exchange: POST grant_type=authorization_code to the token endpoint
 //!      finish_callback(answer)       -> 302 /page (or a same-site hop page) + access token, session, CSRF cookies
 //! POST <logout_path>                 -> 302 end_session_endpoint?...  + every relay cookie cleared
-//!                                       (and a fire-and-forget RFC 7009 revocation of the refresh token)
+//!                                       (after an RFC 7009 revocation of the refresh token: best
+//!                                       effort, bounded by the token endpoint's timeout)
 //! ```
 //!
 //! **One flow cookie per login.** The PKCE verifier, `state`, `nonce`, the page to return to and
