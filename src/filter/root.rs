@@ -59,7 +59,9 @@ impl Context for Root {
                 let body =
                     host::call_response_body(body_size, MAX_RESPONSE_BYTES).unwrap_or_default();
                 match flights.on_response(token, status, &body, now, cfg) {
-                    Some((id, result)) => {
+                    Some((id, result, started_ms)) => {
+                        st.metrics
+                            .refresh_latency(host::now_ms().saturating_sub(started_ms));
                         st.metrics.refresh_result(
                             result.is_ok(),
                             result == Err(RefreshError::InvalidGrant),
@@ -115,7 +117,10 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(vm) = self.vm.clone() else { return };
-        vm.borrow().metrics.flush();
+        {
+            let st = vm.borrow();
+            st.metrics.flush(st.cache.take_counts());
+        }
         let now = host::now_s();
         let mut keys_settled = false;
         let mut settled_refreshes: Vec<RefreshId> = Vec::new();
