@@ -9,8 +9,10 @@ filter does not know fails there. This file adds what validation cannot show:
   only the addresses (STATIC, with the original name as the endpoint `hostname`) and the CA
   bundle are changed; SNI, certificate-name checks, authorities, paths, routes and the plugin
   configuration are the file's own. A token of the provider's shape is verified and relayed
-  with the API's Host, an ID token is refused, and an expired token is refreshed through the
-  token endpoint with HTTP Basic client authentication;
+  with the API's Host, an ID token is refused, an expired token is refreshed through the
+  token endpoint with HTTP Basic client authentication, the login starts a code + PKCE flow
+  for the configured client, and logout revokes the refresh token and leaves through the
+  provider's logout endpoint;
 * the Istio manifests against Istio's CRD schemas (istio/schema/, strict about unknown fields,
   plus the CEL rules of the fields used), and their consistency with the plugin
   configuration (`outbound|443||<host>` clusters, SNI, authorities) and with envoy/cognito.yaml;
@@ -82,10 +84,6 @@ def plugin_config_of(envoy_cfg: dict) -> dict:
     return json.loads(conf["value"])
 
 
-def set_plugin_config(envoy_cfg: dict, plugin_cfg: dict) -> None:
-    relay_filter(envoy_cfg)["configuration"]["value"] = json.dumps(plugin_cfg)
-
-
 def clusters_of(envoy_cfg: dict) -> dict[str, dict]:
     return {c["name"]: c for c in envoy_cfg["static_resources"]["clusters"]}
 
@@ -151,7 +149,9 @@ def _table_rows(body: str) -> list[list[str]]:
 class Reference:
     """What README.md documents about the plugin configuration.
 
-    * top-level fields: the first column of the tables under "Configuration reference";
+    * top-level fields: the first column of the tables under "Configuration reference", or a
+      section of their own (a heading naming the field, with an example `"field": {...}`, as
+      "Login and logout at the edge" documents `login`);
     * a sub-field K of P is documented when P's table row names K (`K` or "K"), when the
       README names `P.K`, when a table under a heading that mentions P lists K in its first
       column, or when the configuration example has K inside P.
@@ -163,6 +163,7 @@ class Reference:
         self.top: set[str] = set()
         self.rows: dict[str, list[str]] = {}
         self.by_heading: list[tuple[str, set[str]]] = []
+        self.bodies: list[tuple[str, str]] = []
         self.example: dict = {}
         in_ref = False
         for level, heading, body in sections:
@@ -175,6 +176,7 @@ class Reference:
                 for n in names:
                     self.rows.setdefault(n, []).append(" | ".join(row))
             self.by_heading.append((heading, firsts))
+            self.bodies.append((heading, body))
             if in_ref:
                 self.top.update(firsts)
                 m = re.search(r"```json\n(.*?)```", body, re.S)
@@ -184,7 +186,10 @@ class Reference:
     def documents(self, path: tuple[str, ...]) -> bool:
         *parents, key = path
         if not parents:
-            return key in self.top
+            return key in self.top or any(
+                re.search(r"\b" + re.escape(key) + r"\b", heading, re.I)
+                and re.search(r"```json\n[^`]*\"" + re.escape(key) + r"\"\s*:", body)
+                for heading, body in self.bodies)
         parent = parents[-1]
         for row in self.rows.get(parent, []):
             if re.search(r"[`\"]" + re.escape(key) + r"[`\"]", row):
@@ -232,6 +237,7 @@ def test_the_reference_parser_reads_the_readme(reference):
                  ("cookies", "access_token"), ("session_keys", "kid"),
                  ("token_endpoint", "timeout_ms"), ("csrf", "double_submit")]:
         assert reference.documents(path), path
+    assert reference.documents(("login",)) and reference.documents(("login", "revocation_path"))
     assert not reference.documents(("not_a_field",))
     assert not reference.documents(("jwks", "not_a_field"))
 
@@ -279,6 +285,29 @@ def test_istio_plugin_config_is_accepted_by_the_filter(wasm_file, envoy_bin, tmp
     path.write_text(json.dumps(cfg))
     result = validate_config(path, envoy_bin, cwd=REPO_ROOT)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.parametrize("name", DEPLOY_CONFIGS)
+def test_tls_clusters_check_the_server_name(name):
+    """Every remote cluster sends SNI and checks the certificate's name against it. Without
+    `match_typed_subject_alt_names` Envoy accepts a certificate for ANY name the CA bundle
+    vouches for (tried: a certificate for another name is then accepted)."""
+    for c in load_envoy(name)["static_resources"]["clusters"]:
+        host = cluster_host(c)
+        if c["type"] == "STATIC":
+            ipaddress.ip_address(host)  # local plain-HTTP clusters only
+            continue
+        assert c["type"] == "LOGICAL_DNS" and c["dns_lookup_family"] == "V4_ONLY", c["name"]
+        lb = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        assert lb["address"]["socket_address"]["port_value"] == 443, c["name"]
+        ts = c["transport_socket"]
+        assert ts["name"] == "envoy.transport_sockets.tls", c["name"]
+        tls = ts["typed_config"]
+        assert tls["sni"] == host, c["name"]
+        vc = tls["common_tls_context"]["validation_context"]
+        assert vc["trusted_ca"] == {"filename": "/etc/ssl/certs/ca-certificates.crt"}, c["name"]
+        assert vc["match_typed_subject_alt_names"] == \
+            [{"san_type": "DNS", "matcher": {"exact": host}}], c["name"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,12 +506,6 @@ class Deployment:
 
     def start(self) -> "Deployment":
         cfg = copy.deepcopy(self.original)
-        pc = copy.deepcopy(self.pc)
-        # The login block drives browser redirects that this test does not follow (the login
-        # tests cover them); leaving it out also keeps this test independent of whether the
-        # build under test has the login feature.
-        pc.pop("login", None)
-        set_plugin_config(cfg, pc)
         cfg["admin"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
         for listener in cfg["static_resources"]["listeners"]:
             listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
@@ -514,11 +537,15 @@ class Deployment:
         self.web.stop()
 
     def get(self, path: str, cookie: str | None = None, headers: dict | None = None):
+        return self.request("GET", path, cookie, headers)
+
+    def request(self, method: str, path: str, cookie: str | None = None,
+                headers: dict | None = None):
         h = dict(headers or {})
         if cookie:
             h["Cookie"] = cookie
-        return new_http_session().get(self.envoy.url(path), headers=h, timeout=15,
-                                      allow_redirects=False)
+        return new_http_session().request(method, self.envoy.url(path), headers=h, timeout=15,
+                                          allow_redirects=False)
 
     def wait_ready(self) -> str:
         """Wait until the key set is in (protected requests get 503 before); return a valid
@@ -623,6 +650,71 @@ def test_deployment_refreshes_through_the_token_endpoint(deployment):
     set_by_relay = set_cookies(resp)
     assert pc["cookies"]["access_token"] in set_by_relay, set_by_relay
     assert pc["cookies"]["session"] in set_by_relay, "the rotated refresh token was not resealed"
+
+
+def test_deployment_login_redirects_to_the_provider(deployment):
+    """The login block's authorization request: code flow with PKCE for this client."""
+    dep, login = deployment, deployment.pc["login"]
+    resp = dep.get(login["login_path"] + "?return_to=/dashboard")
+    assert resp.status_code == 302, resp.text
+    location = resp.headers["location"]
+    assert location.startswith(login["authorization_endpoint"] + "?"), location
+    q = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+    assert q["response_type"] == ["code"]
+    assert q["client_id"] == [dep.pc["client_id"]]
+    assert q["redirect_uri"] == [login["redirect_uri"]]
+    assert q["scope"][0].split(" ") == login["scopes"]
+    assert q["code_challenge_method"] == ["S256"]
+    assert q["state"][0] and q["code_challenge"][0]
+
+
+def test_deployment_logout_revokes_and_leaves_through_the_provider(deployment):
+    """POST logout (CSRF-checked like any state change): the refresh token is revoked at
+    `revocation_path` on the token endpoint's cluster, and the browser goes to the provider's
+    logout endpoint."""
+    dep, pc = deployment, deployment.pc
+    login = pc["login"]
+    (kid, key), = [(k["kid"], b64url_decode(k["key"])) for k in pc["session_keys"][:1]]
+    sealed = SessionKeys([(kid, key)]).seal("logout-refresh-token", exp=int(time.time()) + 3600)
+    csrf = "c" * 43
+    cookies = "; ".join([cookie(pc["cookies"]["session"], sealed),
+                         cookie(pc["cookies"]["csrf"], csrf)])
+    origin = pc["csrf"]["allowed_origins"][0]
+    refused = dep.request("POST", login["logout_path"], cookies, {"Origin": origin})
+    assert refused.status_code == 403, "double submit: a logout without X-CSRF-Token must fail"
+    resp = dep.request("POST", login["logout_path"], cookies,
+                       {"Origin": origin, "X-CSRF-Token": csrf})
+    assert resp.status_code == 302, resp.text
+    location = resp.headers["location"]
+    assert location.startswith(login["end_session_endpoint"]), location
+    q = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+    assert q["client_id"] == [pc["client_id"]]
+    # The endpoint's own query (Cognito: logout_uri) survives, the relay's parameters follow.
+    for k, v in urllib.parse.parse_qs(urllib.parse.urlsplit(login["end_session_endpoint"]).query).items():
+        assert q[k] == v, (k, location)
+    cleared = set_cookies(resp)
+    assert cleared[pc["cookies"]["session"]].clears
+
+    te = pc["token_endpoint"]
+    idp = dep.standins[te["cluster"]]
+    (rev,) = idp.matching("POST", login["revocation_path"])
+    assert rev["headers"]["host"] == te["authority"]
+    assert rev["form"]["token"] == "logout-refresh-token"
+    assert rev["headers"]["authorization"].startswith("Basic ")
+
+
+def test_app_origin_is_consistent():
+    """redirect_uri, post_logout_redirect and the CSRF origins name the same app origin, and
+    Cognito's logout_uri (it ignores post_logout_redirect_uri) is post_logout_redirect."""
+    for name, pc in all_plugin_configs().items():
+        login = pc["login"]
+        origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(login["redirect_uri"]))
+        assert pc["csrf"]["allowed_origins"] == [origin], name
+        assert login["post_logout_redirect"].startswith(origin + "/"), name
+        end = urllib.parse.urlsplit(login["end_session_endpoint"])
+        if end.hostname.endswith(".amazoncognito.com"):
+            assert urllib.parse.parse_qs(end.query)["logout_uri"] == \
+                [login["post_logout_redirect"]], name
 
 
 def test_deployment_routes_other_paths_to_the_web_app(deployment):
