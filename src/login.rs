@@ -613,7 +613,9 @@ fn stale_flow_cookies(
     now: u64,
 ) -> Vec<String> {
     let present = flow_cookies(login, cookie_header);
-    let mut readable: Vec<(&str, u64)> = Vec::new();
+    // (name, creation second, position in the header): browsers list older cookies first, so
+    // the position breaks ties between flows started in the same second.
+    let mut readable: Vec<(&str, u64, usize)> = Vec::new();
     let mut stale: Vec<&str> = Vec::new();
     for (i, (name, value)) in present.iter().enumerate() {
         let flow = if i < MAX_FLOW_COOKIES_READ {
@@ -622,14 +624,14 @@ fn stale_flow_cookies(
             None
         };
         match flow {
-            Some(f) => readable.push((name, f.t)),
+            Some(f) => readable.push((name, f.t, i)),
             None => stale.push(name),
         }
     }
     if present.len() > FLOW_COOKIES_TOLERATED {
         // Newest first; the first FLOW_COOKIES_KEPT stay.
-        readable.sort_by_key(|&(_, t)| std::cmp::Reverse(t));
-        stale.extend(readable.iter().skip(FLOW_COOKIES_KEPT).map(|(n, _)| *n));
+        readable.sort_by_key(|&(_, t, i)| std::cmp::Reverse((t, i)));
+        stale.extend(readable.iter().skip(FLOW_COOKIES_KEPT).map(|(n, _, _)| *n));
     }
     stale
         .into_iter()
