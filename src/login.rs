@@ -1482,7 +1482,8 @@ pub fn revocation_request(
 /// `id_token_hint` when the session kept one, `post_logout_redirect_uri`), or to
 /// `post_logout_redirect` without one. With `json` (the client prefers JSON: a `fetch`, which
 /// cannot follow a cross-origin redirect into a page) the answer is `200 {"redirect_to": url}`
-/// instead of the 302, for the page to navigate itself.
+/// instead of the 302, for the page to navigate itself; that URL carries no `id_token_hint`,
+/// because a JSON body is readable by JavaScript and no token may be.
 pub fn logout(
     config: &Config,
     login: &LoginConfig,
@@ -1505,7 +1506,9 @@ pub fn logout(
             let client_id = config.refresh.as_ref().map_or("", |r| r.client_id.as_str());
             let mut params: Vec<(&str, &str)> = vec![("client_id", client_id)];
             if let Some(hint) = session.as_ref().and_then(|(_, s)| s.id_token.as_deref()) {
-                params.push(("id_token_hint", hint));
+                if !json {
+                    params.push(("id_token_hint", hint));
+                }
             }
             params.push(("post_logout_redirect_uri", &login.post_logout_redirect_uri));
             with_query(end, &params)
@@ -2973,10 +2976,13 @@ mod tests {
         assert_eq!(cleared, want);
         assert!(set_names(&r).is_empty());
 
-        // A fetch that asks for JSON gets the URL to go to.
+        // A fetch that asks for JSON gets the URL to go to, without the ID token: a JSON body is
+        // readable by JavaScript.
         let r = logout(&c, &l, &cookies, true, NOW).reply;
         assert_eq!(r.status, 200);
-        assert_eq!(json_body(&r)["redirect_to"], location);
+        let to = json_body(&r)["redirect_to"].as_str().unwrap().to_string();
+        assert!(!to.contains("id_token_hint"), "{to}");
+        assert!(to.contains("client_id=") && to.contains("post_logout_redirect_uri="));
         assert_eq!(cleared_names(&r).len(), 4);
     }
 

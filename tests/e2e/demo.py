@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import signal
 import sys
 import threading
@@ -68,13 +69,17 @@ class Stack:
     def base_url(self) -> str:
         return self.app_origin
 
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        for part in (self.envoy, self.gateway, self.idp):
-            with contextlib.suppress(Exception):
-                part.stop()
+    def stop(self, remove_files: bool = False) -> None:
+        """Stop everything; `remove_files` also deletes Envoy's and the IdP's temp dirs
+        (config, logs)."""
+        if not self._stopped:
+            self._stopped = True
+            for part in (self.envoy, self.gateway, self.idp):
+                with contextlib.suppress(Exception):
+                    part.stop()
+        if remove_files:
+            for tmp in (self.envoy.tmp, self.idp.tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def __enter__(self) -> "Stack":
         return self
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         print("stopping...", flush=True)
         started = time.monotonic()
-        stack.stop()
+        stack.stop(remove_files=code == 0)  # after a crash the logs stay for a look
         print(f"stopped ({time.monotonic() - started:.1f} s)", flush=True)
     return code
 
