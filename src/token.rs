@@ -1564,4 +1564,82 @@ mod tests {
             let _ = verify(&token, &fixture().keys, &fuzz_rules, now);
         }
     }
+
+    // Properties of the claim checks (no signatures involved: `check_claims` is what runs after
+    // the signature verified).
+    mod claim_props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn rules(skew: u64) -> ClaimRules {
+            ClaimRules {
+                issuer: "https://idp".into(),
+                audiences: vec!["a1".into(), "a2".into()],
+                required_claims: vec![("token_use".into(), json!("access"))],
+                algorithms: AlgSet::all(),
+                clock_skew_s: skew,
+                forward_claims: vec![],
+            }
+        }
+
+        fn claims(v: serde_json::Value) -> Map<String, Value> {
+            v.as_object().cloned().unwrap_or_default()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// A token is inside its validity window exactly when now < exp + skew and
+            /// now + skew >= nbf.
+            #[test]
+            fn time_window(exp in 0u64..4_000_000_000, nbf in proptest::option::of(0u64..4_000_000_000),
+                           now in 0u64..4_000_000_000, skew in 0u64..600) {
+                let mut c = json!({"iss": "https://idp", "aud": "a1", "token_use": "access", "exp": exp});
+                if let Some(nbf) = nbf { c["nbf"] = json!(nbf); }
+                let got = check_claims(&claims(c), &rules(skew), now);
+                let expired = now >= exp.saturating_add(skew);
+                let early = nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf);
+                match got {
+                    Ok(e) => { prop_assert!(!expired && !early); prop_assert_eq!(e, exp); }
+                    Err(TokenError::Expired) => prop_assert!(expired),
+                    Err(TokenError::NotYetValid) => prop_assert!(!expired && early),
+                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+
+            /// Audience: accepted exactly when `aud` (string or array) holds a configured
+            /// audience, or, without `aud`, `client_id` is one.
+            #[test]
+            fn audience(aud in proptest::option::of(proptest::collection::vec("a[0-9]", 0..4)),
+                        as_string in any::<bool>(), client_id in proptest::option::of("a[0-9]")) {
+                let mut c = json!({"iss": "https://idp", "token_use": "access", "exp": 2_000_000_000u64});
+                match &aud {
+                    Some(list) if as_string && list.len() == 1 => c["aud"] = json!(list[0]),
+                    Some(list) => c["aud"] = json!(list),
+                    None => {}
+                }
+                if let Some(id) = &client_id { c["client_id"] = json!(id); }
+                let allowed = |s: &str| s == "a1" || s == "a2";
+                let want = match &aud {
+                    Some(list) => list.iter().any(|a| allowed(a)),
+                    None => client_id.as_deref().is_some_and(allowed),
+                };
+                let got = check_claims(&claims(c), &rules(0), 1_000_000_000);
+                prop_assert_eq!(got.is_ok(), want, "{:?}", got);
+            }
+
+            /// Required claims compare as JSON values: only the exact value passes.
+            #[test]
+            fn required_claims(v in prop_oneof![
+                Just(json!("access")), Just(json!("id")), Just(json!(["access"])),
+                Just(json!(1)), Just(json!(null)), Just(json!({"token_use": "access"})),
+                "[a-z]{0,8}".prop_map(|s| json!(s)),
+            ]) {
+                let c = json!({"iss": "https://idp", "aud": "a1", "token_use": v.clone(), "exp": 2_000_000_000u64});
+                let got = check_claims(&claims(c), &rules(0), 1_000_000_000);
+                prop_assert_eq!(got.is_ok(), v == json!("access"));
+            }
+        }
+    }
 }
