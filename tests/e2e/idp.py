@@ -191,6 +191,8 @@ class Idp:
         self.access_token_ttl: int = info["access_token_ttl"]
         self.http = requests.Session()
         self.http.trust_env = False
+        # A fresh connection per call: no race with the server closing an idle keep-alive one.
+        self.http.headers["Connection"] = "close"
         self.discovery: dict = {}
 
     # -- lifecycle ---------------------------------------------------------------------------

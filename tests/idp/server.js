@@ -621,7 +621,10 @@ let handler = (_req, res) => {
   res.end();
 };
 const server = http.createServer((req, res) => handler(req, res));
-server.keepAliveTimeout = 5000;
+// Longer than any idle gap in the tests: a client that reuses a connection the server has just
+// closed gets a reset (Node's default is 5 s; tests wait past 5 s for tokens to expire).
+server.keepAliveTimeout = 65000;
+server.headersTimeout = 66000;
 
 server.listen(PORT, HOST, () => {
   const { port } = server.address();
