@@ -190,10 +190,13 @@ pub fn check(policy: &CsrfPolicy, input: &CsrfInput<'_>) -> Result<(), CsrfError
 }
 
 /// The origin to echo in CORS headers (`Access-Control-Allow-Origin`) on the filter's own
-/// 401/403/503 answers: `Some(origin)`, exactly as sent, only when the request's `Origin` is
-/// allowed.
+/// 401/403/503 answers: `Some(origin)`, as sent (without surrounding spaces or tabs), only when
+/// the request's `Origin` is allowed. Agrees with [`check`]: an `Origin` that passes the check
+/// is echoed, and only such an `Origin`.
 pub fn cors_origin<'a>(policy: &CsrfPolicy, origin: Option<&'a str>) -> Option<&'a str> {
-    origin.filter(|o| policy.allows(o))
+    origin
+        .map(|o| o.trim_matches(is_ws))
+        .filter(|o| policy.allows(o))
 }
 
 /// A fresh double-submit token from 32 random bytes: base64url without padding (43 chars).
@@ -660,6 +663,14 @@ mod tests {
             cors_origin(&p, Some("https://app.example.com:443")),
             Some("https://app.example.com:443")
         );
+        // Surrounding whitespace is ignored here as in `check` (found by fuzzing: the two
+        // disagreed on "https://app.example.com " until both trimmed).
+        assert_eq!(
+            cors_origin(&p, Some(" https://app.example.com\t")),
+            Some("https://app.example.com")
+        );
+        let i = input("POST", Some(" https://app.example.com\t"));
+        assert_eq!(check(&p, &i), Ok(()));
         assert_eq!(cors_origin(&p, Some("https://evil.test")), None);
         assert_eq!(cors_origin(&p, Some("null")), None);
         assert_eq!(cors_origin(&p, Some("")), None);

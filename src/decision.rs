@@ -544,21 +544,28 @@ fn over_budget(config: &Config, req: &RequestView<'_>, f: &Forward<'_>) -> Optio
             || name == "cookie"
             || config.rules.forward_claims.iter().any(|(h, _)| h == name)
     };
-    let mut headers: Vec<(&str, &[u8])> = req
-        .headers
-        .iter()
-        .filter(|(n, _)| !replaced(n))
-        .map(|(n, v)| (n.as_str(), v.as_slice()))
-        .collect();
-    headers.push(("authorization", f.authorization.as_bytes()));
-    if let Some(c) = &f.cookie {
-        headers.push(("cookie", c.as_bytes()));
+    // The headers as they would go upstream: the client's, minus those the filter replaces,
+    // plus the filter's own.
+    let upstream = || {
+        req.headers
+            .iter()
+            .filter(|(n, _)| !replaced(n))
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .chain(std::iter::once((
+                "authorization",
+                f.authorization.as_bytes(),
+            )))
+            .chain(f.cookie.as_deref().map(|c| ("cookie", c.as_bytes())))
+            .chain(
+                f.claim_headers()
+                    .filter_map(|(name, value)| value.map(|v| (name, v.as_bytes()))),
+            )
+    };
+    // Hot path: the request fits, which the total alone shows (no list built).
+    if header_budget::total_of(upstream()) <= budget {
+        return None;
     }
-    for (name, value) in f.claim_headers() {
-        if let Some(v) = value {
-            headers.push((name, v.as_bytes()));
-        }
-    }
+    let headers: Vec<(&str, &[u8])> = upstream().collect();
     let offender = header_budget::over_budget(&headers, budget)?;
     Some(Reply::headers_too_large(
         &offender.to_string(),

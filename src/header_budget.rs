@@ -69,7 +69,12 @@ fn size(name: &str, value: &[u8]) -> usize {
 /// Size of the headers as an HTTP/1 request carries them: `name + ": " + value + "\r\n"` per
 /// header (saturating).
 pub fn total(headers: &[(&str, &[u8])]) -> usize {
-    headers.iter().fold(0usize, |acc, (name, value)| {
+    total_of(headers.iter().copied())
+}
+
+/// [`total`] of headers given one at a time (no list needed).
+pub fn total_of<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> usize {
+    headers.into_iter().fold(0usize, |acc, (name, value)| {
         acc.saturating_add(size(name, value))
     })
 }

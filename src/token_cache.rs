@@ -3,13 +3,53 @@
 //! One cache per Wasm VM (worker); sharing it across workers would cost a serialization per
 //! request, more than the lookup saves. Entries are keyed by the token itself through a
 //! SipHash-1-3 table with a per-VM random key, so a lookup is one keyed hash plus an exact
-//! comparison: no collision can make an unverified token look verified. Each entry dies at the
+//! comparison: no collision can make an unverified token look verified. The hash covers the
+//! token's length and its last [`HASHED_TAIL`] bytes (the end of the signature) rather than the
+//! whole token: the leading part (JOSE header, and claims that differ little between tokens)
+//! adds no spread, and hashing a ~600-byte RS256 token in full was a third of a cache hit's
+//! work. Only verified tokens are ever inserted, so no one without the signing key chooses
+//! those bytes, and the key keeps them unpredictable. Each entry dies at the
 //! token's `exp` (plus the configured clock skew, the same rule `token::verify` applies), and
 //! the table is bounded: when full, expired entries go first, then arbitrary ones.
 
 use std::cell::Cell;
+use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
+
+/// How many trailing bytes of a token the table hashes (with the token's length).
+pub const HASHED_TAIL: usize = 32;
+
+/// The table's hasher: keyed SipHash-1-3 (std's `RandomState`) over the length and the last
+/// [`HASHED_TAIL`] bytes of what it is given. Lookups and inserts hash alike, and equality is
+/// still the full token's.
+#[derive(Debug, Clone, Default)]
+struct TailHash(RandomState);
+
+struct TailHasher(DefaultHasher);
+
+impl BuildHasher for TailHash {
+    type Hasher = TailHasher;
+
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write_usize(bytes.len());
+        let tail = bytes
+            .get(bytes.len().saturating_sub(HASHED_TAIL)..)
+            .unwrap_or(bytes);
+        self.0.write(tail);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
 
 /// What a verified token yields on every later request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +64,7 @@ pub struct Cached {
 
 #[derive(Debug)]
 pub struct TokenCache {
-    map: HashMap<Box<str>, Cached>,
+    map: HashMap<Box<str>, Cached, TailHash>,
     capacity: usize,
     /// Lookups that found a live entry, and those that did not, since the last `take_counts`.
     hits: Cell<u64>,
@@ -35,7 +75,7 @@ impl TokenCache {
     /// A cache of at most `capacity` tokens (at least one).
     pub fn new(capacity: usize) -> TokenCache {
         TokenCache {
-            map: HashMap::new(),
+            map: HashMap::default(),
             capacity: capacity.max(1),
             hits: Cell::new(0),
             misses: Cell::new(0),
@@ -113,6 +153,19 @@ mod tests {
         assert!(c.get("t1", 99).is_some());
         assert!(c.get("t1", 100).is_none());
         assert!(c.get("t2", 50).is_none());
+    }
+
+    #[test]
+    fn same_tail_other_token_is_a_miss() {
+        let tail = "s".repeat(HASHED_TAIL);
+        let mut c = TokenCache::new(8);
+        c.insert(&format!("header.claims-a.{tail}"), entry(100), 0);
+        assert!(c.get(&format!("header.claims-a.{tail}"), 1).is_some());
+        assert!(c.get(&format!("header.claims-b.{tail}"), 1).is_none());
+        assert!(c.get(&format!("header.claims.{tail}"), 1).is_none());
+        assert!(c.get("short", 1).is_none());
+        c.insert("short", entry(100), 0);
+        assert!(c.get("short", 1).is_some());
     }
 
     #[test]

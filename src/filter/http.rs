@@ -42,8 +42,13 @@ impl Drop for Http {
     fn drop(&mut self) {
         // A parked stream that the client abandoned must not be resumed later.
         if let Ok(mut st) = self.vm.try_borrow_mut() {
-            st.waiters.remove(&self.id);
-            st.response_cookies.remove(&self.id);
+            // Both are empty on the hot path; a lookup in an empty map still hashes the key.
+            if !st.waiters.is_empty() {
+                st.waiters.remove(&self.id);
+            }
+            if !st.response_cookies.is_empty() {
+                st.response_cookies.remove(&self.id);
+            }
         }
     }
 }
@@ -136,7 +141,11 @@ impl HttpContext for Http {
             let Ok(mut st) = self.vm.try_borrow_mut() else {
                 return Action::Continue;
             };
-            st.response_cookies.remove(&self.id).unwrap_or_default()
+            if st.response_cookies.is_empty() {
+                Vec::new()
+            } else {
+                st.response_cookies.remove(&self.id).unwrap_or_default()
+            }
         };
         if self.cookie.is_some() {
             cookies.extend(self.upstream_rotation());
