@@ -10,7 +10,10 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 
 fuzz_target!(|data: &[u8]| {
-    if matches!(data.first(), Some(b'{' | b'[' | b'"' | b' ' | b'\t' | b'\r' | b'\n')) {
+    if matches!(
+        data.first(),
+        Some(b'{' | b'[' | b'"' | b' ' | b'\t' | b'\r' | b'\n')
+    ) {
         parse(data);
         return;
     }

@@ -21,13 +21,17 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(cookie::find(header, name), first);
     }
 
-    let scan = cookie::scan(header, [AT, SESSION, CSRF], |n| cookie::is_chunk_of(n, SESSION));
+    let scan = cookie::scan(header, [AT, SESSION, CSRF], |n| {
+        cookie::is_chunk_of(n, SESSION)
+    });
     for (i, want) in [AT, SESSION, CSRF].iter().enumerate() {
         assert_eq!(scan.values[i], cookie::find(header, want), "{want}");
     }
     // The relay's cookies (and chunks of the session) never survive into the remainder.
     if let Some(rest) = scan.remainder() {
-        let again = cookie::scan(&rest, [AT, SESSION, CSRF], |n| cookie::is_chunk_of(n, SESSION));
+        let again = cookie::scan(&rest, [AT, SESSION, CSRF], |n| {
+            cookie::is_chunk_of(n, SESSION)
+        });
         assert_eq!(again.values, [None, None, None]);
         assert!(!again.any_found);
     }
@@ -55,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
             .map(|(n, v)| format!("{n}={v}"))
             .collect::<Vec<_>>()
             .join("; ");
-        assert_eq!(session::read_chunked(&sent, SESSION).as_deref(), Some(value.as_str()));
+        assert_eq!(
+            session::read_chunked(&sent, SESSION).as_deref(),
+            Some(value.as_str())
+        );
         assert!(session::stale_chunks(&sent, SESSION, &written).is_empty());
     }
 });

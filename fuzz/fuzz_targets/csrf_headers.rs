@@ -9,6 +9,8 @@ use edge_token_relay_fuzz::{arbitrary::Unstructured, bytes, flag, pick, text};
 use libfuzzer_sys::fuzz_target;
 
 const ALLOWED: &str = "https://app.example.com";
+/// What the CSRF check trims from header values (HTTP optional whitespace).
+const WS: [char; 2] = [' ', '\t'];
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
@@ -31,9 +33,11 @@ fuzz_target!(|data: &[u8]| {
         }
     };
 
-    let method = ["POST", "PUT", "PATCH", "DELETE", "GET", "HEAD", "OPTIONS", "PROPFIND", "post"]
-        .get(pick(u, 10))
-        .map_or_else(|| text(u), |m| m.to_string());
+    let method = [
+        "POST", "PUT", "PATCH", "DELETE", "GET", "HEAD", "OPTIONS", "PROPFIND", "post",
+    ]
+    .get(pick(u, 10))
+    .map_or_else(|| text(u), |m| m.to_string());
     let header = |u: &mut Unstructured<'_>, good: &str, bad: &[&str]| -> Option<String> {
         match pick(u, bad.len() + 3) {
             0 => Some(good.to_string()),
@@ -42,8 +46,26 @@ fuzz_target!(|data: &[u8]| {
             i => bad.get(i - 3).map(|s| s.to_string()),
         }
     };
-    let origin = header(u, ALLOWED, &["null", "https://evil.test", "HTTPS://APP.example.com:443", "https://app.example.com/", ""]);
-    let referer = header(u, "https://app.example.com/page", &["https://evil.test/", "/relative", "https://app.example.com.evil.test"]);
+    let origin = header(
+        u,
+        ALLOWED,
+        &[
+            "null",
+            "https://evil.test",
+            "HTTPS://APP.example.com:443",
+            "https://app.example.com/",
+            "",
+        ],
+    );
+    let referer = header(
+        u,
+        "https://app.example.com/page",
+        &[
+            "https://evil.test/",
+            "/relative",
+            "https://app.example.com.evil.test",
+        ],
+    );
     let site = header(u, "same-origin", &["cross-site", "same-site", "none"]);
     let token = csrf::new_token(u.arbitrary().unwrap_or([0; 32]));
     let cookie = header(u, &token, &[""]);
@@ -58,6 +80,7 @@ fuzz_target!(|data: &[u8]| {
         csrf_header: x_csrf.as_deref(),
     };
     let result = csrf::check(&policy, &input);
+    let trimmed = origin.as_deref().map(|o| o.trim_matches(WS));
     if let Err(e) = result {
         let _ = (e.code(), e.to_string());
     }
@@ -65,20 +88,43 @@ fuzz_target!(|data: &[u8]| {
     if exempt {
         assert_eq!(result, Ok(()));
     } else {
-        if site.as_deref().is_some_and(|s| s.trim().eq_ignore_ascii_case("cross-site")) {
+        if site
+            .as_deref()
+            .is_some_and(|s| s.trim_matches(WS).eq_ignore_ascii_case("cross-site"))
+        {
             assert_eq!(result, Err(CsrfError::CrossSite));
         }
         if result.is_ok() && origin.is_some() {
             // An accepted Origin is one cors_origin echoes.
-            assert_eq!(csrf::cors_origin(&policy, origin.as_deref()), origin.as_deref());
+            assert_eq!(csrf::cors_origin(&policy, origin.as_deref()), trimmed);
         }
         if result.is_ok() && policy.double_submit {
-            assert_eq!(cookie.as_deref().map(str::trim), x_csrf.as_deref().map(str::trim));
+            let cookie = cookie
+                .as_deref()
+                .expect("double submit passed without a cookie");
+            assert!(!cookie.is_empty());
+            assert_eq!(Some(cookie), x_csrf.as_deref().map(|h| h.trim_matches(WS)));
         }
     }
-    if let Some(o) = csrf::cors_origin(&policy, origin.as_deref()) {
-        assert_eq!(Some(o), origin.as_deref());
+    // cors_origin echoes exactly the Origins an unsafe request may come from.
+    let echoed = csrf::cors_origin(&policy, origin.as_deref());
+    if echoed.is_some() {
+        assert_eq!(echoed, trimmed);
     }
+    let plain_post = CsrfInput {
+        method: "POST",
+        origin: origin.as_deref(),
+        ..CsrfInput::default()
+    };
+    let post_ok = csrf::check(
+        &CsrfPolicy {
+            double_submit: false,
+            ..policy.clone()
+        },
+        &plain_post,
+    )
+    .is_ok();
+    assert_eq!(echoed.is_some(), post_ok, "{origin:?}");
 
     // Header budget over headers from the input.
     let mut names: Vec<String> = Vec::new();
@@ -92,8 +138,11 @@ fuzz_target!(|data: &[u8]| {
         });
         values.push(bytes(u));
     }
-    let headers: Vec<(&str, &[u8])> =
-        names.iter().map(String::as_str).zip(values.iter().map(Vec::as_slice)).collect();
+    let headers: Vec<(&str, &[u8])> = names
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(Vec::as_slice))
+        .collect();
     let budget = usize::from(u.arbitrary::<u16>().unwrap_or(0));
     let total = header_budget::total(&headers);
     match header_budget::over_budget(&headers, budget) {

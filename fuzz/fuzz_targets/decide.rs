@@ -36,10 +36,17 @@ fuzz_target!(|data: &[u8]| {
         5 => format!("/api/{}", text(u)),
         _ => text(u),
     };
-    let keys = if pick(u, 8) == 7 { None } else { Some(config_keys()) };
+    let keys = if pick(u, 8) == 7 {
+        None
+    } else {
+        Some(config_keys())
+    };
     let allow_kid_refetch = !flag(u);
     let now = time(u);
-    let iv = decision::Random { iv: u.arbitrary().unwrap_or([0; 12]), csrf: u.arbitrary().unwrap_or([0; 32]) };
+    let iv = decision::Random {
+        iv: u.arbitrary().unwrap_or([0; 12]),
+        csrf: u.arbitrary().unwrap_or([0; 32]),
+    };
     let cookie: Option<Vec<u8>> = match pick(u, 10) {
         8 => Some(bytes(u)),
         9 => None,
@@ -60,11 +67,14 @@ fuzz_target!(|data: &[u8]| {
     let mut headers: Vec<(String, Vec<u8>)> = vec![
         (":method".into(), method.into_bytes()),
         (":path".into(), path.into_bytes()),
-        (":authority".into(), match pick(u, 3) {
-            0 => b"app.example.com".to_vec(),
-            1 => bytes(u),
-            _ => b"app.example.com:8443".to_vec(),
-        }),
+        (
+            ":authority".into(),
+            match pick(u, 3) {
+                0 => b"app.example.com".to_vec(),
+                1 => bytes(u),
+                _ => b"app.example.com:8443".to_vec(),
+            },
+        ),
         (":scheme".into(), b"https".to_vec()),
     ];
     let origin = match pick(u, 5) {
@@ -119,8 +129,9 @@ fuzz_target!(|data: &[u8]| {
         match decision::decide(config, keys, &mut cache, &req, now, allow_kid_refetch) {
             Step::Refresh(need) => {
                 let _ = format!("{need:?}");
-                let done =
-                    decision::complete_refresh(config, keys, &mut cache, &req, need, outcome, now, &iv);
+                let done = decision::complete_refresh(
+                    config, keys, &mut cache, &req, need, outcome, now, &iv,
+                );
                 assert!(!matches!(done.step, Step::Refresh(_) | Step::UnknownKid));
                 check_step(config, &req, done.step);
                 done.set_cookies.iter().for_each(|c| check_set_cookie(c));
@@ -160,7 +171,9 @@ fn check_step(config: &Config, req: &RequestView<'_>, step: Step<'_>) {
             assert!(f.authorization.starts_with("Bearer "));
             // The relay's cookies never reach the upstream.
             if let Some(rest) = &f.cookie {
-                let again = cookie::scan(rest, [AT, SESSION, CSRF], |n| cookie::is_chunk_of(n, SESSION) || n.starts_with("__Host-relay-flow-"));
+                let again = cookie::scan(rest, [AT, SESSION, CSRF], |n| {
+                    cookie::is_chunk_of(n, SESSION) || n.starts_with("__Host-relay-flow-")
+                });
                 assert_eq!(again.values, [None, None, None]);
                 assert!(!again.any_found, "relay cookie forwarded: {rest}");
             }
@@ -176,7 +189,10 @@ fn check_step(config: &Config, req: &RequestView<'_>, step: Step<'_>) {
             assert!((400..600).contains(&r.status), "{}", r.status);
             assert!(serde_json::from_str::<serde_json::Value>(&r.body).is_ok());
             for (name, value) in r.headers {
-                assert!(!value.bytes().any(|b| b < 0x20 || b == 0x7f), "{name}: {value:?}");
+                assert!(
+                    !value.bytes().any(|b| b < 0x20 || b == 0x7f),
+                    "{name}: {value:?}"
+                );
                 if name == "set-cookie" {
                     check_set_cookie(&value);
                 }
@@ -196,17 +212,42 @@ fn check_set_cookie(c: &str) {
 }
 
 fn access_token(u: &mut Unstructured<'_>) -> String {
-    let header = |alg: &str, kid: &str| b64(format!(r#"{{"alg":"{alg}","kid":"{kid}","typ":"JWT"}}"#).as_bytes());
+    let header = |alg: &str, kid: &str| {
+        b64(format!(r#"{{"alg":"{alg}","kid":"{kid}","typ":"JWT"}}"#).as_bytes())
+    };
     match pick(u, 8) {
-        0 => sign(Signer::Ed25519, &header("EdDSA", "ed-1"), &b64(claims(u).as_bytes())),
-        1 => sign(Signer::Es256, &header("ES256", "ec-1"), &b64(claims(u).as_bytes())),
+        0 => sign(
+            Signer::Ed25519,
+            &header("EdDSA", "ed-1"),
+            &b64(claims(u).as_bytes()),
+        ),
+        1 => sign(
+            Signer::Es256,
+            &header("ES256", "ec-1"),
+            &b64(claims(u).as_bytes()),
+        ),
         2 => RS256_TOKEN.to_string(),
         3 => text(u),
         4 => String::new(),
-        5 => sign(Signer::Ed25519, &header("EdDSA", "rotated"), &b64(claims(u).as_bytes())),
-        6 => format!("\"{}\"", sign(Signer::Ed25519, &header("EdDSA", "ed-1"), &b64(claims(u).as_bytes()))),
+        5 => sign(
+            Signer::Ed25519,
+            &header("EdDSA", "rotated"),
+            &b64(claims(u).as_bytes()),
+        ),
+        6 => format!(
+            "\"{}\"",
+            sign(
+                Signer::Ed25519,
+                &header("EdDSA", "ed-1"),
+                &b64(claims(u).as_bytes())
+            )
+        ),
         _ => {
-            let mut t = sign(Signer::Ed25519, &header("EdDSA", "ed-1"), &b64(claims(u).as_bytes()));
+            let mut t = sign(
+                Signer::Ed25519,
+                &header("EdDSA", "ed-1"),
+                &b64(claims(u).as_bytes()),
+            );
             t.push_str(&text(u));
             t
         }
@@ -223,7 +264,10 @@ fn sealed_session(u: &mut Unstructured<'_>) -> String {
         },
         id_token: if flag(u) { Some(text(u)) } else { None },
     };
-    let iv = decision::Random { iv: u.arbitrary().unwrap_or([0; 12]), csrf: u.arbitrary().unwrap_or([0; 32]) };
+    let iv = decision::Random {
+        iv: u.arbitrary().unwrap_or([0; 12]),
+        csrf: u.arbitrary().unwrap_or([0; 32]),
+    };
     match pick(u, 5) {
         0 => session::seal(session_keys(false), &session, iv.iv),
         1 => session::seal(session_keys(true), &session, iv.iv),
@@ -237,7 +281,10 @@ fn sealed_session(u: &mut Unstructured<'_>) -> String {
             String::from_utf8_lossy(&s).into_owned()
         }
         _ => {
-            let rt = Session { rt: String::new(), ..session };
+            let rt = Session {
+                rt: String::new(),
+                ..session
+            };
             session::seal(session_keys(false), &rt, iv.iv)
         }
     }

@@ -82,7 +82,11 @@ fuzz_target!(|data: &[u8]| {
             sig
         }
         (3, _) => Vec::new(),
-        (4, _) => RS256_TOKEN.rsplit('.').next().map(|s| s.as_bytes().to_vec()).unwrap_or_default(),
+        (4, _) => RS256_TOKEN
+            .rsplit('.')
+            .next()
+            .map(|s| s.as_bytes().to_vec())
+            .unwrap_or_default(),
         _ => bytes(u),
     };
     let mut token_str = format!("{signing_input}.{}", mangle(b64(&sig), pick(u, 24)));
@@ -120,7 +124,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(result.is_err());
         if header_json.starts_with("{\"alg\":") && !header_b64.contains(['=', '+', '/', ' ']) {
             assert!(
-                matches!(result, Err(TokenError::UnsupportedAlg | TokenError::Malformed)),
+                matches!(
+                    result,
+                    Err(TokenError::UnsupportedAlg | TokenError::Malformed)
+                ),
                 "{result:?}"
             );
         }

@@ -126,7 +126,9 @@ fn config_json_variant(variant: usize) -> serde_json::Value {
 pub fn config(variant: usize) -> &'static Config {
     fn parse(variant: usize) -> &'static Config {
         let json = config_json_variant(variant).to_string();
-        Box::leak(Box::new(Config::parse(json.as_bytes()).expect("fixture config parses")))
+        Box::leak(Box::new(
+            Config::parse(json.as_bytes()).expect("fixture config parses"),
+        ))
     }
     thread_local! {
         static CONFIGS: [&'static Config; 2] = [parse(0), parse(1)];
@@ -149,8 +151,10 @@ pub fn session_keys(older_only: bool) -> &'static SessionKeys {
         static OLDER: &'static SessionKeys = Box::leak(Box::new(build(&SESSION_KEYS[1..])));
     }
     fn build(entries: &[(&str, &str)]) -> SessionKeys {
-        let e: Vec<(String, String)> =
-            entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let e: Vec<(String, String)> = entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         SessionKeys::from_config(&e).expect("fixture session keys")
     }
     if older_only {
