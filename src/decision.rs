@@ -206,11 +206,17 @@ pub fn decide<'a>(
         ],
         |n| relay_owned(config, n),
     );
+    // An access token too big for one cookie arrives in chunks (`<name>.0`, `<name>.1`, ...).
+    let chunked_token = match scan.values.first().copied().flatten() {
+        Some(_) => None,
+        None => session::read_chunked(cookie_header, &names.access_token),
+    };
     let token = scan
         .values
         .first()
         .copied()
         .flatten()
+        .or(chunked_token.as_deref())
         .filter(|t| !t.is_empty());
 
     // A forged cross-site request is refused before any token work.
@@ -397,7 +403,7 @@ pub fn complete_refresh<'a>(
     };
     match verified {
         Ok((values, exp)) => {
-            set_cookies.push(access_token_cookie(config, at, exp, now));
+            set_cookies.extend(access_token_cookies(config, cookie_header, at, exp, now));
             let remainder = cookie::scan(
                 cookie_header,
                 [
@@ -462,6 +468,7 @@ fn forward<'a>(
 /// never forwarded.
 fn relay_owned(config: &Config, name: &str) -> bool {
     cookie::is_chunk_of(name, &config.cookies.session)
+        || cookie::is_chunk_of(name, &config.cookies.access_token)
         || config
             .login
             .as_ref()
@@ -605,16 +612,36 @@ fn add_cookies(reply: &mut Reply, cookies: Vec<String>) {
 }
 
 /// Set-Cookie for a new access token; it lives as long as the token.
-pub fn access_token_cookie(config: &Config, token: &str, exp: u64, now: u64) -> String {
+/// Set-Cookie values for a new access token; they live as long as the token. A token too big
+/// for one cookie (browsers drop Set-Cookie over 4,096 bytes) is split into chunks like the
+/// session, and pieces of an earlier token that the new one does not overwrite are deleted.
+pub fn access_token_cookies(
+    config: &Config,
+    cookie_header: &str,
+    token: &str,
+    exp: u64,
+    now: u64,
+) -> Vec<String> {
     let attrs = &config.cookies.attrs;
-    cookie::set_cookie(
-        &config.cookies.access_token,
-        token,
-        Some(exp.saturating_sub(now)),
-        attrs,
-        attrs.same_site,
-        true,
-    )
+    let name = &config.cookies.access_token;
+    let written = session::chunk(name, token);
+    let mut out: Vec<String> = written
+        .iter()
+        .map(|(n, v)| {
+            cookie::set_cookie(
+                n,
+                v,
+                Some(exp.saturating_sub(now)),
+                attrs,
+                attrs.same_site,
+                true,
+            )
+        })
+        .collect();
+    for stale in session::stale_chunks(cookie_header, name, &written) {
+        out.push(cookie::clear_cookie(&stale, attrs));
+    }
+    out
 }
 
 /// Set-Cookie values that store `session` (chunked when large) and delete stale chunks.
@@ -659,7 +686,13 @@ pub fn csrf_cookie(config: &Config, cookie_header: &str, rand: &Random) -> Strin
 /// Set-Cookie values that delete the access token and every piece of the session present.
 pub fn clear_relay_cookies(config: &Config, cookie_header: &str) -> Vec<String> {
     let attrs = &config.cookies.attrs;
-    let mut out = vec![cookie::clear_cookie(&config.cookies.access_token, attrs)];
+    let at = &config.cookies.access_token;
+    let mut out = vec![cookie::clear_cookie(at, attrs)];
+    for stale in session::stale_chunks(cookie_header, at, &[]) {
+        if stale != *at {
+            out.push(cookie::clear_cookie(&stale, attrs));
+        }
+    }
     let session = &config.cookies.session;
     let mut any_session = false;
     for stale in session::stale_chunks(cookie_header, session, &[]) {
@@ -698,7 +731,7 @@ pub fn upstream_rotation(
                 .map(|v| v.exp),
         };
         if let Some(exp) = exp {
-            out.push(access_token_cookie(config, at, exp, now));
+            out.extend(access_token_cookies(config, cookie_header, at, exp, now));
         }
     }
     if let Some(rt) = refresh_token.filter(|t| !t.is_empty()) {
@@ -1519,5 +1552,48 @@ mod tests {
             .set_cookies
             .iter()
             .any(|v| v.starts_with("__Host-relay-csrf=keep-me;")));
+    }
+
+    #[test]
+    fn oversized_access_token_is_chunked_and_read_back() {
+        let c = refresh_config(json!({}));
+        let mut cache = TokenCache::new(8);
+        // A token with a large claim: over one cookie's 4,000 bytes.
+        let mut big = claims();
+        big["groups"] = json!(vec!["g".repeat(40); 120]);
+        let t = sign(&big);
+        assert!(t.len() > 4000);
+        let cookies = access_token_cookies(&c, "", &t, NOW + 300, NOW);
+        assert!(cookies.len() >= 2, "{}", cookies.len());
+        assert!(
+            cookies.iter().all(|v| v.len() <= 4096),
+            "every Set-Cookie fits a browser"
+        );
+        // The browser sends the chunks back; the filter joins, verifies and strips them.
+        let header: Vec<String> = cookies
+            .iter()
+            .map(|v| v.split(';').next().unwrap().to_string())
+            .collect();
+        let header = format!("a=1; {}", header.join("; "));
+        let h = request("GET", "/api/x", Some(header.as_bytes()), &[]);
+        match decide_owned(&c, &mut cache, &h, NOW) {
+            Step::Forward(f) => {
+                assert_eq!(f.authorization, format!("Bearer {t}"));
+                assert_eq!(f.cookie.as_deref(), Some("a=1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A later small token deletes the stale chunks.
+        let small = sign(&claims());
+        let again = access_token_cookies(&c, &header, &small, NOW + 300, NOW);
+        assert!(
+            again
+                .iter()
+                .any(|v| v.starts_with("__Host-relay-at.0=;") && v.contains("Max-Age=0")),
+            "{again:?}"
+        );
+        // Logging out clears every piece.
+        let cleared = clear_relay_cookies(&c, &header);
+        assert!(cleared.iter().any(|v| v.starts_with("__Host-relay-at.1=;")));
     }
 }

@@ -1399,7 +1399,7 @@ pub fn finish_callback(
         .collect::<Vec<_>>()
         .join("; ");
     let double_submit = config.csrf.as_ref().is_some_and(|c| c.double_submit);
-    let mut cookies = vec![decision::access_token_cookie(config, at, access.exp, now)];
+    let mut cookies = decision::access_token_cookies(config, &header, at, access.exp, now);
     let reason = match &tokens.refresh_token {
         Some(rt) => {
             let session = Session {
