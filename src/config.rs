@@ -39,16 +39,28 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "invalid configuration: {}", self.problem)
+        // One log line whatever the configuration holds: control characters are escaped.
+        let field = one_line(&self.field);
+        let problem = one_line(&self.problem);
+        if field.is_empty() {
+            write!(f, "invalid configuration: {problem}")
         } else {
-            write!(
-                f,
-                "invalid configuration: field `{}`: {}",
-                self.field, self.problem
-            )
+            write!(f, "invalid configuration: field `{field}`: {problem}")
         }
     }
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 impl std::error::Error for ConfigError {}
@@ -986,6 +998,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn control_characters_never_break_the_log_line() {
+        let e = Config::parse(br#"{"a\nb": 1, "protected_prefixes": ["/api/"]}"#).unwrap_err();
+        let line = e.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("a\\nb"), "{line}");
     }
 
     #[test]
