@@ -22,15 +22,16 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let scan = cookie::scan(header, [AT, SESSION, CSRF], |n| {
-        cookie::is_chunk_of(n, SESSION)
+        cookie::is_chunk_of(n, SESSION) || cookie::is_chunk_of(n, AT)
     });
     for (i, want) in [AT, SESSION, CSRF].iter().enumerate() {
         assert_eq!(scan.values[i], cookie::find(header, want), "{want}");
     }
-    // The relay's cookies (and chunks of the session) never survive into the remainder.
+    // The relay's cookies (and chunks of the session and access token) never survive into the
+    // remainder.
     if let Some(rest) = scan.remainder() {
         let again = cookie::scan(&rest, [AT, SESSION, CSRF], |n| {
-            cookie::is_chunk_of(n, SESSION)
+            cookie::is_chunk_of(n, SESSION) || cookie::is_chunk_of(n, AT)
         });
         assert_eq!(again.values, [None, None, None]);
         assert!(!again.any_found);

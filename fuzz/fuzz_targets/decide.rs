@@ -172,7 +172,9 @@ fn check_step(config: &Config, req: &RequestView<'_>, step: Step<'_>) {
             // The relay's cookies never reach the upstream.
             if let Some(rest) = &f.cookie {
                 let again = cookie::scan(rest, [AT, SESSION, CSRF], |n| {
-                    cookie::is_chunk_of(n, SESSION) || n.starts_with("__Host-relay-flow-")
+                    cookie::is_chunk_of(n, SESSION)
+                        || cookie::is_chunk_of(n, AT)
+                        || n.starts_with("__Host-relay-flow-")
                 });
                 assert_eq!(again.values, [None, None, None]);
                 assert!(!again.any_found, "relay cookie forwarded: {rest}");
@@ -299,15 +301,20 @@ fn build_cookie(u: &mut Unstructured<'_>) -> String {
             0 => format!("{AT}={}", access_token(u)),
             1 => format!("{SESSION}={}", sealed_session(u)),
             2 => {
-                // The session split into chunks, possibly missing, reordered or duplicated.
-                let sealed = sealed_session(u);
+                // The session or the access token split into chunks, possibly missing,
+                // reordered or duplicated.
+                let (name, sealed) = if flag(u) {
+                    (AT, access_token(u))
+                } else {
+                    (SESSION, sealed_session(u))
+                };
                 let k = 1 + pick(u, 4);
                 let size = sealed.len().div_ceil(k).max(1);
                 let mut chunks: Vec<String> = sealed
                     .as_bytes()
                     .chunks(size)
                     .enumerate()
-                    .map(|(j, c)| format!("{SESSION}.{j}={}", String::from_utf8_lossy(c)))
+                    .map(|(j, c)| format!("{name}.{j}={}", String::from_utf8_lossy(c)))
                     .collect();
                 match pick(u, 4) {
                     1 if !chunks.is_empty() => {
