@@ -1,5 +1,6 @@
 //! Test-only helpers shared by module tests: an Ed25519 signer (RFC 8032 test key) and
 //! a configuration builder.
+#![cfg(test)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -260,41 +260,34 @@ impl Http {
         let Some(login) = st.config.login.as_ref() else {
             return Reply::unavailable("login_not_configured", "login is not configured", 60);
         };
-        match login::finish_callback(
-            &st.config,
-            login,
-            st.keys.as_deref(),
-            pending,
-            status,
-            body,
-            now,
-            &rand,
-            true,
-        ) {
-            login::Finish::Respond(r) => r,
-            login::Finish::UnknownKid => {
-                // The IdP signs with a key fetched after ours: refetch; the code is spent, so the
-                // user logs in again (the page links to the login).
-                if let Some(j) = st.jwks.as_mut() {
-                    let _ = j.want_kid_refetch(now);
+        // A token naming a key id we have not fetched yet: refetch, then decide once more without
+        // waiting (the code is spent, so the answer asks the user to log in again).
+        let mut allow_kid_refetch = true;
+        loop {
+            match login::finish_callback(
+                &st.config,
+                login,
+                st.keys.as_deref(),
+                pending,
+                status,
+                body,
+                now,
+                &rand,
+                allow_kid_refetch,
+            ) {
+                login::Finish::Respond(r) => return r,
+                login::Finish::UnknownKid if allow_kid_refetch => {
+                    if let Some(j) = st.jwks.as_mut() {
+                        let _ = j.want_kid_refetch(now);
+                    }
+                    allow_kid_refetch = false;
                 }
-                match login::finish_callback(
-                    &st.config,
-                    login,
-                    st.keys.as_deref(),
-                    pending,
-                    status,
-                    body,
-                    now,
-                    &rand,
-                    false,
-                ) {
-                    login::Finish::Respond(r) => r,
-                    login::Finish::UnknownKid => Reply::unavailable(
+                login::Finish::UnknownKid => {
+                    return Reply::unavailable(
                         "login_keys_not_ready",
                         "the identity provider's signing key is not known yet; log in again",
                         1,
-                    ),
+                    )
                 }
             }
         }
