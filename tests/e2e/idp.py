@@ -205,7 +205,7 @@ class Idp:
               access_token_alg: str = "RS256", refresh_token_ttl: int | None = None,
               extra_access_token_claims: dict | None = None, issuer: str | None = None,
               test_grants: bool = True, env: dict | None = None, config: dict | None = None,
-              name: str = "idp", ready_timeout: float = 30.0) -> "Idp":
+              name: str = "idp", ready_timeout: float = 90.0) -> "Idp":
         """Start the provider (port None = any free port) and wait for its discovery document.
 
         `issuer` defaults to http://127.0.0.1:<port>. `extra_access_token_claims` are added
