@@ -28,8 +28,8 @@ use std::fmt;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use subtle::ConstantTimeEq;
 
-/// Longest origin (scheme, host and port) accepted, in bytes. DNS names are at most 253.
-const MAX_ORIGIN_LEN: usize = 512;
+use crate::http::url::{referer_origin, Origin};
+use crate::http::{Reply, RequestView};
 
 /// The compiled `csrf` configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,20 +45,22 @@ impl CsrfPolicy {
     /// Validates and normalizes the configured origins.
     ///
     /// Each must be an absolute `http` or `https` origin: `scheme://host[:port]` with no path
-    /// (not even `/`), query, fragment or userinfo; `null` and `*` are refused. The error is
-    /// `(field, problem)`, e.g. `("csrf.allowed_origins[1]", "…")`.
-    pub fn new(origins: &[String], double_submit: bool) -> Result<CsrfPolicy, (String, String)> {
+    /// (not even `/`), query, fragment or userinfo; `null` and `*` are refused.
+    pub fn new(origins: &[String], double_submit: bool) -> Result<CsrfPolicy, PolicyError> {
         if origins.is_empty() {
-            return Err((
-                "csrf.allowed_origins".to_owned(),
-                "must list at least one origin, e.g. \"https://app.example.com\"".to_owned(),
-            ));
+            return Err(PolicyError {
+                index: None,
+                problem: "must list at least one origin, e.g. \"https://app.example.com\""
+                    .to_owned(),
+            });
         }
         let mut allowed_origins: Vec<String> = Vec::with_capacity(origins.len());
         for (i, raw) in origins.iter().enumerate() {
-            let field = format!("csrf.allowed_origins[{i}]");
             let normalized = Origin::parse(raw)
-                .map_err(|problem| (field, format!("{raw:?}: {problem}")))?
+                .map_err(|problem| PolicyError {
+                    index: Some(i),
+                    problem: format!("{raw:?}: {problem}"),
+                })?
                 .to_string();
             if !allowed_origins.contains(&normalized) {
                 allowed_origins.push(normalized);
@@ -75,6 +77,23 @@ impl CsrfPolicy {
         match Origin::parse(origin) {
             Ok(o) => self.allowed_origins.iter().any(|a| o.matches(a)),
             Err(_) => false,
+        }
+    }
+}
+
+/// Why configured origins were refused: which one (`None`: the list), and the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub index: Option<usize>,
+    pub problem: String,
+}
+
+impl PolicyError {
+    /// The configuration field, e.g. `csrf.allowed_origins[1]`.
+    pub fn field(&self) -> String {
+        match self.index {
+            Some(i) => format!("csrf.allowed_origins[{i}]"),
+            None => "csrf.allowed_origins".to_owned(),
         }
     }
 }
@@ -208,165 +227,58 @@ fn is_ws(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
-/// `scheme://authority` of an absolute URL (the authority ends at `/`, `?` or `#`), or `None`
-/// when `url` has no `://`.
-fn referer_origin(url: &str) -> Option<&str> {
-    let scheme_end = url.find("://")?;
-    let authority_start = scheme_end.checked_add(3)?;
-    let rest = url.get(authority_start..)?;
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    url.get(..authority_start.checked_add(authority_len)?)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scheme {
-    Http,
-    Https,
-}
-
-impl Scheme {
-    fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
+/// Checks a request against `policy`, or, without a `csrf` section, against the request's own
+/// host (same-origin requests only, by either scheme). Safe methods pass at once.
+pub fn check_request(
+    policy: Option<&CsrfPolicy>,
+    req: &RequestView<'_>,
+    csrf_cookie: Option<&str>,
+) -> Result<(), CsrfError> {
+    let method = req.method();
+    if is_exempt(method) {
+        return Ok(());
     }
-
-    fn default_port(self) -> u16 {
-        match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        }
-    }
-}
-
-/// A parsed tuple origin, borrowing the host from the input (compare it case-insensitively).
-#[derive(Debug, Clone, Copy)]
-struct Origin<'a> {
-    scheme: Scheme,
-    host: &'a str,
-    /// `None` for the scheme's default port.
-    port: Option<u16>,
-}
-
-impl<'a> Origin<'a> {
-    /// Parses `scheme://host[:port]`; the problem is for configuration errors.
-    fn parse(s: &'a str) -> Result<Origin<'a>, &'static str> {
-        if s == "null" || s == "*" {
-            return Err("is not an origin (\"null\" and \"*\" are refused)");
-        }
-        if s.len() > MAX_ORIGIN_LEN {
-            return Err("is too long");
-        }
-        let (scheme, authority) = s
-            .split_once("://")
-            .ok_or("must be an absolute origin such as \"https://app.example.com\"")?;
-        let scheme = if scheme.eq_ignore_ascii_case("https") {
-            Scheme::Https
-        } else if scheme.eq_ignore_ascii_case("http") {
-            Scheme::Http
-        } else {
-            return Err("scheme must be http or https");
-        };
-        if authority.contains(['/', '?', '#']) {
-            return Err("must not have a path (not even \"/\"), query or fragment");
-        }
-        if authority.contains('@') {
-            return Err("must not contain userinfo");
-        }
-        // An IPv6 literal carries colons inside its brackets; the port follows the `]`.
-        let (host, port) = if authority.starts_with('[') {
-            let close = authority.find(']').ok_or("unterminated IPv6 literal")?;
-            let (host, after) = authority
-                .split_at_checked(close.saturating_add(1))
-                .ok_or("bad IPv6 literal")?;
-            let inner = host
-                .get(1..host.len().saturating_sub(1))
-                .ok_or("bad IPv6 literal")?;
-            if inner.is_empty()
-                || !inner
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-            {
-                return Err("bad IPv6 literal");
+    let input = CsrfInput {
+        method,
+        origin: req.get_str("origin"),
+        referer: req.get_str("referer"),
+        sec_fetch_site: req.get_str("sec-fetch-site"),
+        csrf_cookie,
+        csrf_header: req.get_str("x-csrf-token"),
+    };
+    match policy {
+        Some(policy) => check(policy, &input),
+        None => {
+            let authority = req.get_str(":authority").unwrap_or("");
+            match CsrfPolicy::new(
+                &[
+                    format!("https://{authority}"),
+                    format!("http://{authority}"),
+                ],
+                false,
+            ) {
+                Ok(policy) => check(&policy, &input),
+                // A Host that is not a host cannot be anyone's origin.
+                Err(_) => Err(CsrfError::OriginNotAllowed),
             }
-            match after {
-                "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':').ok_or("bad port")?)),
-            }
-        } else {
-            match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err("has no host");
-        }
-        if !host.starts_with('[')
-            && !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-        {
-            return Err("host may contain only letters, digits, '-', '.' and '_' (use punycode)");
-        }
-        let port = match port {
-            None => None,
-            Some(p) => {
-                if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err("port must be a number from 1 to 65535");
-                }
-                let n: u16 = p
-                    .parse()
-                    .map_err(|_| "port must be a number from 1 to 65535")?;
-                if n == 0 {
-                    return Err("port must be a number from 1 to 65535");
-                }
-                (n != scheme.default_port()).then_some(n)
-            }
-        };
-        Ok(Origin { scheme, host, port })
-    }
-
-    /// Whether this origin equals `normalized` (from [`fmt::Display`] of a parsed origin).
-    /// Allocation-free.
-    fn matches(&self, normalized: &str) -> bool {
-        let Some(rest) = normalized
-            .strip_prefix(self.scheme.as_str())
-            .and_then(|r| r.strip_prefix("://"))
-        else {
-            return false;
-        };
-        let (host, port) = match rest.split_at_checked(self.host.len()) {
-            Some(split) => split,
-            None => return false,
-        };
-        if !host.eq_ignore_ascii_case(self.host) {
-            return false;
-        }
-        match self.port {
-            None => port.is_empty(),
-            Some(n) => port
-                .strip_prefix(':')
-                .and_then(|p| p.parse::<u16>().ok())
-                .is_some_and(|p| p == n),
         }
     }
 }
 
-impl fmt::Display for Origin<'_> {
-    /// The normalized serialization: lower-case scheme and host, port only when not default.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.scheme.as_str())?;
-        f.write_str("://")?;
-        for c in self.host.chars() {
-            fmt::Write::write_char(f, c.to_ascii_lowercase())?;
-        }
-        if let Some(port) = self.port {
-            write!(f, ":{port}")?;
-        }
-        Ok(())
-    }
+/// CORS headers on the filter's own answers, so a browser page on an allowed origin can read
+/// why it was refused.
+pub fn add_cors(policy: Option<&CsrfPolicy>, req: &RequestView<'_>, reply: &mut Reply) {
+    let Some(policy) = policy else { return };
+    let Some(origin) = cors_origin(policy, req.get_str("origin")) else {
+        return;
+    };
+    reply
+        .headers
+        .push(("access-control-allow-origin", origin.to_string()));
+    reply
+        .headers
+        .push(("access-control-allow-credentials", "true".to_string()));
+    reply.headers.push(("vary", "Origin".to_string()));
 }
 
 #[cfg(test)]
@@ -447,12 +359,15 @@ mod tests {
         ];
         for raw in bad {
             let origins = vec!["https://ok.test".to_string(), raw.to_string()];
-            let (field, problem) = CsrfPolicy::new(&origins, false).unwrap_err();
-            assert_eq!(field, "csrf.allowed_origins[1]", "{raw:?}");
-            assert!(!problem.is_empty() && !problem.contains('\n'), "{raw:?}");
+            let err = CsrfPolicy::new(&origins, false).unwrap_err();
+            assert_eq!(err.field(), "csrf.allowed_origins[1]", "{raw:?}");
+            assert!(
+                !err.problem.is_empty() && !err.problem.contains('\n'),
+                "{raw:?}"
+            );
         }
-        let (field, _) = CsrfPolicy::new(&[], false).unwrap_err();
-        assert_eq!(field, "csrf.allowed_origins");
+        let err = CsrfPolicy::new(&[], false).unwrap_err();
+        assert_eq!(err.field(), "csrf.allowed_origins");
         let long = format!("https://{}.test", "a".repeat(600));
         assert!(CsrfPolicy::new(&[long], false).is_err());
     }
@@ -690,7 +605,7 @@ mod tests {
         );
         assert_ne!(new_token([1; 32]), new_token([2; 32]));
         // A token is a valid cookie value and header value.
-        assert!(crate::cookie::is_valid_value(&t));
+        assert!(crate::http::cookie::is_valid_value(&t));
     }
 
     #[test]

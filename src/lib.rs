@@ -4,20 +4,17 @@
 //! Everything but `filter/` is pure logic with no proxy-wasm dependency: time, randomness and
 //! host calls are parameters. `filter/` is the thin shell that talks to Envoy.
 
-pub mod cache_policy;
+// Lowest first: each module imports only from modules listed above it.
 pub mod config;
-pub mod cookie;
 pub mod csrf;
-pub mod decision;
-pub mod header_budget;
-pub mod jwks;
-pub mod login;
-pub mod path;
-pub mod refresh;
-pub mod reply;
+pub mod http;
+pub mod idp;
+pub mod jar;
+pub mod jwt;
+pub(crate) mod oidc;
+pub mod random;
+pub mod relay;
 pub mod session;
-pub mod token;
-pub mod token_cache;
 
 #[cfg(test)]
 mod testkit;

@@ -1,5 +1,5 @@
 //! The sealed session cookie: a compact JWE (RFC 7516) with `"alg":"dir"`, `"enc":"A256GCM"`,
-//! key rotation, and chunking over several cookies.
+//! and key rotation. (Chunking over several cookies is `http::cookie`'s.)
 //!
 //! The format is public and fixed, so a Next.js server can mint or read the same cookie with
 //! `jose` (`new CompactEncrypt(bytes).setProtectedHeader({alg:'dir', enc:'A256GCM', kid})
@@ -35,15 +35,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use zeroize::Zeroizing;
 
-use crate::cookie;
-
 /// Longest sealed value [`unseal`] accepts, in bytes. [`seal`] does not enforce it: a caller
 /// that seals unusually large tokens should compare the result's length with this.
 pub const MAX_SEALED_LEN: usize = 16 * 1024;
-/// Most bytes of one cookie's value; browsers drop cookies over about 4096 bytes in all.
-pub const CHUNK_LIMIT: usize = 4000;
-/// Most chunks [`read_chunked`] joins.
-pub const MAX_CHUNKS: usize = 16;
 /// Longest key id.
 pub const MAX_KID_LEN: usize = 64;
 
@@ -90,27 +84,46 @@ impl fmt::Debug for SessionKeys {
     }
 }
 
+/// Why configured session keys were refused: which entry (`None`: the list itself), which
+/// member of it, and the problem (never key material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub index: Option<usize>,
+    /// `"kid"` or `"key"`; empty for the list itself.
+    pub member: &'static str,
+    pub problem: String,
+}
+
+impl KeyError {
+    /// The configuration field, e.g. `session_keys[1].key`.
+    pub fn field(&self) -> String {
+        match self.index {
+            Some(i) => format!("session_keys[{i}].{}", self.member),
+            None => "session_keys".to_owned(),
+        }
+    }
+}
+
 impl SessionKeys {
     /// Validates and compiles `(kid, key)` pairs from configuration.
     ///
     /// The list must not be empty. Each kid: 1 to [`MAX_KID_LEN`] characters of
     /// `[A-Za-z0-9._-]`, unique. Each key: base64url (RFC 4648 §5; trailing `=` padding is
     /// tolerated, the standard `+`/`/` alphabet is not) of exactly 32 bytes, e.g.
-    /// `openssl rand 32 | basenc --base64url`.
-    ///
-    /// The error is `(field path, problem)`, e.g. `("session_keys[1].key", "…")`; problems
-    /// never quote key material.
-    pub fn from_config(entries: &[(String, String)]) -> Result<SessionKeys, (String, String)> {
+    /// `openssl rand 32 | basenc --base64url`. Problems never quote key material.
+    pub fn from_config(entries: &[(String, String)]) -> Result<SessionKeys, KeyError> {
         let mut keys: Vec<SessionKey> = Vec::with_capacity(entries.len());
         for (i, (kid, key)) in entries.iter().enumerate() {
-            let field = |member: &str| format!("session_keys[{i}].{member}");
-            if let Err(problem) = check_kid(kid) {
-                return Err((field("kid"), problem));
-            }
+            let fail = |member, problem| KeyError {
+                index: Some(i),
+                member,
+                problem,
+            };
+            check_kid(kid).map_err(|p| fail("kid", p))?;
             if keys.iter().any(|k| k.kid == *kid) {
-                return Err((field("kid"), format!("duplicate key id {kid:?}")));
+                return Err(fail("kid", format!("duplicate key id {kid:?}")));
             }
-            let cipher = compile_key(key).map_err(|problem| (field("key"), problem))?;
+            let cipher = compile_key(key).map_err(|p| fail("key", p))?;
             keys.push(SessionKey {
                 kid: kid.clone(),
                 header_b64: URL_SAFE_NO_PAD
@@ -124,10 +137,11 @@ impl SessionKeys {
                 current,
                 older: keys.collect(),
             }),
-            None => Err((
-                "session_keys".to_owned(),
-                "at least one key is required".to_owned(),
-            )),
+            None => Err(KeyError {
+                index: None,
+                member: "",
+                problem: "at least one key is required".to_owned(),
+            }),
         }
     }
 
@@ -470,95 +484,10 @@ fn b64_decode(segment: &str) -> Result<Vec<u8>, SessionError> {
         .map_err(|_| SessionError::Malformed)
 }
 
-/// The Set-Cookie `(name, value)` pairs for `value`: `name` itself when the value fits in
-/// [`CHUNK_LIMIT`] bytes, else `<name>.0`, `<name>.1`, … of at most [`CHUNK_LIMIT`] bytes each
-/// (split on character boundaries; sealed values are ASCII). The caller clears the
-/// [`stale_chunks`] alongside.
-///
-/// A value needing more than [`MAX_CHUNKS`] chunks is still split, but [`read_chunked`] will
-/// not read it back; sealed values over [`MAX_SEALED_LEN`] are refused by [`unseal`] anyway.
-pub fn chunk(name: &str, value: &str) -> Vec<(String, String)> {
-    if value.len() <= CHUNK_LIMIT {
-        return vec![(name.to_owned(), value.to_owned())];
-    }
-    let mut out = Vec::with_capacity(value.len().div_ceil(CHUNK_LIMIT));
-    let mut rest = value;
-    while !rest.is_empty() {
-        let mut end = CHUNK_LIMIT.min(rest.len());
-        while end > 0 && !rest.is_char_boundary(end) {
-            end -= 1;
-        }
-        let Some((piece, tail)) = rest.split_at_checked(end) else {
-            break;
-        };
-        if piece.is_empty() {
-            break;
-        }
-        out.push((format!("{name}.{}", out.len()), piece.to_owned()));
-        rest = tail;
-    }
-    out
-}
-
-/// Reads a possibly chunked cookie from a Cookie header: `name` itself when present, else
-/// `<name>.0`, `<name>.1`, … joined up to the first missing index. `None` when neither `name`
-/// nor `<name>.0` is present, or when more than [`MAX_CHUNKS`] consecutive chunks are.
-/// As with [`cookie::find`], the first occurrence of a name wins.
-pub fn read_chunked(cookie_header: &str, name: &str) -> Option<String> {
-    let mut plain: Option<&str> = None;
-    let mut chunks: [Option<&str>; MAX_CHUNKS + 1] = [None; MAX_CHUNKS + 1];
-    for (n, v) in cookie::pairs(cookie_header) {
-        if n == name {
-            if plain.is_none() {
-                plain = Some(v);
-            }
-        } else if let Some(slot) = chunk_index(n, name).and_then(|i| chunks.get_mut(i)) {
-            if slot.is_none() {
-                *slot = Some(v);
-            }
-        }
-    }
-    if let Some(v) = plain {
-        return Some(v.to_owned());
-    }
-    let present: Vec<&str> = chunks.iter().map_while(|c| *c).collect();
-    if present.is_empty() || present.len() > MAX_CHUNKS {
-        return None;
-    }
-    Some(present.concat())
-}
-
-/// Names of cookies in the request that writing `written` (from [`chunk`]) leaves stale, to be
-/// cleared with `Max-Age=0`: `name` and every `<name>.<index>` present but not being written,
-/// in order of appearance, each once. With `written` empty, every piece of the cookie present
-/// (for a logout).
-pub fn stale_chunks(cookie_header: &str, name: &str, written: &[(String, String)]) -> Vec<String> {
-    let mut stale: Vec<String> = Vec::new();
-    for (n, _) in cookie::pairs(cookie_header) {
-        let ours = n == name || chunk_index(n, name).is_some();
-        if ours && !written.iter().any(|(w, _)| w == n) && !stale.iter().any(|s| s == n) {
-            stale.push(n.to_owned());
-        }
-    }
-    stale
-}
-
-/// The index `i` when `cookie_name` is `<name>.<i>` with `i` in canonical decimal (no sign, no
-/// leading zeros).
-fn chunk_index(cookie_name: &str, name: &str) -> Option<usize> {
-    let digits = cookie_name.strip_prefix(name)?.strip_prefix('.')?;
-    let canonical = !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'));
-    if !canonical {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::cookie::{self, chunk, read_chunked};
 
     const NOW: u64 = 1_800_000_000;
     const K1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"; // 00 01 .. 1f
@@ -642,8 +571,11 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect();
             let err = SessionKeys::from_config(&entries).unwrap_err();
-            assert_eq!(err.0, *field, "{list:?}: {err:?}");
-            assert!(!err.1.contains(K1) && !err.1.contains(K2), "{err:?}");
+            assert_eq!(err.field(), *field, "{list:?}: {err:?}");
+            assert!(
+                !err.problem.contains(K1) && !err.problem.contains(K2),
+                "{err:?}"
+            );
         }
     }
 
@@ -1202,64 +1134,6 @@ mod tests {
 
     // ---- chunking ----
 
-    fn header_of(pairs: &[(String, String)]) -> String {
-        pairs
-            .iter()
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn names(pairs: &[(String, String)]) -> Vec<&str> {
-        pairs.iter().map(|(n, _)| n.as_str()).collect()
-    }
-
-    #[test]
-    fn chunks_a_large_value() {
-        let value: String = (0..10_000)
-            .map(|i| char::from(b'a' + (i % 26) as u8))
-            .collect();
-        let pairs = chunk("s", &value);
-        assert_eq!(names(&pairs), ["s.0", "s.1", "s.2"]);
-        assert!(pairs.iter().all(|(_, v)| v.len() <= CHUNK_LIMIT));
-        let header = format!("other=1; {}; x=2", header_of(&pairs));
-        assert_eq!(read_chunked(&header, "s").as_deref(), Some(value.as_str()));
-        // Order in the header does not matter.
-        let reversed: Vec<_> = pairs.iter().rev().cloned().collect();
-        assert_eq!(
-            read_chunked(&header_of(&reversed), "s").as_deref(),
-            Some(value.as_str())
-        );
-    }
-
-    #[test]
-    fn chunk_boundaries() {
-        let exact = "a".repeat(CHUNK_LIMIT);
-        assert_eq!(chunk("s", &exact), vec![("s".to_owned(), exact.clone())]);
-        let over = "a".repeat(CHUNK_LIMIT + 1);
-        let pairs = chunk("s", &over);
-        assert_eq!(names(&pairs), ["s.0", "s.1"]);
-        assert_eq!(pairs[1].1, "a");
-        assert_eq!(chunk("s", ""), vec![("s".to_owned(), String::new())]);
-        // Multi-byte characters are never split.
-        let wide = "é".repeat(CHUNK_LIMIT); // 2 bytes each
-        let pairs = chunk("s", &wide);
-        assert!(pairs.iter().all(|(_, v)| v.len() <= CHUNK_LIMIT));
-        assert_eq!(
-            pairs.iter().map(|(_, v)| v.as_str()).collect::<String>(),
-            wide
-        );
-        let odd = format!("a{}", "😀".repeat(2000));
-        let pairs = chunk("s", &odd);
-        assert!(pairs
-            .iter()
-            .all(|(_, v)| v.len() <= CHUNK_LIMIT && !v.is_empty()));
-        assert_eq!(
-            pairs.iter().map(|(_, v)| v.as_str()).collect::<String>(),
-            odd
-        );
-    }
-
     #[test]
     fn a_real_sealed_value_chunks_and_unseals() {
         let k = two_keys();
@@ -1268,85 +1142,16 @@ mod tests {
         let pairs = chunk("__Host-relay-session", &sealed);
         assert_eq!(pairs.len(), 4);
         assert!(pairs.iter().all(|(_, v)| cookie::is_valid_value(v)));
-        let back = read_chunked(&header_of(&pairs), "__Host-relay-session").unwrap();
+        let back = read_chunked(
+            &pairs
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            "__Host-relay-session",
+        )
+        .unwrap();
         assert_eq!(unseal(&k, &back, NOW).unwrap().session, s);
-    }
-
-    #[test]
-    fn read_chunked_rules() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("", None),
-            ("a=1", None),
-            ("s=plain", Some("plain")),
-            ("s=plain; s.0=x; s.1=y", Some("plain")),
-            ("s.0=x; s=plain", Some("plain")),
-            ("s=", Some("")),
-            ("s=first; s=second", Some("first")),
-            ("s.0=x; s.1=y", Some("xy")),
-            ("s.0=x; s.2=z", Some("x")),
-            ("s.1=y; s.2=z", None),
-            ("s.0=x; s.0=dup; s.1=y", Some("xy")),
-            ("s.0=x; s.01=no; s.1=y", Some("xy")),
-            ("s.00=no", None),
-            ("s.+0=no", None),
-            ("s.=no", None),
-            ("sx.0=no", None),
-            ("s.0.0=no", None),
-            ("s.0=\"q\"; s.1=r", Some("qr")),
-            ("s.0=a; s.99999999999999999999999=b", Some("a")),
-        ];
-        for (h, want) in cases {
-            assert_eq!(read_chunked(h, "s").as_deref(), *want, "{h:?}");
-        }
-    }
-
-    #[test]
-    fn read_chunked_caps_at_sixteen() {
-        let sixteen: Vec<String> = (0..16).map(|i| format!("s.{i}=v{i}")).collect();
-        let header = sixteen.join("; ");
-        let joined: String = (0..16).map(|i| format!("v{i}")).collect();
-        assert_eq!(read_chunked(&header, "s"), Some(joined.clone()));
-        assert_eq!(read_chunked(&format!("{header}; s.16=x"), "s"), None);
-        // A stray high index after a gap is not part of the value.
-        assert_eq!(
-            read_chunked(&format!("{header}; s.17=x"), "s"),
-            Some(joined)
-        );
-        let many: Vec<String> = (0..40).map(|i| format!("s.{i}=v")).collect();
-        assert_eq!(read_chunked(&many.join("; "), "s"), None);
-    }
-
-    type Pairs = Vec<(String, String)>;
-
-    #[test]
-    fn stale_chunk_detection() {
-        let w = |n: usize| -> Pairs {
-            if n == 0 {
-                return vec![("s".into(), "v".into())];
-            }
-            (0..n).map(|i| (format!("s.{i}"), "v".to_owned())).collect()
-        };
-        let cases: &[(&str, Pairs, &[&str])] = &[
-            // Shrinking from 4 chunks to 2.
-            ("s.0=a; s.1=b; s.2=c; s.3=d; x=1", w(2), &["s.2", "s.3"]),
-            // Growing from 2 to 3: nothing stale.
-            ("s.0=a; s.1=b", w(3), &[]),
-            // Plain → chunked.
-            ("a=1; s=v; b=2", w(2), &["s"]),
-            // Chunked → plain.
-            ("s.0=a; s.1=b; sx=1; s.x=2", w(0), &["s.0", "s.1"]),
-            // Plain → plain.
-            ("s=v", w(0), &[]),
-            // Duplicates reported once; stray indexes beyond the cap are ours too.
-            ("s.5=a; s.5=b; s.40=c; s.05=d", w(2), &["s.5", "s.40"]),
-            // Nothing present.
-            ("", w(2), &[]),
-            // Logout: nothing written, everything present is stale.
-            ("s=v; s.0=a; other=1", vec![], &["s", "s.0"]),
-        ];
-        for (h, written, want) in cases {
-            assert_eq!(stale_chunks(h, "s", written), *want, "{h:?}");
-        }
     }
 
     // ---- properties ----
@@ -1426,12 +1231,6 @@ mod tests {
                 prop_assert!(unseal(&k, &s, now).is_err());
             }
 
-            #[test]
-            fn chunked_reading_never_panics(h in "\\PC{0,300}", name in "[a-z.]{0,4}") {
-                let _ = read_chunked(&h, &name);
-                let _ = stale_chunks(&h, &name, &[]);
-                let _ = chunk(&name, &h);
-            }
 
             #[test]
             fn seal_unseal_round_trip(
@@ -1456,19 +1255,6 @@ mod tests {
                 }
             }
 
-            #[test]
-            fn chunk_round_trip(len in 0usize..20_000, seed in any::<u64>()) {
-                // Chunking depends on the length only; a seeded pattern is much cheaper to
-                // generate than a 20,000-character regex string.
-                let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
-                let pick = |i: u64| (i.wrapping_mul(seed | 1) >> 3) as usize % alphabet.len();
-                let value: String = (0..len as u64).map(|i| char::from(alphabet[pick(i)])).collect();
-                let pairs = chunk("s", &value);
-                prop_assert!(pairs.iter().all(|(_, v)| v.len() <= CHUNK_LIMIT));
-                let header = header_of(&pairs);
-                prop_assert_eq!(read_chunked(&header, "s"), Some(value));
-                prop_assert!(stale_chunks(&header, "s", &pairs).is_empty());
-            }
         }
     }
 }

@@ -9,6 +9,7 @@ use jwt_compact::Algorithm;
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::session::{self, Session, SessionKeys};
 
 pub const NOW: u64 = 1_700_000_000;
 pub const ISS: &str = "https://idp.test";
@@ -19,7 +20,8 @@ pub const KID: &str = "ed-1";
 const ED_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
 const ED_X: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
-fn hex(s: &str) -> Vec<u8> {
+/// Bytes of a hex string (test vectors).
+pub fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
@@ -81,9 +83,67 @@ pub fn config(extra: Value) -> Config {
 }
 
 /// The inline key set of a configuration built by [`config`].
-pub fn inline_keys(c: &Config) -> &crate::jwks::KeySet {
+pub fn inline_keys(c: &Config) -> &crate::jwt::jwks::KeySet {
     match &c.jwks {
         crate::config::JwksSource::Inline(k) => k,
         crate::config::JwksSource::Remote { .. } => panic!("inline keys expected"),
     }
+}
+
+/// A request's headers: method, path, optional cookie bytes, and extra headers.
+pub fn request(
+    method: &str,
+    path: &str,
+    cookie: Option<&[u8]>,
+    extra: &[(&str, &str)],
+) -> Vec<(String, Vec<u8>)> {
+    let mut h = vec![
+        (":method".to_string(), method.as_bytes().to_vec()),
+        (":path".to_string(), path.as_bytes().to_vec()),
+        (":authority".to_string(), b"app.example.com".to_vec()),
+    ];
+    if let Some(c) = cookie {
+        h.push(("cookie".to_string(), c.to_vec()));
+    }
+    for (n, v) in extra {
+        h.push((n.to_string(), v.as_bytes().to_vec()));
+    }
+    h
+}
+
+/// The current session key of [`refresh_config`]; `k0` ([9; 32]) is the retired one.
+pub const SESSION_KEY: [u8; 32] = [7u8; 32];
+
+/// [`config`] with sessions and a token endpoint (cluster `idp`); `extra` is merged on top.
+pub fn refresh_config(extra: Value) -> Config {
+    let mut v = json!({
+        "session_keys": [{"kid": "k1", "key": b64(&SESSION_KEY)}, {"kid": "k0", "key": b64(&[9u8; 32])}],
+        "token_endpoint": {"cluster": "idp", "authority": "idp", "path": "/token"},
+        "client_id": "relay",
+    });
+    if let (Some(obj), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, val) in extra {
+            obj.insert(k.clone(), val.clone());
+        }
+    }
+    config(v)
+}
+
+/// A session cookie value holding refresh token `rt`, sealed with the current key
+/// (`kid_index` 0) or the retired one (1).
+pub fn sealed(c: &Config, rt: &str, exp: Option<u64>, kid_index: usize) -> String {
+    let Some(r) = c.refresh.as_ref() else {
+        panic!("a configuration with sessions expected");
+    };
+    let keys = if kid_index == 0 {
+        r.session_keys.clone()
+    } else {
+        SessionKeys::from_config(&[("k0".to_string(), b64(&[9u8; 32]))]).unwrap()
+    };
+    let s = Session {
+        rt: rt.into(),
+        exp,
+        id_token: None,
+    };
+    session::seal(&keys, &s, [1u8; 12])
 }

@@ -1,8 +1,8 @@
 //! Cookie header parsing: `cookie::pairs`, `find`, `scan` (with the session's chunked name),
-//! `session::read_chunked` / `stale_chunks`, and a chunk → read round trip.
+//! `cookie::read_chunked` / `stale_chunks`, and a chunk → read round trip.
 #![no_main]
 
-use edge_token_relay::{cookie, session};
+use edge_token_relay::http::cookie;
 use libfuzzer_sys::fuzz_target;
 
 const AT: &str = "__Host-relay-at";
@@ -37,8 +37,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(!again.any_found);
     }
 
-    let sealed = session::read_chunked(header, SESSION);
-    let stale = session::stale_chunks(header, SESSION, &[]);
+    let sealed = cookie::read_chunked(header, SESSION);
+    let stale = cookie::stale_chunks(header, SESSION, &[]);
     if sealed.is_some() {
         assert!(!stale.is_empty());
     }
@@ -53,17 +53,17 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let repeat = data.first().map_or(1, |b| usize::from(b % 16) + 1);
     let value = value.repeat(repeat);
-    if !value.is_empty() && value.len() <= session::MAX_CHUNKS * session::CHUNK_LIMIT {
-        let written = session::chunk(SESSION, &value);
+    if !value.is_empty() && value.len() <= cookie::MAX_CHUNKS * cookie::CHUNK_LIMIT {
+        let written = cookie::chunk(SESSION, &value);
         let sent = written
             .iter()
             .map(|(n, v)| format!("{n}={v}"))
             .collect::<Vec<_>>()
             .join("; ");
         assert_eq!(
-            session::read_chunked(&sent, SESSION).as_deref(),
+            cookie::read_chunked(&sent, SESSION).as_deref(),
             Some(value.as_str())
         );
-        assert!(session::stale_chunks(&sent, SESSION, &written).is_empty());
+        assert!(cookie::stale_chunks(&sent, SESSION, &written).is_empty());
     }
 });

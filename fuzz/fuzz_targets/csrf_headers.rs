@@ -4,7 +4,7 @@
 #![no_main]
 
 use edge_token_relay::csrf::{self, CsrfError, CsrfInput, CsrfPolicy};
-use edge_token_relay::header_budget;
+use edge_token_relay::http::header_budget;
 use edge_token_relay_fuzz::{arbitrary::Unstructured, bytes, flag, pick, text};
 use libfuzzer_sys::fuzz_target;
 
@@ -26,9 +26,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again, p);
             p
         }
-        Err((field, problem)) => {
-            assert_eq!(field, "csrf.allowed_origins[1]", "{extra:?}");
-            assert!(!problem.is_empty());
+        Err(e) => {
+            assert_eq!(e.field(), "csrf.allowed_origins[1]", "{extra:?}");
+            assert!(!e.problem.is_empty());
             CsrfPolicy::new(&[ALLOWED.to_string()], double_submit).expect("fixed origin")
         }
     };

@@ -1,17 +1,21 @@
-//! `decision::decide` with a fixed configuration (inline keys, silent refresh) on a request
+//! `relay::decide` with a fixed configuration (inline keys, silent refresh) on a request
 //! built from the input: a path, a Cookie header (assembled from valid and broken access
 //! tokens, sealed sessions, chunks and junk, or raw bytes), `now`, and whether keys are loaded.
-//! When it asks for a refresh, `decision::complete_refresh` runs with each `RefreshOutcome`
+//! When it asks for a refresh, `relay::complete_refresh` runs with each `RefreshOutcome`
 //! (tokens from the input, `Invalid`, `Unavailable`); `upstream_rotation` runs too.
 //! All-zero input is a protected path with a valid access token and a valid session.
 #![no_main]
 
 use edge_token_relay::config::Config;
-use edge_token_relay::cookie;
-use edge_token_relay::decision::{self, RefreshOutcome, RequestView, Step};
-use edge_token_relay::refresh::Tokens;
+use edge_token_relay::csrf::add_cors;
+use edge_token_relay::http::{cookie, RequestView};
+use edge_token_relay::jar::clear_relay_cookies;
+use edge_token_relay::jwt::Verifier;
+use edge_token_relay::random::Random;
+use edge_token_relay::relay::{self, RefreshOutcome, Step};
+use edge_token_relay::idp::Tokens;
 use edge_token_relay::session::{self, Session};
-use edge_token_relay::token_cache::TokenCache;
+use edge_token_relay::jwt::token_cache::TokenCache;
 use edge_token_relay_fuzz::{
     arbitrary::Unstructured, b64, bytes, claims, config, config_keys, flag, pick, session_keys,
     sign, text, time, Signer, NOW, RS256_TOKEN,
@@ -43,9 +47,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let allow_kid_refetch = !flag(u);
     let now = time(u);
-    let iv = decision::Random {
+    let iv = Random {
         iv: u.arbitrary().unwrap_or([0; 12]),
         csrf: u.arbitrary().unwrap_or([0; 32]),
+        verifier: [1; 32],
+        state: [2; 32],
+        nonce: [3; 32],
     };
     let cookie: Option<Vec<u8>> = match pick(u, 10) {
         8 => Some(bytes(u)),
@@ -119,19 +126,24 @@ fuzz_target!(|data: &[u8]| {
 
     let req = RequestView { headers: &headers };
     let outcomes = [
-        RefreshOutcome::Tokens(&tokens),
+        RefreshOutcome::Tokens(tokens.clone()),
         RefreshOutcome::Invalid,
-        RefreshOutcome::Unavailable { retry_after_s },
+        RefreshOutcome::Failed {
+            retry_at: now.saturating_add(retry_after_s),
+        },
     ];
     for outcome in outcomes {
         // A fresh cache each time, so every outcome sees the same decision.
         let mut cache = TokenCache::new(16);
-        match decision::decide(config, keys, &mut cache, &req, now, allow_kid_refetch) {
+        match relay::decide(config, keys, &mut cache, &req, now, allow_kid_refetch) {
             Step::Refresh(need) => {
                 let _ = format!("{need:?}");
-                let done = decision::complete_refresh(
-                    config, keys, &mut cache, &req, need, outcome, now, &iv,
-                );
+                let verifier = Verifier {
+                    keys,
+                    cache: &mut cache,
+                };
+                let done =
+                    relay::complete_refresh(config, verifier, &req, need, &outcome, now, &iv);
                 assert!(!matches!(done.step, Step::Refresh(_) | Step::UnknownKid));
                 check_step(config, &req, done.step);
                 done.set_cookies.iter().for_each(|c| check_set_cookie(c));
@@ -148,10 +160,13 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|c| std::str::from_utf8(c).ok())
         .unwrap_or("");
     let mut cache = TokenCache::new(16);
-    let rotated = decision::upstream_rotation(
-        config,
+    let verifier = Verifier {
         keys,
-        &mut cache,
+        cache: &mut cache,
+    };
+    let rotated = relay::upstream_rotation(
+        config,
+        verifier,
         header,
         Some(tokens.access_token.as_str()),
         tokens.refresh_token.as_deref(),
@@ -159,7 +174,7 @@ fuzz_target!(|data: &[u8]| {
         &iv,
     );
     rotated.iter().for_each(|c| check_set_cookie(c));
-    decision::clear_relay_cookies(config, header)
+    clear_relay_cookies(config, header)
         .iter()
         .for_each(|c| check_set_cookie(c));
 });
@@ -187,7 +202,7 @@ fn check_step(config: &Config, req: &RequestView<'_>, step: Step<'_>) {
             }
         }
         Step::Respond(mut r) => {
-            decision::add_cors(config, req, &mut r);
+            add_cors(config.csrf.as_ref(), req, &mut r);
             assert!((400..600).contains(&r.status), "{}", r.status);
             assert!(serde_json::from_str::<serde_json::Value>(&r.body).is_ok());
             for (name, value) in r.headers {
@@ -266,9 +281,12 @@ fn sealed_session(u: &mut Unstructured<'_>) -> String {
         },
         id_token: if flag(u) { Some(text(u)) } else { None },
     };
-    let iv = decision::Random {
+    let iv = Random {
         iv: u.arbitrary().unwrap_or([0; 12]),
         csrf: u.arbitrary().unwrap_or([0; 32]),
+        verifier: [1; 32],
+        state: [2; 32],
+        nonce: [3; 32],
     };
     match pick(u, 5) {
         0 => session::seal(session_keys(false), &session, iv.iv),

@@ -3,6 +3,7 @@
 //! changed (must fail: AES-GCM integrity).
 #![no_main]
 
+use edge_token_relay::http::cookie;
 use edge_token_relay::session::{self, Session, SessionError};
 use edge_token_relay_fuzz::{arbitrary::Unstructured, flag, pick, session_keys, text, time, NOW};
 use libfuzzer_sys::fuzz_target;
@@ -64,14 +65,14 @@ fuzz_target!(|data: &[u8]| {
 
     // 4. Chunked into cookies and read back.
     if !sealed.is_empty() && sealed.len() <= session::MAX_SEALED_LEN {
-        let written = session::chunk("__Host-relay-session", &sealed);
+        let written = cookie::chunk("__Host-relay-session", &sealed);
         let header = written
             .iter()
             .map(|(n, v)| format!("{n}={v}"))
             .collect::<Vec<_>>()
             .join("; ");
         assert_eq!(
-            session::read_chunked(&header, "__Host-relay-session").as_deref(),
+            cookie::read_chunked(&header, "__Host-relay-session").as_deref(),
             Some(sealed.as_str())
         );
     }

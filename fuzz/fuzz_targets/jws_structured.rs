@@ -4,7 +4,7 @@
 //! are all reached. All-zero input is a valid EdDSA token.
 #![no_main]
 
-use edge_token_relay::token::{self, TokenError};
+use edge_token_relay::jwt::token::{self, TokenError};
 use edge_token_relay_fuzz::{
     arbitrary::Unstructured, b64, bytes, claims, flag, json_value, keys, pick, rules, signature,
     text, time, Signer, RS256_TOKEN,

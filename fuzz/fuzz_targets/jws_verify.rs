@@ -2,7 +2,7 @@
 //! and fixed rules, at four fixed times.
 #![no_main]
 
-use edge_token_relay::token;
+use edge_token_relay::jwt::token;
 use edge_token_relay_fuzz::{keys, rules, NOW};
 use libfuzzer_sys::fuzz_target;
 

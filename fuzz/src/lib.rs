@@ -10,9 +10,9 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use edge_token_relay::config::{Config, JwksSource};
-use edge_token_relay::jwks::{AlgSet, KeySet};
+use edge_token_relay::jwt::jwks::{AlgSet, KeySet};
 use edge_token_relay::session::SessionKeys;
-use edge_token_relay::token::ClaimRules;
+use edge_token_relay::jwt::token::ClaimRules;
 use libfuzzer_sys::arbitrary::Unstructured;
 use serde_json::json;
 

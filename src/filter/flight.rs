@@ -1,29 +1,18 @@
-//! Single-flight refresh across requests and worker VMs (the shell half of `refresh`).
+//! Single-flight refresh across requests and worker VMs (the shell half of `relay::flight`).
 //!
 //! In this VM: `local` holds the refreshes this VM owns (queued, then dispatched by the root
 //! context, so the call outlives any one client stream), `known` holds recent outcomes for the
-//! grace window. Across VMs: the slot table in Envoy's shared data (see `crate::refresh`).
+//! grace window. Across VMs: the slot table in Envoy's shared data (see `crate::relay::flight`).
 //! Every slot is created empty at start-up, because Envoy's compare-and-swap only protects
 //! keys that already exist.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use proxy_wasm::hostcalls;
-
+use super::host::Host;
 use crate::config::RefreshConfig;
-use crate::refresh::{
-    self, parse_token_response, probe, Probe, Record, RecordState, RefreshError, RefreshId, Seen,
-    Tokens,
+use crate::idp::{parse_token_response, refresh_request, RefreshError, Tokens, Transient};
+use crate::relay::flight::{
+    probe, Probe, Record, RecordState, RefreshId, RefreshOutcome, Seen, SLOTS,
 };
-
-/// A refresh outcome this VM knows.
-#[derive(Debug, Clone)]
-pub enum Known {
-    Done(Tokens),
-    Invalid,
-    Failed { retry_at: u64 },
-}
+use std::collections::HashMap;
 
 enum Local {
     Queued {
@@ -37,23 +26,23 @@ enum Local {
     },
 }
 
-pub struct Flights {
+pub(crate) struct Flights {
     prefix: String,
     local: HashMap<RefreshId, Local>,
     by_token: HashMap<u32, RefreshId>,
-    known: HashMap<RefreshId, (Known, u64)>,
+    known: HashMap<RefreshId, (RefreshOutcome, u64)>,
 }
 
 /// What a request should do about its session's refresh.
-pub enum Plan {
+pub(crate) enum Plan {
     /// The outcome is known: complete the request now.
-    Known(Known),
+    Known(RefreshOutcome),
     /// Wait for a refresh in flight (here or in another VM).
     Wait,
 }
 
 impl Flights {
-    pub fn new(instance: u64) -> Flights {
+    pub(crate) fn new(instance: u64) -> Flights {
         Flights {
             prefix: format!("edge_token_relay.refresh.{instance:016x}."),
             local: HashMap::new(),
@@ -67,36 +56,34 @@ impl Flights {
     }
 
     /// Creates the slots that do not exist yet (see the module comment).
-    pub fn init_slots(&self) {
-        for slot in 0..refresh::SLOTS {
+    pub(crate) fn init_slots(&self, host: &impl Host) {
+        for slot in 0..SLOTS {
             let key = self.key(slot);
-            if let Ok((None, None)) = hostcalls::get_shared_data(&key) {
-                let _ = hostcalls::set_shared_data(&key, Some(b""), None);
+            if let Some((None, None)) = host.shared_get(&key) {
+                let _ = host.shared_set(&key, b"", None);
             }
         }
     }
 
-    fn read(&self, slot: u32) -> (Option<Vec<u8>>, Option<u32>) {
-        hostcalls::get_shared_data(&self.key(slot)).unwrap_or((None, None))
-    }
-
-    fn probe(&self, id: &RefreshId, now: u64, grace_s: u64) -> Probe {
-        probe(id, now, grace_s, |slot| self.read(slot))
+    fn probe(&self, host: &impl Host, id: &RefreshId, now: u64, grace_s: u64) -> Probe {
+        probe(id, now, grace_s, |slot| {
+            host.shared_get(&self.key(slot)).unwrap_or((None, None))
+        })
     }
 
     /// An outcome this VM already knows for `id`.
-    pub fn known(&self, id: &RefreshId, now: u64) -> Option<Known> {
+    fn known(&self, id: &RefreshId, now: u64) -> Option<RefreshOutcome> {
         self.known
             .get(id)
             .filter(|(_, until)| now < *until)
             .map(|(k, _)| k.clone())
     }
 
-    pub fn owns(&self, id: &RefreshId) -> bool {
+    pub(crate) fn owns(&self, id: &RefreshId) -> bool {
         self.local.contains_key(id)
     }
 
-    pub fn has_queued(&self) -> bool {
+    pub(crate) fn has_queued(&self) -> bool {
         self.local
             .values()
             .any(|l| matches!(l, Local::Queued { .. }))
@@ -104,7 +91,14 @@ impl Flights {
 
     /// Decides how a request with session `id` (refresh token `rt`) gets its outcome:
     /// known here, known in the shared table, in flight somewhere, or this VM takes the lease.
-    pub fn plan(&mut self, cfg: &RefreshConfig, id: RefreshId, rt: &str, now: u64) -> Plan {
+    pub(crate) fn plan(
+        &mut self,
+        host: &impl Host,
+        cfg: &RefreshConfig,
+        id: RefreshId,
+        rt: &str,
+        now: u64,
+    ) -> Plan {
         if let Some(k) = self.known(&id, now) {
             return Plan::Known(k);
         }
@@ -112,15 +106,13 @@ impl Flights {
             return Plan::Wait;
         }
         for _ in 0..3 {
-            let p = self.probe(&id, now, cfg.grace_s);
+            let p = self.probe(host, &id, now, cfg.grace_s);
             match p.seen {
-                Seen::Done(tokens) => {
-                    return Plan::Known(self.remember(id, Known::Done(tokens), now, cfg))
+                // A backoff is not remembered here: the shared record already carries it.
+                Seen::Settled(failed @ RefreshOutcome::Failed { .. }) => {
+                    return Plan::Known(failed)
                 }
-                Seen::Invalid => return Plan::Known(self.remember(id, Known::Invalid, now, cfg)),
-                Seen::BackingOff { retry_at } => {
-                    return Plan::Known(Known::Failed { retry_at });
-                }
+                Seen::Settled(outcome) => return Plan::Known(self.remember(id, outcome, now, cfg)),
                 Seen::InFlight => return Plan::Wait,
                 Seen::Free => {}
             }
@@ -141,7 +133,10 @@ impl Flights {
                     until: now + cfg.timeout_ms.div_ceil(1000) + 2,
                 },
             };
-            if hostcalls::set_shared_data(&self.key(slot), Some(&lease.encode()), cas).is_ok() {
+            if host
+                .shared_set(&self.key(slot), &lease.encode(), cas)
+                .is_ok()
+            {
                 self.local.insert(
                     id,
                     Local::Queued {
@@ -156,9 +151,15 @@ impl Flights {
         Plan::Wait
     }
 
-    fn remember(&mut self, id: RefreshId, known: Known, now: u64, cfg: &RefreshConfig) -> Known {
+    fn remember(
+        &mut self,
+        id: RefreshId,
+        known: RefreshOutcome,
+        now: u64,
+        cfg: &RefreshConfig,
+    ) -> RefreshOutcome {
         let until = match &known {
-            Known::Failed { retry_at } => *retry_at,
+            RefreshOutcome::Failed { retry_at } => *retry_at,
             _ => now + cfg.grace_s,
         };
         if self.known.len() > 4096 {
@@ -168,32 +169,28 @@ impl Flights {
         known
     }
 
-    /// Dispatches every queued refresh (from the root context). Returns how many went out, and
-    /// those that could not even be dispatched, already resolved as failures.
-    pub fn dispatch_queued(&mut self, cfg: &RefreshConfig, now: u64) -> (usize, Vec<RefreshId>) {
+    /// Dispatches every queued refresh (from the root context); returns how many went out.
+    /// One that cannot even be dispatched is recorded as a transient failure.
+    pub(crate) fn dispatch_queued(
+        &mut self,
+        host: &impl Host,
+        cfg: &RefreshConfig,
+        now: u64,
+    ) -> usize {
         let queued: Vec<RefreshId> = self
             .local
             .iter()
             .filter(|(_, l)| matches!(l, Local::Queued { .. }))
             .map(|(id, _)| *id)
             .collect();
-        let mut failed = Vec::new();
         let mut sent = 0;
         for id in queued {
             let Some(Local::Queued { rt, slot }) = self.local.remove(&id) else {
                 continue;
             };
-            let req = refresh::refresh_request(cfg, &rt);
-            let headers: Vec<(&str, &str)> =
-                req.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            match hostcalls::dispatch_http_call(
-                &cfg.endpoint.cluster,
-                headers,
-                Some(req.body.as_bytes()),
-                vec![],
-                Duration::from_millis(cfg.timeout_ms),
-            ) {
-                Ok(token) => {
+            let req = refresh_request(cfg, &rt);
+            match host.dispatch_post(&cfg.endpoint.cluster, &req, cfg.timeout_ms) {
+                Some(token) => {
                     sent += 1;
                     log::debug!("refresh {id:?} dispatched");
                     self.by_token.insert(token, id);
@@ -202,32 +199,29 @@ impl Flights {
                         Local::Dispatched {
                             slot,
                             deadline: now + cfg.timeout_ms.div_ceil(1000) + 2,
-                            started_ms: super::host::now_ms(),
+                            started_ms: host.now_ms(),
                         },
                     );
                 }
-                Err(status) => {
-                    log::warn!(
-                        "refresh could not be dispatched to cluster {:?} ({status:?})",
-                        cfg.endpoint.cluster
-                    );
+                None => {
                     self.record(
+                        host,
                         id,
                         slot,
-                        Err(RefreshError::Transient("dispatch_failed")),
+                        Err(RefreshError::Transient(Transient::DispatchFailed)),
                         now,
                         cfg,
                     );
-                    failed.push(id);
                 }
             }
         }
-        (sent, failed)
+        sent
     }
 
     /// The answer to one of this VM's refresh calls; `None` when `token` is not one.
-    pub fn on_response(
+    pub(crate) fn on_response(
         &mut self,
+        host: &impl Host,
         token: u32,
         status: Option<u32>,
         body: &[u8],
@@ -246,12 +240,17 @@ impl Flights {
         if let Err(e) = &result {
             log::warn!("refresh {id:?} failed: {e} (reason={})", e.code());
         }
-        self.record(id, slot, result, now, cfg);
+        self.record(host, id, slot, result, now, cfg);
         Some((id, summary, started_ms))
     }
 
     /// Refreshes whose answer never came (the host lost the call): failed, transiently.
-    pub fn expire(&mut self, now: u64, cfg: &RefreshConfig) -> Vec<RefreshId> {
+    pub(crate) fn expire(
+        &mut self,
+        host: &impl Host,
+        now: u64,
+        cfg: &RefreshConfig,
+    ) -> Vec<RefreshId> {
         let late: Vec<(RefreshId, Option<u32>)> = self
             .local
             .iter()
@@ -264,9 +263,10 @@ impl Flights {
             self.local.remove(id);
             self.by_token.retain(|_, v| v != id);
             self.record(
+                host,
                 *id,
                 *slot,
-                Err(RefreshError::Transient("timeout")),
+                Err(RefreshError::Transient(Transient::Timeout)),
                 now,
                 cfg,
             );
@@ -277,6 +277,7 @@ impl Flights {
     /// Stores an outcome here and in the shared slot (this VM holds the slot's lease).
     fn record(
         &mut self,
+        host: &impl Host,
         id: RefreshId,
         slot: Option<u32>,
         result: Result<Tokens, RefreshError>,
@@ -285,18 +286,20 @@ impl Flights {
     ) {
         let (known, state) = match result {
             Ok(tokens) => (
-                Known::Done(tokens.clone()),
+                RefreshOutcome::Tokens(tokens.clone()),
                 RecordState::Done { at: now, tokens },
             ),
-            Err(RefreshError::InvalidGrant) => (Known::Invalid, RecordState::Invalid { at: now }),
+            Err(RefreshError::InvalidGrant) => {
+                (RefreshOutcome::Invalid, RecordState::Invalid { at: now })
+            }
             Err(RefreshError::Transient(reason)) => {
                 // The clock has whole seconds: +1 so the wait is never shorter than the backoff.
                 let retry_at = now + cfg.backoff_s + 1;
                 (
-                    Known::Failed { retry_at },
+                    RefreshOutcome::Failed { retry_at },
                     RecordState::Failed {
                         retry_at,
-                        reason: reason.to_string(),
+                        reason: reason.code().to_string(),
                     },
                 )
             }
@@ -306,7 +309,7 @@ impl Flights {
                 id: id.hex(),
                 state,
             };
-            let _ = hostcalls::set_shared_data(&self.key(slot), Some(&record.encode()), None);
+            let _ = host.shared_set(&self.key(slot), &record.encode(), None);
         }
         self.remember(id, known, now, cfg);
     }

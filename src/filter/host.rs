@@ -1,56 +1,185 @@
-//! Thin wrappers over proxy-wasm host calls that never panic on request data.
+//! The host, behind a narrow trait: everything the shell's state machines (single-flight,
+//! JWKS sync, waiters, metrics) ask of Envoy. [`Envoy`] is the real host; the tests use an
+//! in-memory fake (`filter/fake.rs`) so those state machines run without a proxy.
+//!
+//! Every call here is infallible for the caller or returns what failed: a host error never
+//! panics (the SDK's trait helpers unwrap host errors and non-UTF-8 headers, so they are not used).
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 
-use crate::decision::{Forward, Random};
-use crate::refresh::TokenRequest;
-use crate::reply::Reply;
+use crate::http::Reply;
+use crate::idp::TokenRequest;
+use crate::random::Random;
+use crate::relay::Forward;
 
-/// Unix seconds from the host clock (0 if the host cannot tell, which fails tokens closed).
-pub fn now_s() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Why a shared-data write did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetError {
+    /// Someone wrote the key since it was read (compare-and-swap lost).
+    CasMismatch,
+    /// Any other host failure.
+    Failed,
 }
 
+/// What the shell's state machines need from the proxy.
+pub(crate) trait Host: Clone {
+    /// Unix milliseconds (0 when the host cannot tell, which fails tokens closed).
+    fn now_ms(&self) -> u64;
+    /// A shared-data value and its CAS; `None` on a host error.
+    fn shared_get(&self, key: &str) -> Option<(Option<Vec<u8>>, Option<u32>)>;
+    /// Writes a shared-data value, only if its CAS is still `cas` when one is given.
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
+    /// Starts an HTTP call; the answer comes to `on_http_call_response` with the returned token.
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, String>;
+    /// Sets (or with `None` removes) a header of the current request.
+    fn set_request_header(&self, name: &str, value: Option<&str>);
+    fn define_metric(&self, kind: MetricType, name: &str) -> Option<u32>;
+    fn increment_metric(&self, id: u32, by: i64);
+    fn record_metric(&self, id: u32, value: u64);
+    fn set_tick_period(&self, period: Duration);
+    /// Makes stream `id` the target of the next calls; false when the stream is gone.
+    fn set_effective_context(&self, id: u32) -> bool;
+    fn resume_request(&self);
+    fn send_reply(&self, reply: &Reply);
+    /// Fresh randomness for one request; `None` when the host has none.
+    fn random(&self) -> Option<Random>;
+
+    fn now_s(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+
+    /// Applies the header mutations of a verified request.
+    fn apply_forward(&self, f: &Forward<'_>) {
+        self.set_request_header("authorization", Some(&f.authorization));
+        self.set_request_header("cookie", f.cookie.as_deref());
+        for (name, value) in f.claim_headers() {
+            self.set_request_header(name, value);
+        }
+    }
+
+    /// Dispatches a POST built by the core (token exchange, revocation, refresh).
+    fn dispatch_post(&self, cluster: &str, req: &TokenRequest, timeout_ms: u64) -> Option<u32> {
+        let headers: Vec<(&str, &str)> =
+            req.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        match self.dispatch(
+            cluster,
+            &headers,
+            Some(req.body.as_bytes()),
+            Duration::from_millis(timeout_ms),
+        ) {
+            Ok(token) => Some(token),
+            Err(why) => {
+                log::warn!("call to cluster {cluster:?} could not be dispatched ({why})");
+                None
+            }
+        }
+    }
+}
+
+/// The real host: Envoy through proxy-wasm host calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Envoy;
+
+impl Host for Envoy {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Option<Vec<u8>>, Option<u32>)> {
+        hostcalls::get_shared_data(key).ok()
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(_) => Err(SetError::Failed),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+            .map_err(|status| format!("{status:?}"))
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        // An error here means the stream is gone; nothing useful to do.
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+
+    fn define_metric(&self, kind: MetricType, name: &str) -> Option<u32> {
+        hostcalls::define_metric(kind, name).ok()
+    }
+
+    fn increment_metric(&self, id: u32, by: i64) {
+        let _ = hostcalls::increment_metric(id, by);
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+
+    fn set_tick_period(&self, period: Duration) {
+        let _ = hostcalls::set_tick_period(period);
+    }
+
+    fn set_effective_context(&self, id: u32) -> bool {
+        hostcalls::set_effective_context(id).is_ok()
+    }
+
+    fn resume_request(&self) {
+        let _ = hostcalls::resume_http_request();
+    }
+
+    fn send_reply(&self, reply: &Reply) {
+        log::debug!("refused: status={} reason={}", reply.status, reply.reason);
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+    }
+
+    fn random(&self) -> Option<Random> {
+        Random::draw(|b| getrandom::fill(b).is_ok())
+    }
+}
+
+// Stream-only reads and writes: used by the stream context alone, so not part of the trait.
+
 /// Every request header, pseudo-headers included, in one host call.
-pub fn request_headers() -> Vec<(String, Vec<u8>)> {
+pub(crate) fn request_headers() -> Vec<(String, Vec<u8>)> {
     hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
 }
 
-/// Unix milliseconds from the host clock (for latency metrics).
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-pub fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-}
-
-pub fn set_request_header(name: &str, value: Option<&str>) {
-    // An error here means the stream is gone; nothing useful to do.
-    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
-}
-
-pub fn call_response_status() -> Option<u32> {
+pub(crate) fn call_response_status() -> Option<u32> {
     let raw = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()?;
     std::str::from_utf8(&raw).ok()?.parse().ok()
 }
 
-pub fn call_response_body(size: usize, limit: usize) -> Option<Vec<u8>> {
+pub(crate) fn call_response_body(size: usize, limit: usize) -> Option<Vec<u8>> {
     if size > limit {
         return None;
     }
@@ -59,68 +188,16 @@ pub fn call_response_body(size: usize, limit: usize) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// Applies the mutations of a verified request.
-pub fn apply_forward(f: &Forward<'_>) {
-    set_request_header("authorization", Some(&f.authorization));
-    set_request_header("cookie", f.cookie.as_deref());
-    for (name, value) in f.claim_headers() {
-        set_request_header(name, value);
-    }
-}
-
-/// Fresh randomness for one request from the host (WASI `random_get`).
-pub fn random() -> Option<Random> {
-    let mut r = Random::fixed(0);
-    getrandom::fill(&mut r.iv).ok()?;
-    getrandom::fill(&mut r.csrf).ok()?;
-    Some(r)
-}
-
-pub fn response_header(name: &str) -> Option<Vec<u8>> {
+pub(crate) fn response_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
         .ok()
         .flatten()
 }
 
-pub fn set_response_header(name: &str, value: Option<&str>) {
+pub(crate) fn set_response_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
 }
 
-pub fn add_response_header(name: &str, value: &str) {
+pub(crate) fn add_response_header(name: &str, value: &str) {
     let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
-}
-
-/// Dispatches a POST built by the pure core (token exchange, revocation) to `cluster`; the
-/// answer comes to the calling context's `on_http_call_response`.
-pub fn dispatch(cluster: &str, req: &TokenRequest, timeout_ms: u64) -> Option<u32> {
-    let headers: Vec<(&str, &str)> = req.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    match hostcalls::dispatch_http_call(
-        cluster,
-        headers,
-        Some(req.body.as_bytes()),
-        vec![],
-        Duration::from_millis(timeout_ms),
-    ) {
-        Ok(token) => Some(token),
-        Err(status) => {
-            log::warn!("call to cluster {cluster:?} could not be dispatched ({status:?})");
-            None
-        }
-    }
-}
-
-/// Sends a locally generated answer for the current (effective) stream.
-pub fn send_reply(ctx: u32, reply: &Reply) -> Action {
-    log::debug!(
-        "[ctx {ctx}] refused: status={} reason={}",
-        reply.status,
-        reply.reason
-    );
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(n, v)| (*n, v.as_str()))
-        .collect();
-    let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
-    Action::Pause
 }

@@ -3,18 +3,24 @@
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use super::host;
-use super::vm::{Outcome, SharedVm, Waiter};
-use crate::cache_policy;
-use crate::cookie;
-use crate::decision::{self, RequestView};
-use crate::login::{self, LoginRandom, LoginStep, PendingCallback, Route};
-use crate::refresh::MAX_RESPONSE_BYTES;
-use crate::reply::Reply;
+use super::host::{self, Envoy, Host};
+use super::vm::{Outcome, SharedVm};
+use crate::config::Route;
+use crate::csrf;
+use crate::http::{cache_policy, cookie, Reply, RequestView};
+use crate::idp::MAX_RESPONSE_BYTES;
+use crate::jwt::Verifier;
+use crate::oidc::{self, CallbackOutcome, LoginStep, PendingCallback};
+use crate::relay;
 
-pub struct Http {
+/// The answer when the VM state is held elsewhere (a re-entrant host call): never a panic.
+fn busy() -> Reply {
+    Reply::unavailable("busy", "the filter is busy; retry", 1)
+}
+
+pub(crate) struct Http {
     id: u32,
-    vm: SharedVm,
+    vm: SharedVm<Envoy>,
     /// A login callback waiting for its code exchange.
     pending_login: Option<PendingCallback>,
     /// A logout answer waiting for its token revocation (best effort, bounded by the timeout).
@@ -26,7 +32,7 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(id: u32, vm: SharedVm) -> Http {
+    pub(crate) fn new(id: u32, vm: SharedVm<Envoy>) -> Http {
         Http {
             id,
             vm,
@@ -80,60 +86,47 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = host::request_headers();
-        let now = host::now_s();
+        let now = Envoy.now_s();
         let view = RequestView { headers: &headers };
         if let Some(action) = self.login(&view, now) {
             return action;
         }
 
         let reply = {
-            let mut st = self.vm.borrow_mut();
-            match st.process(self.id, &view, now, true) {
+            let Ok(mut guard) = self.vm.try_borrow_mut() else {
+                return self.send(&busy());
+            };
+            let st = &mut *guard;
+            let rotating = st
+                .config
+                .refresh
+                .as_ref()
+                .is_some_and(|r| r.upstream_token_headers.is_some());
+            let cookie = if rotating {
+                view.cookie().map(|c| c.into_owned())
+            } else {
+                None
+            };
+            match st.admit(self.id, headers, now) {
                 Outcome::Pass => return Action::Continue,
+                // Forwarded, or parked and resumed by the root later: protected either way.
                 Outcome::Continue => {
                     self.protected = true;
-                    let rotating = st
-                        .config
-                        .refresh
-                        .as_ref()
-                        .is_some_and(|r| r.upstream_token_headers.is_some());
-                    if rotating {
-                        self.cookie = view.cookie().map(|c| c.into_owned());
-                    }
+                    self.cookie = cookie;
                     return Action::Continue;
                 }
-                Outcome::Wait(on) => {
-                    log::debug!("[ctx {}] parked: {on:?}", self.id);
-                    drop(st);
-                    // A parked request may be resumed by the root later: it is protected.
+                Outcome::Wait(_) => {
                     self.protected = true;
-                    let rotating = self
-                        .vm
-                        .borrow()
-                        .config
-                        .refresh
-                        .as_ref()
-                        .is_some_and(|r| r.upstream_token_headers.is_some());
-                    if rotating {
-                        self.cookie = view.cookie().map(|c| c.into_owned());
-                    }
-                    self.vm.borrow_mut().waiters.insert(
-                        self.id,
-                        Waiter {
-                            headers,
-                            since: now,
-                            on,
-                        },
-                    );
+                    self.cookie = cookie;
                     return Action::Pause;
                 }
                 Outcome::Reply(r) => {
-                    st.metrics.refused(&r);
+                    st.metrics.refused(&st.host, &r);
                     r
                 }
             }
         };
-        host::send_reply(self.id, &reply)
+        self.send(&reply)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -178,40 +171,55 @@ impl HttpContext for Http {
 }
 
 impl Http {
+    /// Sends a locally generated answer; the stream waits for nothing more.
+    fn send(&self, reply: &Reply) -> Action {
+        log::debug!(
+            "[ctx {}] answered: status={} reason={}",
+            self.id,
+            reply.status,
+            reply.reason
+        );
+        Envoy.send_reply(reply);
+        Action::Pause
+    }
+
     /// Sends an answer the filter generated (login, callback, logout) and counts it.
     fn answer(&self, reply: &Reply) -> Action {
         if let Ok(st) = self.vm.try_borrow() {
-            st.metrics.login(reply);
+            st.metrics.login(&st.host, reply);
         }
-        host::send_reply(self.id, reply)
+        self.send(reply)
     }
 
     /// Login, callback and logout paths; `None` for every other request.
     fn login(&mut self, view: &RequestView<'_>, now: u64) -> Option<Action> {
-        let mut guard = self.vm.borrow_mut();
+        let Ok(mut guard) = self.vm.try_borrow_mut() else {
+            return Some(self.send(&busy()));
+        };
         let st = &mut *guard;
         let login = st.config.login.as_ref()?;
         let route = login.route(&view.path())?;
-        if route == Route::Logout && view.get_str(":method") == Some("POST") {
+        if route == Route::Logout && view.method() == "POST" {
             // Logging out is a state change: a cross-site page must not log the user out.
             let csrf_cookie = view
                 .cookie()
                 .and_then(|c| String::from_utf8(c.into_owned()).ok())
                 .and_then(|c| cookie::find(&c, &st.config.cookies.csrf).map(str::to_string));
-            if let Err(e) = decision::check_csrf(&st.config, view, csrf_cookie.as_deref()) {
+            let policy = st.config.csrf.as_ref();
+            if let Err(e) = csrf::check_request(policy, view, csrf_cookie.as_deref()) {
                 let mut r = Reply::forbidden_csrf(e.code(), &e.to_string());
-                decision::add_cors(&st.config, view, &mut r);
-                st.metrics.refused(&r);
+                csrf::add_cors(policy, view, &mut r);
+                st.metrics.refused(&st.host, &r);
                 drop(guard);
-                return Some(host::send_reply(self.id, &r));
+                return Some(self.send(&r));
             }
         }
-        let Some(random) = LoginRandom::draw(|b| getrandom::fill(b).is_ok()) else {
+        let Some(random) = st.host.random() else {
             drop(guard);
             let r = Reply::unavailable("no_randomness", "the filter has no randomness", 1);
-            return Some(host::send_reply(self.id, &r));
+            return Some(self.send(&r));
         };
-        let step = login::handle(&st.config, login, view, now, &random)?;
+        let step = oidc::handle(&st.config, login, view, now, &random)?;
         let timeout = st
             .config
             .refresh
@@ -221,7 +229,8 @@ impl Http {
         let reply = match step {
             LoginStep::Respond(r) => r,
             LoginStep::Exchange { request, pending } => {
-                match timeout.and_then(|(cluster, ms)| host::dispatch(&cluster, &request, ms)) {
+                match timeout.and_then(|(cluster, ms)| Envoy.dispatch_post(&cluster, &request, ms))
+                {
                     Some(_) => {
                         self.pending_login = Some(pending);
                         return Some(Action::Pause);
@@ -231,7 +240,7 @@ impl Http {
             }
             LoginStep::Logout(l) => match (l.revocation, timeout) {
                 (Some(rev), Some((cluster, ms)))
-                    if host::dispatch(&cluster, &rev, ms).is_some() =>
+                    if Envoy.dispatch_post(&cluster, &rev, ms).is_some() =>
                 {
                     self.pending_logout = Some(l.reply);
                     return Some(Action::Pause);
@@ -249,12 +258,12 @@ impl Http {
         status: Option<u32>,
         body: &[u8],
     ) -> Reply {
-        let now = host::now_s();
-        let Some(rand) = host::random() else {
+        let now = Envoy.now_s();
+        let Some(rand) = Envoy.random() else {
             return Reply::unavailable("no_randomness", "the filter has no randomness", 1);
         };
         let Ok(mut guard) = self.vm.try_borrow_mut() else {
-            return Reply::unavailable("busy", "retry", 1);
+            return busy();
         };
         let st = &mut *guard;
         let Some(login) = st.config.login.as_ref() else {
@@ -264,7 +273,7 @@ impl Http {
         // waiting (the code is spent, so the answer asks the user to log in again).
         let mut allow_kid_refetch = true;
         loop {
-            match login::finish_callback(
+            match oidc::finish_callback(
                 &st.config,
                 login,
                 st.keys.as_deref(),
@@ -275,14 +284,14 @@ impl Http {
                 &rand,
                 allow_kid_refetch,
             ) {
-                login::Finish::Respond(r) => return r,
-                login::Finish::UnknownKid if allow_kid_refetch => {
+                CallbackOutcome::Respond(r) => return r,
+                CallbackOutcome::UnknownKid if allow_kid_refetch => {
                     if let Some(j) = st.jwks.as_mut() {
                         let _ = j.want_kid_refetch(now);
                     }
                     allow_kid_refetch = false;
                 }
-                login::Finish::UnknownKid => {
+                CallbackOutcome::UnknownKid => {
                     return Reply::unavailable(
                         "login_keys_not_ready",
                         "the identity provider's signing key is not known yet; log in again",
@@ -318,19 +327,22 @@ impl Http {
         if at.is_none() && rt.is_none() {
             return Vec::new();
         }
-        let Some(rand) = host::random() else {
+        let Some(rand) = st.host.random() else {
             return Vec::new();
         };
         let cookie = self.cookie.take().unwrap_or_default();
         let cookie_header = std::str::from_utf8(&cookie).unwrap_or("");
-        decision::upstream_rotation(
+        let verifier = Verifier {
+            keys: st.keys.as_deref(),
+            cache: &mut st.cache,
+        };
+        relay::upstream_rotation(
             &st.config,
-            st.keys.as_deref(),
-            &mut st.cache,
+            verifier,
             cookie_header,
             at.as_deref(),
             rt.as_deref(),
-            host::now_s(),
+            st.host.now_s(),
             &rand,
         )
     }

@@ -12,20 +12,18 @@
 
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
-
+use super::host::Host;
 use crate::config::Upstream;
-use crate::jwks::KeySet;
+use crate::jwt::jwks::KeySet;
 
-pub const FETCH_TIMEOUT_S: u64 = 5;
-pub const KID_REFETCH_INTERVAL_S: u64 = 5;
+pub(crate) const FETCH_TIMEOUT_S: u64 = 5;
+pub(crate) const KID_REFETCH_INTERVAL_S: u64 = 5;
 const MAX_BACKOFF_S: u64 = 30;
 /// Before the first key set arrives every protected request fails closed: retry sooner.
 const MAX_BACKOFF_NO_KEYS_S: u64 = 4;
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
-pub struct JwksSync {
+pub(crate) struct JwksSync {
     upstream: Upstream,
     refresh_s: u64,
     data_key: String,
@@ -41,7 +39,7 @@ pub struct JwksSync {
 }
 
 /// What a stream with an unknown `kid` should do.
-pub enum KidRefetch {
+pub(crate) enum KidRefetch {
     /// Park: a refetch is in flight or will be dispatched on the next tick.
     Wait,
     /// Answer now: this VM refetched too recently.
@@ -49,13 +47,13 @@ pub enum KidRefetch {
 }
 
 /// The outcome of a fetch this VM dispatched.
-pub enum Fetched {
+pub(crate) enum Fetched {
     Keys(KeySet, u64),
     Failed,
 }
 
 impl JwksSync {
-    pub fn new(upstream: Upstream, refresh_s: u64) -> JwksSync {
+    pub(crate) fn new(upstream: Upstream, refresh_s: u64) -> JwksSync {
         // Several filter instances (different IdPs) may share an Envoy: name the records by source.
         let id = fnv1a(
             format!(
@@ -79,13 +77,13 @@ impl JwksSync {
     }
 
     /// Picks up a key set another VM stored since this VM last looked.
-    pub fn sync(&mut self) -> Option<(KeySet, u64)> {
-        let (version, cas) = hostcalls::get_shared_data(&self.version_key).ok()?;
+    pub(crate) fn sync(&mut self, host: &impl Host) -> Option<(KeySet, u64)> {
+        let (version, cas) = host.shared_get(&self.version_key)?;
         if cas.is_none() || cas == self.seen_version {
             return None;
         }
         let fetched_at = version.as_deref().and_then(read_u64).unwrap_or(0);
-        let (doc, _) = hostcalls::get_shared_data(&self.data_key).ok()?;
+        let (doc, _) = host.shared_get(&self.data_key)?;
         let doc = doc?;
         self.seen_version = cas;
         self.fetched_at = fetched_at;
@@ -99,7 +97,7 @@ impl JwksSync {
     }
 
     /// Called on every tick: dispatches a fetch when one is due and this VM may make it.
-    pub fn tick(&mut self, now: u64) {
+    pub(crate) fn tick(&mut self, host: &impl Host, now: u64) {
         if let Some((_, deadline)) = self.in_flight {
             if now < deadline {
                 return;
@@ -110,17 +108,17 @@ impl JwksSync {
         if self.kid_refetch_wanted {
             self.kid_refetch_wanted = false;
             self.last_kid_refetch = now;
-            self.dispatch(now);
+            self.dispatch(host, now);
             return;
         }
         let due = self.fetched_at == 0 || now >= self.fetched_at.saturating_add(self.refresh_s);
-        if due && self.try_lease(now) {
-            self.dispatch(now);
+        if due && self.try_lease(host, now) {
+            self.dispatch(host, now);
         }
     }
 
     /// A stream met an unknown `kid`.
-    pub fn want_kid_refetch(&mut self, now: u64) -> KidRefetch {
+    pub(crate) fn want_kid_refetch(&mut self, now: u64) -> KidRefetch {
         if self.in_flight.is_some() || self.kid_refetch_wanted {
             return KidRefetch::Wait;
         }
@@ -131,45 +129,50 @@ impl JwksSync {
         KidRefetch::Wait
     }
 
-    pub fn in_flight(&self) -> bool {
+    pub(crate) fn in_flight(&self) -> bool {
         self.in_flight.is_some() || self.kid_refetch_wanted
     }
 
-    fn dispatch(&mut self, now: u64) {
-        let headers = vec![
+    fn dispatch(&mut self, host: &impl Host, now: u64) {
+        let headers = [
             (":method", "GET"),
             (":path", self.upstream.path.as_str()),
             (":authority", self.upstream.authority.as_str()),
             ("accept", "application/json"),
         ];
-        match hostcalls::dispatch_http_call(
+        match host.dispatch(
             &self.upstream.cluster,
-            headers,
+            &headers,
             None,
-            vec![],
             Duration::from_secs(FETCH_TIMEOUT_S),
         ) {
             Ok(token) => {
                 log::debug!("JWKS fetch dispatched to cluster {}", self.upstream.cluster);
                 self.in_flight = Some((token, now + FETCH_TIMEOUT_S + 2));
             }
-            Err(status) => {
+            Err(why) => {
                 log::warn!(
-                    "JWKS fetch could not be dispatched to cluster {:?} ({status:?}): is the cluster defined?",
+                    "JWKS fetch could not be dispatched to cluster {:?} ({why}): is the cluster defined?",
                     self.upstream.cluster
                 );
-                self.release_lease(now, false);
+                self.release_lease(host, now, false);
             }
         }
     }
 
     /// Whether `token` is this VM's JWKS fetch.
-    pub fn owns(&self, token: u32) -> bool {
+    pub(crate) fn owns(&self, token: u32) -> bool {
         matches!(self.in_flight, Some((t, _)) if t == token)
     }
 
     /// Handles the answer to this VM's fetch (status and body already read by the shell).
-    pub fn on_response(&mut self, status: Option<u32>, body: Option<Vec<u8>>, now: u64) -> Fetched {
+    pub(crate) fn on_response(
+        &mut self,
+        host: &impl Host,
+        status: Option<u32>,
+        body: Option<Vec<u8>>,
+        now: u64,
+    ) -> Fetched {
         self.in_flight = None;
         let result = match (status, body) {
             (Some(200), Some(body)) if body.len() <= MAX_JWKS_BYTES => KeySet::parse(&body)
@@ -182,8 +185,8 @@ impl JwksSync {
         match result {
             Ok((keys, body)) => {
                 let digest = fnv1a(&body);
-                self.store(&body, now);
-                self.release_lease(now, true);
+                self.store(host, &body, now);
+                self.release_lease(host, now, true);
                 log::info!(
                     "JWKS fetched from cluster {}: {} usable keys",
                     self.upstream.cluster,
@@ -196,45 +199,41 @@ impl JwksSync {
                     "JWKS fetch from cluster {} failed: {why}; keeping the last good key set",
                     self.upstream.cluster
                 );
-                self.release_lease(now, false);
+                self.release_lease(host, now, false);
                 Fetched::Failed
             }
         }
     }
 
-    fn store(&mut self, body: &[u8], now: u64) {
+    fn store(&mut self, host: &impl Host, body: &[u8], now: u64) {
         self.fetched_at = now;
-        if hostcalls::set_shared_data(&self.data_key, Some(body), None).is_err() {
+        if host.shared_set(&self.data_key, body, None).is_err() {
             return;
         }
-        let _ = hostcalls::set_shared_data(&self.version_key, Some(&now.to_le_bytes()), None);
+        let _ = host.shared_set(&self.version_key, &now.to_le_bytes(), None);
         // This VM already has these keys: remember the version so sync() skips it.
-        if let Ok((_, cas)) = hostcalls::get_shared_data(&self.version_key) {
+        if let Some((_, cas)) = host.shared_get(&self.version_key) {
             self.seen_version = cas;
         }
     }
 
     /// Lease record: next allowed attempt (u64) and consecutive failures (u64).
-    fn try_lease(&mut self, now: u64) -> bool {
-        let (value, cas) = match hostcalls::get_shared_data(&self.lease_key) {
-            Ok(v) => v,
-            Err(_) => return false,
+    fn try_lease(&mut self, host: &impl Host, now: u64) -> bool {
+        let Some((value, cas)) = host.shared_get(&self.lease_key) else {
+            return false;
         };
         let (next_at, failures) = value.as_deref().map(read_lease).unwrap_or((0, 0));
         if now < next_at {
             return false;
         }
         let lease = lease_bytes(now + FETCH_TIMEOUT_S + 2, failures);
-        match hostcalls::set_shared_data(&self.lease_key, Some(&lease), cas) {
-            Ok(()) => true,
-            Err(Status::CasMismatch) => false,
-            Err(_) => false,
-        }
+        // A CAS mismatch means another VM took the lease first.
+        host.shared_set(&self.lease_key, &lease, cas).is_ok()
     }
 
-    fn release_lease(&mut self, now: u64, ok: bool) {
-        let failures = match hostcalls::get_shared_data(&self.lease_key) {
-            Ok((Some(v), _)) => read_lease(&v).1,
+    fn release_lease(&mut self, host: &impl Host, now: u64, ok: bool) {
+        let failures = match host.shared_get(&self.lease_key) {
+            Some((Some(v), _)) => read_lease(&v).1,
             _ => 0,
         };
         let (next_at, failures) = if ok {
@@ -251,11 +250,7 @@ impl JwksSync {
                 });
             (now + backoff, failures)
         };
-        let _ = hostcalls::set_shared_data(
-            &self.lease_key,
-            Some(&lease_bytes(next_at, failures)),
-            None,
-        );
+        let _ = host.shared_set(&self.lease_key, &lease_bytes(next_at, failures), None);
     }
 }
 
@@ -279,7 +274,7 @@ fn lease_bytes(next_at: u64, failures: u64) -> [u8; 16] {
 }
 
 /// FNV-1a: a fingerprint for change detection and record names, not a security boundary.
-pub fn fnv1a(data: &[u8]) -> u64 {
+pub(crate) fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })

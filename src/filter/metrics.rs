@@ -5,12 +5,12 @@
 
 use std::cell::Cell;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use crate::reply::Reply;
+use super::host::Host;
+use crate::http::Reply;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     forwarded: Option<u32>,
     forwarded_pending: Cell<i64>,
     cache_hits: Option<u32>,
@@ -36,34 +36,28 @@ pub struct Metrics {
     logout: Option<u32>,
 }
 
-fn counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
-}
-
-fn add(id: Option<u32>, n: i64) {
+fn add(host: &impl Host, id: Option<u32>, n: i64) {
     if let (Some(id), true) = (id, n > 0) {
-        let _ = hostcalls::increment_metric(id, n);
+        host.increment_metric(id, n);
     }
 }
 
-fn inc(id: Option<u32>) {
+fn inc(host: &impl Host, id: Option<u32>) {
     if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
+        host.increment_metric(id, 1);
     }
 }
 
 impl Metrics {
-    pub fn define() -> Metrics {
+    pub(crate) fn define(host: &impl Host) -> Metrics {
+        let counter = |name: &str| host.define_metric(MetricType::Counter, name);
         Metrics {
             forwarded: counter("edge_token_relay_requests_forwarded_total"),
             forwarded_pending: Cell::new(0),
             cache_hits: counter("edge_token_relay_token_cache_hits_total"),
             cache_misses: counter("edge_token_relay_token_cache_misses_total"),
-            refresh_latency_ms: hostcalls::define_metric(
-                MetricType::Histogram,
-                "edge_token_relay_refresh_latency_ms",
-            )
-            .ok(),
+            refresh_latency_ms: host
+                .define_metric(MetricType::Histogram, "edge_token_relay_refresh_latency_ms"),
             denied_400: counter("edge_token_relay_requests_denied_400_total"),
             denied_401: counter("edge_token_relay_requests_denied_401_total"),
             denied_403: counter("edge_token_relay_requests_denied_403_total"),
@@ -85,81 +79,95 @@ impl Metrics {
         }
     }
 
-    pub fn forwarded(&self) {
+    pub(crate) fn forwarded(&self) {
         self.forwarded_pending.set(self.forwarded_pending.get() + 1);
     }
 
     /// Sends the counts added up since the last flush (and the cache's hits and misses).
-    pub fn flush(&self, cache: (u64, u64)) {
+    pub(crate) fn flush(&self, host: &impl Host, cache: (u64, u64)) {
         let n = self.forwarded_pending.replace(0);
-        add(self.forwarded, n);
-        add(self.cache_hits, i64::try_from(cache.0).unwrap_or(i64::MAX));
+        add(host, self.forwarded, n);
         add(
+            host,
+            self.cache_hits,
+            i64::try_from(cache.0).unwrap_or(i64::MAX),
+        );
+        add(
+            host,
             self.cache_misses,
             i64::try_from(cache.1).unwrap_or(i64::MAX),
         );
     }
 
     /// How long a token-endpoint refresh call took.
-    pub fn refresh_latency(&self, ms: u64) {
+    pub(crate) fn refresh_latency(&self, host: &impl Host, ms: u64) {
         if let Some(id) = self.refresh_latency_ms {
-            let _ = hostcalls::record_metric(id, ms);
+            host.record_metric(id, ms);
         }
     }
 
     /// A request the filter answered itself.
-    pub fn refused(&self, reply: &Reply) {
-        inc(match reply.status {
-            400 => self.denied_400,
-            401 => self.denied_401,
-            403 => self.denied_403,
-            431 => self.denied_431,
-            503 => self.unavailable_503,
-            _ => None,
-        });
+    pub(crate) fn refused(&self, host: &impl Host, reply: &Reply) {
+        inc(
+            host,
+            match reply.status {
+                400 => self.denied_400,
+                401 => self.denied_401,
+                403 => self.denied_403,
+                431 => self.denied_431,
+                503 => self.unavailable_503,
+                _ => None,
+            },
+        );
         if matches!(reply.reason, "session_invalid" | "session_revoked") {
-            inc(self.sessions_refused);
+            inc(host, self.sessions_refused);
         }
     }
 
-    pub fn refresh_dispatched(&self) {
-        inc(self.refresh);
+    pub(crate) fn refresh_dispatched(&self, host: &impl Host) {
+        inc(host, self.refresh);
     }
 
-    pub fn refresh_result(&self, ok: bool, invalid_grant: bool) {
-        inc(if ok {
-            self.refresh_success
-        } else {
-            self.refresh_failed
-        });
+    pub(crate) fn refresh_result(&self, host: &impl Host, ok: bool, invalid_grant: bool) {
+        inc(
+            host,
+            if ok {
+                self.refresh_success
+            } else {
+                self.refresh_failed
+            },
+        );
         if invalid_grant {
-            inc(self.refresh_invalid_grant);
+            inc(host, self.refresh_invalid_grant);
         }
     }
 
-    pub fn refresh_waiter(&self) {
-        inc(self.refresh_waiters);
+    pub(crate) fn refresh_waiter(&self, host: &impl Host) {
+        inc(host, self.refresh_waiters);
     }
 
-    pub fn refresh_reused(&self) {
-        inc(self.refresh_reused);
+    pub(crate) fn refresh_reused(&self, host: &impl Host) {
+        inc(host, self.refresh_reused);
     }
 
     /// A login, callback or logout answer, by its reason code.
-    pub fn login(&self, reply: &Reply) {
-        inc(match reply.reason {
-            "login_start" => self.login_started,
-            "login" | "login_no_refresh_token" => self.login_succeeded,
-            "logout" => self.logout,
-            r if r.starts_with("login_") => self.login_failed,
-            _ => None,
-        });
+    pub(crate) fn login(&self, host: &impl Host, reply: &Reply) {
+        inc(
+            host,
+            match reply.reason {
+                "login_start" => self.login_started,
+                "login" | "login_no_refresh_token" => self.login_succeeded,
+                "logout" => self.logout,
+                r if r.starts_with("login_") => self.login_failed,
+                _ => None,
+            },
+        );
     }
 
-    pub fn jwks_fetch(&self, ok: bool) {
-        inc(self.jwks_fetches);
+    pub(crate) fn jwks_fetch(&self, host: &impl Host, ok: bool) {
+        inc(host, self.jwks_fetches);
         if !ok {
-            inc(self.jwks_failures);
+            inc(host, self.jwks_failures);
         }
     }
 }

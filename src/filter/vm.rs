@@ -4,25 +4,33 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-
-use super::flight::{Flights, Known, Plan};
-use super::host;
+use super::flight::{Flights, Plan};
+use super::host::Host;
 use super::jwks_sync::{JwksSync, KidRefetch};
 use super::metrics::Metrics;
 use crate::config::{Config, JwksSource};
-use crate::decision::{self, RefreshOutcome, RequestView, Step};
-use crate::jwks::KeySet;
-use crate::refresh::RefreshId;
-use crate::reply::Reply;
-use crate::token_cache::TokenCache;
+use crate::csrf::add_cors;
+use crate::http::{Reply, RequestView};
+use crate::jwt::jwks::KeySet;
+use crate::jwt::token_cache::TokenCache;
+use crate::jwt::Verifier;
+use crate::relay::{self, RefreshId, RefreshOutcome, Step};
 
-pub type SharedVm = Rc<RefCell<Vm>>;
+/// How often each VM looks for a new shared key set, due fetches and settled refreshes.
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+/// While requests wait (a refresh to dispatch, another VM's refresh to watch): poll often.
+pub(crate) const FAST_TICK: Duration = Duration::from_millis(5);
+
+/// The VM state shared by the root and stream contexts of one worker. Borrowed only with
+/// `try_borrow*` (a clippy lint forbids the panicking forms): a context that finds it busy
+/// degrades (answers 503 or skips a tick) instead of aborting the VM.
+pub(crate) type SharedVm<H> = Rc<RefCell<Vm<H>>>;
 
 /// Why a request is parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitOn {
+pub(crate) enum WaitOn {
     /// Its token named an unknown `kid`; a JWKS refetch is under way.
     Keys,
     /// Its session's refresh is in flight (here or in another VM).
@@ -30,14 +38,14 @@ pub enum WaitOn {
 }
 
 /// A parked request: what is needed to decide it again.
-pub struct Waiter {
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub since: u64,
-    pub on: WaitOn,
+pub(crate) struct Waiter {
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    pub(crate) since: u64,
+    pub(crate) on: WaitOn,
 }
 
 /// What became of a request after `process`.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Passed untouched (not protected).
     Pass,
     /// Forwarded with its mutations applied.
@@ -48,22 +56,23 @@ pub enum Outcome {
     Wait(WaitOn),
 }
 
-pub struct Vm {
-    pub config: Config,
-    pub keys: Option<Rc<KeySet>>,
+pub(crate) struct Vm<H> {
+    pub(crate) host: H,
+    pub(crate) config: Config,
+    pub(crate) keys: Option<Rc<KeySet>>,
     /// Fingerprint of the JWKS document behind `keys`, to tell a real change from a refresh.
-    pub keys_digest: u64,
-    pub cache: TokenCache,
-    pub jwks: Option<JwksSync>,
-    pub flights: Option<Flights>,
-    pub waiters: BTreeMap<u32, Waiter>,
+    keys_digest: u64,
+    pub(crate) cache: TokenCache,
+    pub(crate) jwks: Option<JwksSync>,
+    pub(crate) flights: Option<Flights>,
+    pub(crate) waiters: BTreeMap<u32, Waiter>,
     /// Set-Cookie values for the response of a forwarded stream, by context id.
-    pub response_cookies: HashMap<u32, Vec<String>>,
-    pub metrics: Metrics,
+    pub(crate) response_cookies: HashMap<u32, Vec<String>>,
+    pub(crate) metrics: Metrics,
 }
 
-impl Vm {
-    pub fn new(config: Config, instance: u64) -> Vm {
+impl<H: Host> Vm<H> {
+    pub(crate) fn new(host: H, config: Config, instance: u64) -> Vm<H> {
         let cache = TokenCache::new(config.token_cache_size);
         let (keys, jwks) = match &config.jwks {
             JwksSource::Inline(keys) => (Some(Rc::clone(keys)), None),
@@ -73,7 +82,9 @@ impl Vm {
             } => (None, Some(JwksSync::new(upstream.clone(), *refresh_s))),
         };
         let flights = config.refresh.as_ref().map(|_| Flights::new(instance));
+        let metrics = Metrics::define(&host);
         Vm {
+            host,
             config,
             keys,
             keys_digest: 0,
@@ -82,12 +93,12 @@ impl Vm {
             flights,
             waiters: BTreeMap::new(),
             response_cookies: HashMap::new(),
-            metrics: Metrics::define(),
+            metrics,
         }
     }
 
     /// Installs a key set; verified tokens are forgotten only when the keys really changed.
-    pub fn install_keys(&mut self, keys: KeySet, digest: u64) {
+    pub(crate) fn install_keys(&mut self, keys: KeySet, digest: u64) {
         if self.keys.is_none() || digest != self.keys_digest {
             self.cache.clear();
             self.keys = Some(Rc::new(keys));
@@ -95,11 +106,34 @@ impl Vm {
         }
     }
 
+    /// A new request (its headers, read once): decided, and parked when it must wait.
+    pub(crate) fn admit(&mut self, ctx: u32, headers: Vec<(String, Vec<u8>)>, now: u64) -> Outcome {
+        let outcome = self.process(ctx, &RequestView { headers: &headers }, now, true);
+        if let Outcome::Wait(on) = outcome {
+            log::debug!("[ctx {ctx}] parked: {on:?}");
+            self.waiters.insert(
+                ctx,
+                Waiter {
+                    headers,
+                    since: now,
+                    on,
+                },
+            );
+        }
+        outcome
+    }
+
     /// Decides a request and carries out everything but resuming or answering it (those may
     /// re-enter the VM, so the caller does them after releasing its borrow). Request header
     /// writes happen here: they target the effective context and never call back.
-    pub fn process(&mut self, ctx: u32, req: &RequestView<'_>, now: u64, fresh: bool) -> Outcome {
-        let step = decision::decide(
+    pub(crate) fn process(
+        &mut self,
+        ctx: u32,
+        req: &RequestView<'_>,
+        now: u64,
+        fresh: bool,
+    ) -> Outcome {
+        let step = relay::decide(
             &self.config,
             self.keys.as_deref(),
             &mut self.cache,
@@ -110,16 +144,14 @@ impl Vm {
         let mut outcome = match step {
             Step::Pass => Outcome::Pass,
             Step::Forward(f) => {
-                host::apply_forward(&f);
+                self.host.apply_forward(&f);
                 self.metrics.forwarded();
                 Outcome::Continue
             }
             Step::Respond(r) => Outcome::Reply(r),
             Step::UnknownKid => match self.jwks.as_mut().map(|j| j.want_kid_refetch(now)) {
                 Some(KidRefetch::Wait) => Outcome::Wait(WaitOn::Keys),
-                Some(KidRefetch::RateLimited) | None => {
-                    Outcome::Reply(decision::unknown_kid_reply())
-                }
+                Some(KidRefetch::RateLimited) | None => Outcome::Reply(relay::unknown_kid_reply()),
             },
             Step::Refresh(need) => {
                 let (Some(flights), Some(cfg)) =
@@ -129,49 +161,45 @@ impl Vm {
                 };
                 let id = need.id;
                 let owned_before = flights.owns(&id);
-                let known = match flights.plan(cfg, id, &need.session.rt, now) {
+                let outcome = match flights.plan(&self.host, cfg, id, &need.session.rt, now) {
                     Plan::Known(k) => k,
                     Plan::Wait => {
                         if fresh && (owned_before || !flights.owns(&id)) {
                             // Joined a refresh someone else started.
-                            self.metrics.refresh_waiter();
+                            self.metrics.refresh_waiter(&self.host);
                         }
                         // The root dispatches (or polls another VM's refresh) on its next tick.
-                        let _ = hostcalls::set_tick_period(super::root::FAST_TICK);
+                        self.host.set_tick_period(FAST_TICK);
                         return Outcome::Wait(WaitOn::Refresh(id));
                     }
                 };
-                if fresh && matches!(known, Known::Done(_)) {
+                if fresh && matches!(outcome, RefreshOutcome::Tokens(_)) {
                     // A fresh request served by an outcome it did not fetch.
-                    self.metrics.refresh_reused();
+                    self.metrics.refresh_reused(&self.host);
                 }
-                let outcome = match &known {
-                    Known::Done(tokens) => RefreshOutcome::Tokens(tokens),
-                    Known::Invalid => RefreshOutcome::Invalid,
-                    Known::Failed { retry_at } => RefreshOutcome::Unavailable {
-                        retry_after_s: retry_at.saturating_sub(now),
-                    },
-                };
-                let Some(rand) = host::random() else {
+                let Some(rand) = self.host.random() else {
                     return Outcome::Reply(Reply::unavailable(
                         "no_randomness",
                         "the filter could not seal the session",
                         1,
                     ));
                 };
-                let done = decision::complete_refresh(
+                let verifier = Verifier {
+                    keys: self.keys.as_deref(),
+                    cache: &mut self.cache,
+                };
+                let done = relay::complete_refresh(
                     &self.config,
-                    self.keys.as_deref(),
-                    &mut self.cache,
+                    verifier,
                     req,
                     need,
-                    outcome,
+                    &outcome,
                     now,
                     &rand,
                 );
                 match done.step {
                     Step::Forward(f) => {
-                        host::apply_forward(&f);
+                        self.host.apply_forward(&f);
                         self.metrics.forwarded();
                         if !done.set_cookies.is_empty() {
                             self.response_cookies.insert(ctx, done.set_cookies);
@@ -185,8 +213,8 @@ impl Vm {
             }
         };
         if let Outcome::Reply(r) = outcome {
-            let mut r = decision::navigation_redirect(&self.config, req, r);
-            decision::add_cors(&self.config, req, &mut r);
+            let mut r = relay::navigation_redirect(&self.config, req, r);
+            add_cors(self.config.csrf.as_ref(), req, &mut r);
             outcome = Outcome::Reply(r);
         }
         outcome
@@ -201,10 +229,18 @@ enum Finish {
 
 /// Decides parked requests again and resumes or answers those that are settled. `select`
 /// picks which to look at; a waiter older than `max_wait_s` is answered whatever happens.
-pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, select: impl Fn(&Waiter) -> bool) {
+pub(crate) fn finish_waiters<H: Host>(
+    vm: &SharedVm<H>,
+    now: u64,
+    max_wait_s: u64,
+    select: impl Fn(&Waiter) -> bool,
+) {
     let mut done: Vec<(u32, Finish)> = Vec::new();
     {
-        let mut guard = vm.borrow_mut();
+        // Busy: a caller up the stack holds the VM; the next tick looks again.
+        let Ok(mut guard) = vm.try_borrow_mut() else {
+            return;
+        };
         let st = &mut *guard;
         let ids: Vec<u32> = st
             .waiters
@@ -216,7 +252,7 @@ pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, select: impl Fn(
             let Some(w) = st.waiters.remove(&id) else {
                 continue;
             };
-            if hostcalls::set_effective_context(id).is_err() {
+            if !st.host.set_effective_context(id) {
                 continue; // the stream is gone
             }
             let view = RequestView {
@@ -240,18 +276,22 @@ pub fn finish_waiters(vm: &SharedVm, now: u64, max_wait_s: u64, select: impl Fn(
             }
         }
     }
-    // Resuming or answering a stream can call back into this VM: no borrow may be held.
+    // Resuming or answering a stream can call back into this VM: no borrow may be held, so
+    // the host is copied out first (it is a handle).
+    let Ok(host) = vm.try_borrow().map(|st| st.host.clone()) else {
+        return;
+    };
     for (id, finish) in done {
-        if hostcalls::set_effective_context(id).is_err() {
+        if !host.set_effective_context(id) {
             continue;
         }
         match finish {
-            Finish::Resume => {
-                let _ = hostcalls::resume_http_request();
-            }
+            Finish::Resume => host.resume_request(),
             Finish::Reply(r) => {
-                vm.borrow().metrics.refused(&r);
-                host::send_reply(id, &r);
+                if let Ok(st) = vm.try_borrow() {
+                    st.metrics.refused(&host, &r);
+                }
+                host.send_reply(&r);
             }
         }
     }

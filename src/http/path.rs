@@ -9,6 +9,8 @@
 
 use std::borrow::Cow;
 
+use super::url::percent_decode_bytes;
+
 /// Compiled prefix lists.
 #[derive(Debug, Clone, Default)]
 pub struct PathPolicy {
@@ -47,7 +49,8 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
     if !path.contains(['%', '\\']) && !path.contains("//") && !path.contains("/.") {
         return Cow::Borrowed(path);
     }
-    let decoded = percent_decode_lossy(path).replace('\\', "/");
+    let decoded =
+        String::from_utf8_lossy(&percent_decode_bytes(path.as_bytes())).replace('\\', "/");
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
         match seg {
@@ -72,26 +75,6 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
         out.push('/');
     }
     Cow::Owned(out)
-}
-
-fn percent_decode_lossy(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hi = bytes.get(i + 1).and_then(|c| (*c as char).to_digit(16));
-            let lo = bytes.get(i + 2).and_then(|c| (*c as char).to_digit(16));
-            if let (Some(hi), Some(lo)) = (hi, lo) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -3,75 +3,36 @@
 //! Unknown fields are errors, and every error names the field it is about, so a typo stops the
 //! plugin at start-up with one readable log line instead of silently weakening a check.
 
+mod cookies;
+mod error;
+mod login;
+mod refresh;
+mod upstream;
+
 use std::collections::BTreeMap;
-use std::fmt;
 use std::rc::Rc;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cookie::{self, CookieAttrs, SameSite};
+pub use cookies::CookieNames;
+use cookies::{cookie_names, RawCookies};
+pub use error::ConfigError;
+pub use login::RawLogin;
+pub use login::{LoginConfig, Route, DEFAULT_SESSION_LIFETIME_S};
+use refresh::{refresh_config, RawEndpoint, RawRefresh, RawSessionKey, RawUpstreamTokenHeaders};
+pub use refresh::{ClientAuth, RefreshConfig, Secret, UpstreamTokenHeaders};
+use upstream::upstream;
+pub use upstream::Upstream;
+
 use crate::csrf::CsrfPolicy;
-use crate::jwks::{Alg, AlgSet, KeySet};
-use crate::login::{LoginConfig, RawLogin};
-use crate::path::PathPolicy;
-use crate::session::SessionKeys;
-use crate::token::ClaimRules;
+use crate::http::cookie;
+use crate::http::path::PathPolicy;
+use crate::jwt::jwks::{Alg, AlgSet, KeySet};
+use crate::jwt::token::ClaimRules;
 
 /// Default size of the verified-token cache, per worker VM.
 pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 4096;
-
-/// A configuration problem: which field, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub problem: String,
-}
-
-impl ConfigError {
-    fn new(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-        ConfigError {
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // One log line whatever the configuration holds: control characters are escaped.
-        let field = one_line(&self.field);
-        let problem = one_line(&self.problem);
-        if field.is_empty() {
-            write!(f, "invalid configuration: {problem}")
-        } else {
-            write!(f, "invalid configuration: field `{field}`: {problem}")
-        }
-    }
-}
-
-fn one_line(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Where the filter reaches a service through an Envoy cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-}
 
 #[derive(Debug)]
 pub enum JwksSource {
@@ -79,66 +40,6 @@ pub enum JwksSource {
     Inline(Rc<KeySet>),
     /// Keys fetched from the IdP through a cluster at start and every `refresh_s`.
     Remote { upstream: Upstream, refresh_s: u64 },
-}
-
-/// Names of the relay's cookies and the attributes of those it sets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CookieNames {
-    pub access_token: String,
-    pub session: String,
-    pub csrf: String,
-    pub attrs: CookieAttrs,
-}
-
-/// A secret string: `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-/// How the filter authenticates to the token endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// HTTP Basic with the form-encoded id and secret.
-    Basic { secret: Secret },
-    /// `client_id` and `client_secret` in the form body.
-    Post { secret: Secret },
-    /// A public client: `client_id` in the body, no secret.
-    None,
-}
-
-/// Headers an upstream may use to hand rotated tokens to the filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTokenHeaders {
-    pub access_token: Option<String>,
-    pub refresh_token: Option<String>,
-}
-
-/// Silent refresh: sealed sessions and the token endpoint.
-#[derive(Debug)]
-pub struct RefreshConfig {
-    pub session_keys: SessionKeys,
-    pub endpoint: Upstream,
-    pub timeout_ms: u64,
-    pub client_id: String,
-    pub client_auth: ClientAuth,
-    /// Refresh when the access token expires within this many seconds.
-    pub margin_s: u64,
-    /// How long a refresh outcome is reused by requests still carrying the old refresh token.
-    pub grace_s: u64,
-    /// First backoff after a transient token-endpoint failure (doubles, capped at 16x).
-    pub backoff_s: u64,
-    pub upstream_token_headers: Option<UpstreamTokenHeaders>,
 }
 
 /// The validated configuration.
@@ -204,29 +105,6 @@ struct RawCsrf {
     double_submit: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSessionKey {
-    kid: String,
-    key: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEndpoint {
-    cluster: Option<String>,
-    authority: Option<String>,
-    path: Option<String>,
-    timeout_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstreamTokenHeaders {
-    access_token: Option<String>,
-    refresh_token: Option<String>,
-}
-
 fn default_algorithms() -> Vec<String> {
     vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
 }
@@ -243,30 +121,6 @@ struct RawJwks {
     authority: Option<String>,
     path: Option<String>,
     refresh_s: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawCookies {
-    access_token: String,
-    session: String,
-    csrf: String,
-    path: String,
-    same_site: String,
-    secure: bool,
-}
-
-impl Default for RawCookies {
-    fn default() -> Self {
-        RawCookies {
-            access_token: "__Host-relay-at".into(),
-            session: "__Host-relay-session".into(),
-            csrf: "__Host-relay-csrf".into(),
-            path: "/".into(),
-            same_site: "Strict".into(),
-            secure: true,
-        }
-    }
 }
 
 // ---- parsing and validation ---------------------------------------------------------------
@@ -303,17 +157,7 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let paths = PathPolicy {
-            protected: prefixes("protected_prefixes", raw.protected_prefixes)?,
-            public: prefixes("public_prefixes", raw.public_prefixes)?,
-        };
-        if paths.protected.is_empty() {
-            return Err(ConfigError::new(
-                "protected_prefixes",
-                "must list at least one path prefix",
-            ));
-        }
-
+        let paths = path_policy(raw.protected_prefixes, raw.public_prefixes)?;
         if raw.issuer.trim().is_empty() {
             return Err(ConfigError::new("issuer", "must not be empty"));
         }
@@ -323,60 +167,21 @@ impl Config {
                 "must list at least one non-empty audience (or Cognito app client id)",
             ));
         }
-
-        let mut algorithms = AlgSet::empty();
-        for (i, name) in raw.algorithms.iter().enumerate() {
-            match Alg::from_name(name) {
-                Some(alg) => algorithms.insert(alg),
-                None => {
-                    return Err(ConfigError::new(
-                        format!("algorithms[{i}]"),
-                        format!("unsupported algorithm {name:?} (supported: RS256, ES256, EdDSA)"),
-                    ))
-                }
-            }
-        }
-        if algorithms.is_empty() {
-            return Err(ConfigError::new(
-                "algorithms",
-                "must list at least one algorithm",
-            ));
-        }
+        let algorithms = algorithms(&raw.algorithms)?;
         if raw.clock_skew_s > 600 {
             return Err(ConfigError::new(
                 "clock_skew_s",
                 "must be at most 600 seconds",
             ));
         }
-
-        let mut forward_claims = Vec::with_capacity(raw.forward_claims.len());
-        for (header, claim) in raw.forward_claims {
-            let field = format!("forward_claims.{header}");
-            let lower = header.to_ascii_lowercase();
-            if !cookie::is_valid_name(&lower) {
-                return Err(ConfigError::new(field, "is not a valid header name"));
-            }
-            if RESERVED_HEADERS.contains(&lower.as_str()) {
-                return Err(ConfigError::new(
-                    field,
-                    "names a header the filter or Envoy owns",
-                ));
-            }
-            if claim.is_empty() {
-                return Err(ConfigError::new(field, "claim name must not be empty"));
-            }
-            forward_claims.push((lower, claim));
-        }
-
         let rules = ClaimRules {
             issuer: raw.issuer,
             audiences: raw.audiences,
             required_claims: raw.required_claims.into_iter().collect(),
             algorithms,
             clock_skew_s: raw.clock_skew_s,
-            forward_claims,
+            forward_claims: forward_claims(raw.forward_claims)?,
         };
-
         let refresh = refresh_config(RawRefresh {
             session_keys: raw.session_keys,
             token_endpoint: raw.token_endpoint,
@@ -388,13 +193,7 @@ impl Config {
             backoff_s: raw.refresh_backoff_s,
             upstream_token_headers: raw.upstream_token_headers,
         })?;
-        let csrf = match raw.csrf {
-            None => None,
-            Some(c) => Some(
-                CsrfPolicy::new(&c.allowed_origins, c.double_submit)
-                    .map_err(|(field, problem)| ConfigError::new(field, problem))?,
-            ),
-        };
+        let csrf = raw.csrf.map(csrf_policy).transpose()?;
         let max_request_headers_bytes = raw.max_request_headers_bytes.unwrap_or(8192);
         if max_request_headers_bytes != 0 && !(1024..=1 << 20).contains(&max_request_headers_bytes)
         {
@@ -413,9 +212,7 @@ impl Config {
                     "needs `session_keys`, `token_endpoint` and `client_id` (the login stores a session)",
                 ))
             }
-            Some(l) => Some(
-                LoginConfig::new(l, &cookies).map_err(|(field, problem)| ConfigError::new(field, problem))?,
-            ),
+            Some(l) => Some(LoginConfig::new(l, &cookies)?),
         };
         let token_cache_size = raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
         if !(1..=1_000_000).contains(&token_cache_size) {
@@ -439,148 +236,68 @@ impl Config {
     }
 }
 
-struct RawRefresh {
-    session_keys: Option<Vec<RawSessionKey>>,
-    token_endpoint: Option<RawEndpoint>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    client_auth: Option<String>,
-    margin_s: Option<u64>,
-    grace_s: Option<u64>,
-    backoff_s: Option<u64>,
-    upstream_token_headers: Option<RawUpstreamTokenHeaders>,
-}
-
-fn refresh_config(raw: RawRefresh) -> Result<Option<RefreshConfig>, ConfigError> {
-    let (keys, endpoint) = match (raw.session_keys, raw.token_endpoint) {
-        (None, None) => {
-            for (field, set) in [
-                ("client_id", raw.client_id.is_some()),
-                ("client_secret", raw.client_secret.is_some()),
-                ("client_auth", raw.client_auth.is_some()),
-                ("refresh_margin_s", raw.margin_s.is_some()),
-                ("refresh_grace_s", raw.grace_s.is_some()),
-                ("refresh_backoff_s", raw.backoff_s.is_some()),
-                (
-                    "upstream_token_headers",
-                    raw.upstream_token_headers.is_some(),
-                ),
-            ] {
-                if set {
-                    return Err(ConfigError::new(
-                        field,
-                        "needs `session_keys` and `token_endpoint` (silent refresh)",
-                    ));
-                }
-            }
-            return Ok(None);
-        }
-        (Some(_), None) => {
-            return Err(ConfigError::new(
-                "token_endpoint",
-                "is required when `session_keys` is set",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(ConfigError::new(
-                "session_keys",
-                "is required when `token_endpoint` is set",
-            ))
-        }
-        (Some(k), Some(e)) => (k, e),
+fn path_policy(protected: Vec<String>, public: Vec<String>) -> Result<PathPolicy, ConfigError> {
+    let paths = PathPolicy {
+        protected: prefixes("protected_prefixes", protected)?,
+        public: prefixes("public_prefixes", public)?,
     };
-    let entries: Vec<(String, String)> = keys.into_iter().map(|k| (k.kid, k.key)).collect();
-    let session_keys = SessionKeys::from_config(&entries)
-        .map_err(|(field, problem)| ConfigError::new(field, problem))?;
-    let timeout_ms = endpoint.timeout_ms.unwrap_or(3000);
-    if !(100..=60_000).contains(&timeout_ms) {
+    if paths.protected.is_empty() {
         return Err(ConfigError::new(
-            "token_endpoint.timeout_ms",
-            "must be between 100 and 60000",
+            "protected_prefixes",
+            "must list at least one path prefix",
         ));
     }
-    let endpoint = upstream(
-        "token_endpoint",
-        endpoint.cluster,
-        endpoint.authority,
-        endpoint.path,
-    )?;
-    let client_id = raw
-        .client_id
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| ConfigError::new("client_id", "is required with `token_endpoint`"))?;
-    let secret = raw.client_secret.map(Secret);
-    let method = raw
-        .client_auth
-        .unwrap_or_else(|| if secret.is_some() { "basic" } else { "none" }.to_string());
-    let client_auth = match (method.as_str(), secret) {
-        ("basic", Some(secret)) => ClientAuth::Basic { secret },
-        ("post", Some(secret)) => ClientAuth::Post { secret },
-        ("none", None) => ClientAuth::None,
-        ("basic" | "post", None) => {
-            return Err(ConfigError::new(
-                "client_secret",
-                format!("is required with \"client_auth\": {method:?}"),
-            ))
-        }
-        ("none", Some(_)) => {
-            return Err(ConfigError::new(
-                "client_secret",
-                "is set but \"client_auth\" is \"none\"",
-            ))
-        }
-        _ => {
-            return Err(ConfigError::new(
-                "client_auth",
-                format!("{method:?} is not one of basic, post, none"),
-            ))
-        }
-    };
-    let margin_s = raw.margin_s.unwrap_or(10);
-    let grace_s = raw.grace_s.unwrap_or(60);
-    let backoff_s = raw.backoff_s.unwrap_or(5);
-    for (field, value, max) in [
-        ("refresh_margin_s", margin_s, 3600),
-        ("refresh_grace_s", grace_s, 3600),
-        ("refresh_backoff_s", backoff_s, 300),
-    ] {
-        if value > max {
-            return Err(ConfigError::new(field, format!("must be at most {max}")));
-        }
-    }
-    if backoff_s == 0 {
-        return Err(ConfigError::new("refresh_backoff_s", "must be at least 1"));
-    }
-    let upstream_token_headers = match raw.upstream_token_headers {
-        None => None,
-        Some(h) => {
-            for (field, name) in [
-                ("upstream_token_headers.access_token", &h.access_token),
-                ("upstream_token_headers.refresh_token", &h.refresh_token),
-            ] {
-                if let Some(name) = name {
-                    if !cookie::is_valid_name(name) || name.to_ascii_lowercase() != *name {
-                        return Err(ConfigError::new(field, "must be a lower-case header name"));
-                    }
-                }
+    Ok(paths)
+}
+
+fn algorithms(names: &[String]) -> Result<AlgSet, ConfigError> {
+    let mut algorithms = AlgSet::empty();
+    for (i, name) in names.iter().enumerate() {
+        match Alg::from_name(name) {
+            Some(alg) => algorithms.insert(alg),
+            None => {
+                return Err(ConfigError::new(
+                    format!("algorithms[{i}]"),
+                    format!("unsupported algorithm {name:?} (supported: RS256, ES256, EdDSA)"),
+                ))
             }
-            Some(UpstreamTokenHeaders {
-                access_token: h.access_token,
-                refresh_token: h.refresh_token,
-            })
         }
-    };
-    Ok(Some(RefreshConfig {
-        session_keys,
-        endpoint,
-        timeout_ms,
-        client_id,
-        client_auth,
-        margin_s,
-        grace_s,
-        backoff_s,
-        upstream_token_headers,
-    }))
+    }
+    if algorithms.is_empty() {
+        return Err(ConfigError::new(
+            "algorithms",
+            "must list at least one algorithm",
+        ));
+    }
+    Ok(algorithms)
+}
+
+/// `forward_claims`: lower-cased header names the relay may own, each with a claim.
+fn forward_claims(raw: BTreeMap<String, String>) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut forward_claims = Vec::with_capacity(raw.len());
+    for (header, claim) in raw {
+        let field = format!("forward_claims.{header}");
+        let lower = header.to_ascii_lowercase();
+        if !cookie::is_valid_name(&lower) {
+            return Err(ConfigError::new(field, "is not a valid header name"));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(ConfigError::new(
+                field,
+                "names a header the filter or Envoy owns",
+            ));
+        }
+        if claim.is_empty() {
+            return Err(ConfigError::new(field, "claim name must not be empty"));
+        }
+        forward_claims.push((lower, claim));
+    }
+    Ok(forward_claims)
+}
+
+fn csrf_policy(raw: RawCsrf) -> Result<CsrfPolicy, ConfigError> {
+    CsrfPolicy::new(&raw.allowed_origins, raw.double_submit)
+        .map_err(|e| ConfigError::new(e.field(), e.problem))
 }
 
 /// Headers a forwarded claim must never overwrite.
@@ -609,32 +326,6 @@ fn prefixes(field: &str, list: Vec<String>) -> Result<Vec<String>, ConfigError> 
         }
     }
     Ok(list)
-}
-
-fn upstream(
-    field: &str,
-    cluster: Option<String>,
-    authority: Option<String>,
-    path: Option<String>,
-) -> Result<Upstream, ConfigError> {
-    let cluster = cluster
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| ConfigError::new(format!("{field}.cluster"), "is required"))?;
-    let authority = authority
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| ConfigError::new(format!("{field}.authority"), "is required"))?;
-    let path = path.ok_or_else(|| ConfigError::new(format!("{field}.path"), "is required"))?;
-    if !path.starts_with('/') {
-        return Err(ConfigError::new(
-            format!("{field}.path"),
-            "must start with '/'",
-        ));
-    }
-    Ok(Upstream {
-        cluster,
-        authority,
-        path,
-    })
 }
 
 fn jwks_source(raw: RawJwks) -> Result<JwksSource, ConfigError> {
@@ -669,70 +360,10 @@ fn jwks_source(raw: RawJwks) -> Result<JwksSource, ConfigError> {
     })
 }
 
-fn cookie_names(raw: RawCookies) -> Result<CookieNames, ConfigError> {
-    for (field, name) in [
-        ("cookies.access_token", &raw.access_token),
-        ("cookies.session", &raw.session),
-        ("cookies.csrf", &raw.csrf),
-    ] {
-        if !cookie::is_valid_name(name) {
-            return Err(ConfigError::new(
-                field,
-                format!("{name:?} is not a valid cookie name"),
-            ));
-        }
-        if name.starts_with("__Host-") && (!raw.secure || raw.path != "/") {
-            return Err(ConfigError::new(
-                field,
-                "a __Host- cookie needs \"secure\": true and \"path\": \"/\" (browsers drop it otherwise)",
-            ));
-        }
-        if name.starts_with("__Secure-") && !raw.secure {
-            return Err(ConfigError::new(
-                field,
-                "a __Secure- cookie needs \"secure\": true",
-            ));
-        }
-    }
-    if raw.access_token == raw.session || raw.access_token == raw.csrf || raw.session == raw.csrf {
-        return Err(ConfigError::new(
-            "cookies",
-            "access_token, session and csrf must be three different names",
-        ));
-    }
-    if !raw.path.starts_with('/') || raw.path.contains([';', ',', ' ']) {
-        return Err(ConfigError::new(
-            "cookies.path",
-            "must start with '/' and contain no ';', ',' or spaces",
-        ));
-    }
-    let same_site = SameSite::parse(&raw.same_site).ok_or_else(|| {
-        ConfigError::new(
-            "cookies.same_site",
-            format!("{:?} is not one of Strict, Lax, None", raw.same_site),
-        )
-    })?;
-    if same_site == SameSite::None && !raw.secure {
-        return Err(ConfigError::new(
-            "cookies.same_site",
-            "SameSite=None needs \"secure\": true (browsers reject it otherwise)",
-        ));
-    }
-    Ok(CookieNames {
-        access_token: raw.access_token,
-        session: raw.session,
-        csrf: raw.csrf,
-        attrs: CookieAttrs {
-            path: raw.path,
-            same_site,
-            secure: raw.secure,
-        },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::cookie::SameSite;
     use serde_json::json;
 
     fn base() -> Value {

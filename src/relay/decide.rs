@@ -6,68 +6,18 @@
 //! the token endpoint, or one another request or worker made), and `complete_refresh` turns
 //! that outcome into the request's mutations and the cookies for the browser.
 
-use std::borrow::Cow;
 use std::rc::Rc;
 
-use crate::config::{Config, RefreshConfig};
-use crate::cookie;
-use crate::csrf::{self, CsrfInput, CsrfPolicy};
-use crate::header_budget;
-use crate::jwks::KeySet;
-use crate::login;
-use crate::refresh::{RefreshId, Tokens};
-use crate::reply::Reply;
+use super::flight::RefreshId;
+use crate::config::Config;
+use crate::csrf;
+use crate::http::{cookie, header_budget, Reply, RequestView};
+use crate::jar;
+use crate::jwt::jwks::KeySet;
+use crate::jwt::token::TokenError;
+use crate::jwt::token_cache::TokenCache;
+use crate::jwt::{verify_cached, Valid, VerifyError};
 use crate::session::{self, Session};
-use crate::token::{self, TokenError};
-use crate::token_cache::{Cached, TokenCache};
-
-/// The request as Envoy has it: every header, pseudo-headers included, values as bytes (a
-/// client may send anything). One host call fetches them all, cheaper than one per header.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestView<'a> {
-    pub headers: &'a [(String, Vec<u8>)],
-}
-
-impl<'a> RequestView<'a> {
-    /// The first value of `name` (lower-case).
-    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-    }
-
-    /// The first value of `name` when it is UTF-8.
-    pub fn get_str(&self, name: &str) -> Option<&'a str> {
-        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// The path (non-UTF-8 bytes replaced, so a mangled path still matches prefixes).
-    pub fn path(&self) -> Cow<'a, str> {
-        String::from_utf8_lossy(self.get(":path").unwrap_or_default())
-    }
-
-    /// The Cookie header; several Cookie headers are joined with "; " (RFC 9113 §8.2.3).
-    pub fn cookie(&self) -> Option<Cow<'a, [u8]>> {
-        let mut values = self
-            .headers
-            .iter()
-            .filter(|(n, _)| n == "cookie")
-            .map(|(_, v)| v.as_slice());
-        let first = values.next()?;
-        match values.next() {
-            None => Some(Cow::Borrowed(first)),
-            Some(second) => {
-                let mut joined = [first, second].join(&b"; "[..]);
-                for v in values {
-                    joined.extend_from_slice(b"; ");
-                    joined.extend_from_slice(v);
-                }
-                Some(Cow::Owned(joined))
-            }
-        }
-    }
-}
 
 /// What to do with a request.
 #[derive(Debug)]
@@ -112,31 +62,6 @@ impl Forward<'_> {
     }
 }
 
-/// Fresh randomness for one request (the shell draws it from the host).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Random {
-    /// AES-GCM IV for sealing a session.
-    pub iv: [u8; 12],
-    /// A new double-submit CSRF token.
-    pub csrf: [u8; 32],
-}
-
-impl Random {
-    /// Deterministic values, for tests.
-    pub fn fixed(b: u8) -> Random {
-        Random {
-            iv: [b; 12],
-            csrf: [b; 32],
-        }
-    }
-}
-
-impl std::fmt::Debug for Random {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Random([redacted])")
-    }
-}
-
 /// A session that needs a refresh.
 #[derive(Debug)]
 pub struct RefreshNeed<'a> {
@@ -148,29 +73,6 @@ pub struct RefreshNeed<'a> {
     /// the refresh fails, so an IdP fault never refuses a request that would have passed.
     pub fallback: Option<Forward<'a>>,
 }
-
-/// What became of a refresh, as the shell learned it.
-#[derive(Debug, Clone, Copy)]
-pub enum RefreshOutcome<'t> {
-    Tokens(&'t Tokens),
-    /// `invalid_grant`: the session is over.
-    Invalid,
-    /// The token endpoint failed; retry after this many seconds.
-    Unavailable {
-        retry_after_s: u64,
-    },
-}
-
-/// A request's fate after a refresh, and the cookies for the browser's response.
-#[derive(Debug)]
-pub struct Completed<'a> {
-    pub step: Step<'a>,
-    /// Set-Cookie values to add to the response (already in the reply when `step` responds).
-    pub set_cookies: Vec<String>,
-}
-
-/// A verified access token: its forwarded claims and its `exp`.
-type Valid = (Rc<[(String, String)]>, u64);
 
 /// Decides what happens to one request.
 pub fn decide<'a>(
@@ -196,89 +98,56 @@ pub fn decide<'a>(
             ))
         }
     };
-    let names = &config.cookies;
-    let scan = cookie::scan(
-        cookie_header,
-        [
-            names.access_token.as_str(),
-            names.session.as_str(),
-            names.csrf.as_str(),
-        ],
-        |n| relay_owned(config, n),
-    );
+    let scan = jar::scan(config, cookie_header);
+    let [at_cookie, _, csrf_cookie] = scan.values;
     // An access token too big for one cookie arrives in chunks (`<name>.0`, `<name>.1`, ...).
-    let chunked_token = match scan.values.first().copied().flatten() {
+    let chunked_token = match at_cookie {
         Some(_) => None,
-        None => session::read_chunked(cookie_header, &names.access_token),
+        None => cookie::read_chunked(cookie_header, &config.cookies.access_token),
     };
-    let token = scan
-        .values
-        .first()
-        .copied()
-        .flatten()
+    let token = at_cookie
         .or(chunked_token.as_deref())
         .filter(|t| !t.is_empty());
 
     // A forged cross-site request is refused before any token work.
-    if let Err(e) = check_csrf(config, req, scan.values.get(2).copied().flatten()) {
+    if let Err(e) = csrf::check_request(config.csrf.as_ref(), req, csrf_cookie) {
         return Step::Respond(Reply::forbidden_csrf(e.code(), &e.to_string()));
     }
 
     // The access token, if it verifies: its forwarded claims and exp.
     let verified: Result<Valid, Reply> = match token {
         None => Err(Reply::missing_token()),
-        Some(token) => match cache.get(token, now) {
-            Some(hit) => Ok((Rc::clone(&hit.forwarded), hit.exp)),
-            None => match keys {
-                None => return Step::Respond(keys_not_ready()),
-                Some(keys) => match token::verify(token, keys, &config.rules, now) {
-                    Ok(v) => {
-                        let forwarded: Rc<[(String, String)]> = v.forwarded.into();
-                        cache.insert(
-                            token,
-                            Cached {
-                                valid_until: v.exp.saturating_add(config.rules.clock_skew_s),
-                                exp: v.exp,
-                                forwarded: Rc::clone(&forwarded),
-                            },
-                            now,
-                        );
-                        Ok((forwarded, v.exp))
-                    }
-                    Err(TokenError::UnknownKid) if allow_kid_refetch => return Step::UnknownKid,
-                    Err(e) => Err(Reply::invalid_token(e.code(), &e.to_string())),
-                },
-            },
+        Some(token) => match verify_cached(cache, keys, &config.rules, token, now) {
+            Ok(v) => Ok(v),
+            Err(VerifyError::KeysNotReady) => return Step::Respond(keys_not_ready()),
+            Err(VerifyError::Token(TokenError::UnknownKid)) if allow_kid_refetch => {
+                return Step::UnknownKid
+            }
+            Err(VerifyError::Token(e)) => Err(Reply::invalid_token(e.code(), &e.to_string())),
         },
     };
 
-    let forward_current = |values: Rc<[(String, String)]>| {
-        token.map(|t| forward(config, t, scan.remainder(), values))
-    };
-    let checked = |f: Forward<'a>| match over_budget(config, req, &f) {
-        Some(reply) => Step::Respond(reply),
-        None => Step::Forward(f),
-    };
+    let forward_current =
+        |v: &Valid| token.map(|t| forward(config, t, scan.remainder(), Rc::clone(&v.forwarded)));
+    let checked = |f: Forward<'a>| within_budget(config, req, f);
     let Some(refresh) = &config.refresh else {
         return match verified {
-            Ok((values, _)) => forward_current(values)
-                .map_or_else(|| Step::Respond(Reply::missing_token()), checked),
+            Ok(v) => {
+                forward_current(&v).map_or_else(|| Step::Respond(Reply::missing_token()), checked)
+            }
             Err(reply) => Step::Respond(reply),
         };
     };
     // Hot path: a token that is not about to expire never touches the session.
-    if let Ok((values, exp)) = &verified {
-        if now.saturating_add(refresh.margin_s) < *exp {
-            if let Some(f) = forward_current(Rc::clone(values)) {
+    if let Ok(v) = &verified {
+        if now.saturating_add(refresh.margin_s) < v.exp {
+            if let Some(f) = forward_current(v) {
                 return checked(f);
             }
         }
     }
-    let fallback = verified
-        .as_ref()
-        .ok()
-        .and_then(|(values, _)| forward_current(Rc::clone(values)));
-    let Some(sealed) = session::read_chunked(cookie_header, &names.session) else {
+    let fallback = verified.as_ref().ok().and_then(forward_current);
+    let Some(sealed) = cookie::read_chunked(cookie_header, &config.cookies.session) else {
         return match (fallback, verified) {
             (Some(f), _) => checked(f),
             (None, Err(reply)) => Step::Respond(reply),
@@ -300,154 +169,14 @@ pub fn decide<'a>(
                 &format!("the session cookie is not valid ({})", e.code()),
             );
             reply.reason = "session_invalid";
-            add_cookies(&mut reply, clear_relay_cookies(config, cookie_header));
+            jar::add_cookies(&mut reply, jar::clear_relay_cookies(config, cookie_header));
             Step::Respond(reply)
         }
     }
 }
 
-/// Turns a refresh outcome into the request's fate and the browser's cookies.
-#[allow(clippy::too_many_arguments)]
-pub fn complete_refresh<'a>(
-    config: &'a Config,
-    keys: Option<&KeySet>,
-    cache: &mut TokenCache,
-    req: &RequestView<'_>,
-    need: RefreshNeed<'a>,
-    outcome: RefreshOutcome<'_>,
-    now: u64,
-    rand: &Random,
-) -> Completed<'a> {
-    let cookie_bytes = req.cookie();
-    let cookie_header = cookie_bytes
-        .as_deref()
-        .and_then(|c| std::str::from_utf8(c).ok())
-        .unwrap_or("");
-    let Some(refresh) = &config.refresh else {
-        return Completed {
-            step: Step::Respond(Reply::missing_token()),
-            set_cookies: Vec::new(),
-        };
-    };
-    let tokens = match outcome {
-        RefreshOutcome::Tokens(t) => t,
-        RefreshOutcome::Invalid => {
-            let mut reply =
-                Reply::invalid_token("session_revoked", "the session has ended; log in again");
-            reply.reason = "session_revoked";
-            add_cookies(&mut reply, clear_relay_cookies(config, cookie_header));
-            return Completed {
-                step: Step::Respond(reply),
-                set_cookies: Vec::new(),
-            };
-        }
-        RefreshOutcome::Unavailable { retry_after_s } => {
-            let step = match need.fallback {
-                Some(f) => match over_budget(config, req, &f) {
-                    Some(reply) => Step::Respond(reply),
-                    None => Step::Forward(f),
-                },
-                None => Step::Respond(Reply::unavailable(
-                    "refresh_unavailable",
-                    "the identity provider is unavailable; retry shortly",
-                    retry_after_s.max(1),
-                )),
-            };
-            return Completed {
-                step,
-                set_cookies: Vec::new(),
-            };
-        }
-    };
-
-    // The session as the browser should hold it from now on.
-    let mut set_cookies = Vec::new();
-    if tokens.refresh_token.is_some() || need.needs_reseal {
-        let session = Session {
-            rt: tokens
-                .refresh_token
-                .clone()
-                .unwrap_or_else(|| need.session.rt.clone()),
-            exp: need.session.exp,
-            id_token: tokens.id_token.clone().or(need.session.id_token.clone()),
-        };
-        set_cookies.extend(session_cookies(
-            config,
-            refresh,
-            cookie_header,
-            &session,
-            now,
-            rand,
-        ));
-    }
-
-    let at = tokens.access_token.as_str();
-    let verified = match cache.get(at, now) {
-        Some(hit) => Ok((Rc::clone(&hit.forwarded), hit.exp)),
-        None => match keys {
-            None => Err(TokenError::UnknownKid),
-            Some(keys) => token::verify(at, keys, &config.rules, now).map(|v| {
-                let forwarded: Rc<[(String, String)]> = v.forwarded.into();
-                cache.insert(
-                    at,
-                    Cached {
-                        valid_until: v.exp.saturating_add(config.rules.clock_skew_s),
-                        exp: v.exp,
-                        forwarded: Rc::clone(&forwarded),
-                    },
-                    now,
-                );
-                (forwarded, v.exp)
-            }),
-        },
-    };
-    match verified {
-        Ok((values, exp)) => {
-            set_cookies.extend(access_token_cookies(config, cookie_header, at, exp, now));
-            let remainder = cookie::scan(
-                cookie_header,
-                [
-                    config.cookies.access_token.as_str(),
-                    config.cookies.session.as_str(),
-                    config.cookies.csrf.as_str(),
-                ],
-                |n| relay_owned(config, n),
-            )
-            .remainder();
-            let f = forward(config, at, remainder, values);
-            match over_budget(config, req, &f) {
-                Some(mut reply) => {
-                    // Still hand the browser its rotated session: the refresh token is spent.
-                    add_cookies(&mut reply, std::mem::take(&mut set_cookies));
-                    Completed {
-                        step: Step::Respond(reply),
-                        set_cookies,
-                    }
-                }
-                None => Completed {
-                    step: Step::Forward(f),
-                    set_cookies,
-                },
-            }
-        }
-        Err(e) => {
-            // The IdP handed out a token our own rules refuse: a configuration mismatch (issuer,
-            // audience, algorithm) or a signing key not fetched yet. Keep the (rotated) session.
-            let mut reply = Reply::unavailable(
-                "refreshed_token_rejected",
-                &format!("the refreshed access token was refused ({})", e.code()),
-                1,
-            );
-            add_cookies(&mut reply, std::mem::take(&mut set_cookies));
-            Completed {
-                step: Step::Respond(reply),
-                set_cookies,
-            }
-        }
-    }
-}
-
-fn forward<'a>(
+/// The request mutations that carry `token` (and its forwarded claims) upstream.
+pub(crate) fn forward<'a>(
     config: &'a Config,
     token: &str,
     cookie: Option<String>,
@@ -464,84 +193,24 @@ fn forward<'a>(
     }
 }
 
-/// Cookies the relay owns besides its three: session chunks and login flow cookies. They are
-/// never forwarded.
-fn relay_owned(config: &Config, name: &str) -> bool {
-    cookie::is_chunk_of(name, &config.cookies.session)
-        || cookie::is_chunk_of(name, &config.cookies.access_token)
-        || config
-            .login
-            .as_ref()
-            .is_some_and(|l| l.is_flow_cookie(name))
-}
-
-/// A refusal of a top-level navigation becomes a redirect to the login when the relay runs it
-/// (fetch and XHR keep their 401: redirecting an API call breaks clients). Cookies the refusal
-/// clears are cleared by the redirect too.
-pub fn navigation_redirect(config: &Config, req: &RequestView<'_>, reply: Reply) -> Reply {
-    let Some(login) = &config.login else {
-        return reply;
-    };
-    if reply.status != 401 {
-        return reply;
-    }
-    let navigation = login::is_navigation(
-        req.get_str(":method").unwrap_or(""),
-        req.get_str("sec-fetch-mode"),
-        req.get_str("accept"),
-    );
-    if !navigation {
-        return reply;
-    }
-    let mut redirect = login::login_redirect(login, &req.path());
-    for (name, value) in reply.headers {
-        if name == "set-cookie" {
-            redirect.headers.push((name, value));
-        }
-    }
-    redirect
-}
-
-/// The CSRF policy for unsafe methods: the configured one, or, without a `csrf` section, the
-/// request's own host (same-origin requests only, by either scheme).
-pub fn check_csrf(
+/// Forwards `f`, or answers 431 when the request as it would go upstream is too large.
+pub(crate) fn within_budget<'a>(
     config: &Config,
     req: &RequestView<'_>,
-    csrf_cookie: Option<&str>,
-) -> Result<(), csrf::CsrfError> {
-    let method = req.get_str(":method").unwrap_or("");
-    if csrf::is_exempt(method) {
-        return Ok(());
-    }
-    let input = CsrfInput {
-        method,
-        origin: req.get_str("origin"),
-        referer: req.get_str("referer"),
-        sec_fetch_site: req.get_str("sec-fetch-site"),
-        csrf_cookie,
-        csrf_header: req.get_str("x-csrf-token"),
-    };
-    match &config.csrf {
-        Some(policy) => csrf::check(policy, &input),
-        None => {
-            let authority = req.get_str(":authority").unwrap_or("");
-            match CsrfPolicy::new(
-                &[
-                    format!("https://{authority}"),
-                    format!("http://{authority}"),
-                ],
-                false,
-            ) {
-                Ok(policy) => csrf::check(&policy, &input),
-                // A Host that is not a host cannot be anyone's origin.
-                Err(_) => Err(csrf::CsrfError::OriginNotAllowed),
-            }
-        }
+    f: Forward<'a>,
+) -> Step<'a> {
+    match over_budget(config, req, &f) {
+        Some(reply) => Step::Respond(reply),
+        None => Step::Forward(f),
     }
 }
 
 /// 431 when the request, as it would go upstream, is over `max_request_headers_bytes`.
-fn over_budget(config: &Config, req: &RequestView<'_>, f: &Forward<'_>) -> Option<Reply> {
+pub(crate) fn over_budget(
+    config: &Config,
+    req: &RequestView<'_>,
+    f: &Forward<'_>,
+) -> Option<Reply> {
     let budget = config.max_request_headers_bytes;
     if budget == 0 {
         return None;
@@ -581,177 +250,8 @@ fn over_budget(config: &Config, req: &RequestView<'_>, f: &Forward<'_>) -> Optio
     ))
 }
 
-/// CORS headers on the filter's own answers, so a browser page on an allowed origin can read
-/// why it was refused.
-pub fn add_cors(config: &Config, req: &RequestView<'_>, reply: &mut Reply) {
-    let Some(policy) = &config.csrf else { return };
-    let Some(origin) = csrf::cors_origin(policy, req.get_str("origin")) else {
-        return;
-    };
-    reply
-        .headers
-        .push(("access-control-allow-origin", origin.to_string()));
-    reply
-        .headers
-        .push(("access-control-allow-credentials", "true".to_string()));
-    reply.headers.push(("vary", "Origin".to_string()));
-}
-
-fn keys_not_ready() -> Reply {
+pub(crate) fn keys_not_ready() -> Reply {
     Reply::unavailable("jwks_not_ready", "signing keys are not loaded yet", 1)
-}
-
-fn add_cookies(reply: &mut Reply, cookies: Vec<String>) {
-    if cookies.is_empty() {
-        return;
-    }
-    for c in cookies {
-        reply.headers.push(("set-cookie", c));
-    }
-    reply.headers.push(("vary", "Cookie".to_string()));
-}
-
-/// Set-Cookie for a new access token; it lives as long as the token.
-/// Set-Cookie values for a new access token; they live as long as the token. A token too big
-/// for one cookie (browsers drop Set-Cookie over 4,096 bytes) is split into chunks like the
-/// session, and pieces of an earlier token that the new one does not overwrite are deleted.
-pub fn access_token_cookies(
-    config: &Config,
-    cookie_header: &str,
-    token: &str,
-    exp: u64,
-    now: u64,
-) -> Vec<String> {
-    let attrs = &config.cookies.attrs;
-    let name = &config.cookies.access_token;
-    let written = session::chunk(name, token);
-    let mut out: Vec<String> = written
-        .iter()
-        .map(|(n, v)| {
-            cookie::set_cookie(
-                n,
-                v,
-                Some(exp.saturating_sub(now)),
-                attrs,
-                attrs.same_site,
-                true,
-            )
-        })
-        .collect();
-    for stale in session::stale_chunks(cookie_header, name, &written) {
-        out.push(cookie::clear_cookie(&stale, attrs));
-    }
-    out
-}
-
-/// Set-Cookie values that store `session` (chunked when large) and delete stale chunks.
-pub fn session_cookies(
-    config: &Config,
-    refresh: &RefreshConfig,
-    cookie_header: &str,
-    session: &Session,
-    now: u64,
-    rand: &Random,
-) -> Vec<String> {
-    let attrs = &config.cookies.attrs;
-    let name = &config.cookies.session;
-    let sealed = session::seal(&refresh.session_keys, session, rand.iv);
-    let max_age = session.exp.map(|exp| exp.saturating_sub(now));
-    let written = session::chunk(name, &sealed);
-    let mut out: Vec<String> = written
-        .iter()
-        .map(|(n, v)| cookie::set_cookie(n, v, max_age, attrs, attrs.same_site, true))
-        .collect();
-    for stale in session::stale_chunks(cookie_header, name, &written) {
-        out.push(cookie::clear_cookie(&stale, attrs));
-    }
-    if config.csrf.as_ref().is_some_and(|c| c.double_submit) {
-        out.push(csrf_cookie(config, cookie_header, rand));
-    }
-    out
-}
-
-/// The double-submit CSRF cookie, issued with every session: the request's value is kept (the
-/// page's copy stays valid), else a new token. Readable by JavaScript, `SameSite=Strict`.
-pub fn csrf_cookie(config: &Config, cookie_header: &str, rand: &Random) -> String {
-    let name = &config.cookies.csrf;
-    let value = cookie::find(cookie_header, name)
-        .filter(|v| !v.is_empty() && cookie::is_valid_value(v))
-        .map(str::to_string)
-        .unwrap_or_else(|| csrf::new_token(rand.csrf));
-    let attrs = &config.cookies.attrs;
-    cookie::set_cookie(name, &value, None, attrs, cookie::SameSite::Strict, false)
-}
-
-/// Set-Cookie values that delete the access token and every piece of the session present.
-pub fn clear_relay_cookies(config: &Config, cookie_header: &str) -> Vec<String> {
-    let attrs = &config.cookies.attrs;
-    let at = &config.cookies.access_token;
-    let mut out = vec![cookie::clear_cookie(at, attrs)];
-    for stale in session::stale_chunks(cookie_header, at, &[]) {
-        if stale != *at {
-            out.push(cookie::clear_cookie(&stale, attrs));
-        }
-    }
-    let session = &config.cookies.session;
-    let mut any_session = false;
-    for stale in session::stale_chunks(cookie_header, session, &[]) {
-        any_session |= stale == *session;
-        out.push(cookie::clear_cookie(&stale, attrs));
-    }
-    if !any_session {
-        out.push(cookie::clear_cookie(session, attrs));
-    }
-    out
-}
-
-/// Cookies for tokens an upstream rotated itself (`upstream_token_headers`): the access token
-/// is verified like any other (an unverifiable one is ignored), the session is resealed with
-/// the new refresh token, keeping the request's session end and ID token.
-#[allow(clippy::too_many_arguments)]
-pub fn upstream_rotation(
-    config: &Config,
-    keys: Option<&KeySet>,
-    cache: &mut TokenCache,
-    cookie_header: &str,
-    access_token: Option<&str>,
-    refresh_token: Option<&str>,
-    now: u64,
-    rand: &Random,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    let Some(refresh) = &config.refresh else {
-        return out;
-    };
-    if let (Some(at), Some(keys)) = (access_token.filter(|t| !t.is_empty()), keys) {
-        let exp = match cache.get(at, now) {
-            Some(hit) => Some(hit.exp),
-            None => token::verify(at, keys, &config.rules, now)
-                .ok()
-                .map(|v| v.exp),
-        };
-        if let Some(exp) = exp {
-            out.extend(access_token_cookies(config, cookie_header, at, exp, now));
-        }
-    }
-    if let Some(rt) = refresh_token.filter(|t| !t.is_empty()) {
-        let previous = session::read_chunked(cookie_header, &config.cookies.session)
-            .and_then(|s| session::unseal(&refresh.session_keys, &s, now).ok());
-        let session = Session {
-            rt: rt.to_string(),
-            exp: previous.as_ref().and_then(|p| p.session.exp),
-            id_token: previous.and_then(|p| p.session.id_token),
-        };
-        out.extend(session_cookies(
-            config,
-            refresh,
-            cookie_header,
-            &session,
-            now,
-            rand,
-        ));
-    }
-    out
 }
 
 /// The answer when a token's key id is unknown even after a refetch (or none was allowed).
@@ -763,37 +263,17 @@ pub fn unknown_kid_reply() -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::JwksSource;
-    use crate::testkit::{self, claims, sign, NOW};
+    use crate::csrf::add_cors;
+    use crate::idp::Tokens;
+    use crate::jar::{access_token_cookies, clear_relay_cookies};
+    use crate::jwt::Verifier;
+    use crate::random::Random;
+    use crate::relay::complete::complete_refresh;
+    use crate::relay::flight::RefreshOutcome;
+    use crate::testkit::{
+        self, claims, inline_keys as keys, refresh_config, request, sealed, sign, NOW,
+    };
     use serde_json::json;
-
-    fn keys(c: &Config) -> &KeySet {
-        match &c.jwks {
-            JwksSource::Inline(k) => k,
-            JwksSource::Remote { .. } => panic!("inline keys expected"),
-        }
-    }
-
-    /// A request's headers: method, path, optional cookie bytes, and extra headers.
-    fn request(
-        method: &str,
-        path: &str,
-        cookie: Option<&[u8]>,
-        extra: &[(&str, &str)],
-    ) -> Vec<(String, Vec<u8>)> {
-        let mut h = vec![
-            (":method".to_string(), method.as_bytes().to_vec()),
-            (":path".to_string(), path.as_bytes().to_vec()),
-            (":authority".to_string(), b"app.example.com".to_vec()),
-        ];
-        if let Some(c) = cookie {
-            h.push(("cookie".to_string(), c.to_vec()));
-        }
-        for (n, v) in extra {
-            h.push((n.to_string(), v.as_bytes().to_vec()));
-        }
-        h
-    }
 
     type Forwarded = (String, Option<String>, Vec<(String, Option<String>)>);
 
@@ -1134,7 +614,7 @@ mod tests {
             &[("origin", "https://app.example.com")],
         );
         let mut r = run_with(&c, &h, NOW).0.unwrap();
-        add_cors(&c, &RequestView { headers: &h }, &mut r);
+        add_cors(c.csrf.as_ref(), &RequestView { headers: &h }, &mut r);
         assert!(r.headers.contains(&(
             "access-control-allow-origin",
             "https://app.example.com".to_string()
@@ -1145,7 +625,7 @@ mod tests {
         assert!(r.headers.contains(&("vary", "Origin".to_string())));
         let h = request("GET", "/api/x", None, &[("origin", "https://evil.example")]);
         let mut r = run_with(&c, &h, NOW).0.unwrap();
-        add_cors(&c, &RequestView { headers: &h }, &mut r);
+        add_cors(c.csrf.as_ref(), &RequestView { headers: &h }, &mut r);
         assert!(!r
             .headers
             .iter()
@@ -1201,42 +681,6 @@ mod tests {
     }
 
     // ---- refresh ----------------------------------------------------------------------------
-
-    const SESSION_KEY: [u8; 32] = [7u8; 32];
-
-    fn refresh_config(extra: serde_json::Value) -> Config {
-        let mut v = json!({
-            "session_keys": [{"kid": "k1", "key": testkit::b64(&SESSION_KEY)}, {"kid": "k0", "key": testkit::b64(&[9u8; 32])}],
-            "token_endpoint": {"cluster": "idp", "authority": "idp", "path": "/token"},
-            "client_id": "relay",
-        });
-        for (k, val) in extra.as_object().unwrap() {
-            v[k] = val.clone();
-        }
-        testkit::config(v)
-    }
-
-    fn sealed(c: &Config, rt: &str, exp: Option<u64>, kid_index: usize) -> String {
-        let r = c.refresh.as_ref().unwrap();
-        let entries = [
-            ("k1".to_string(), testkit::b64(&SESSION_KEY)),
-            ("k0".to_string(), testkit::b64(&[9u8; 32])),
-        ];
-        let keys = if kid_index == 0 {
-            r.session_keys.clone()
-        } else {
-            session::SessionKeys::from_config(&entries[1..]).unwrap()
-        };
-        session::seal(
-            &keys,
-            &Session {
-                rt: rt.into(),
-                exp,
-                id_token: None,
-            },
-            [1u8; 12],
-        )
-    }
 
     fn decide_owned<'a>(
         c: &'a Config,
@@ -1359,11 +803,13 @@ mod tests {
         };
         let done = complete_refresh(
             &c,
-            Some(keys(&c)),
-            &mut cache,
+            Verifier {
+                keys: Some(keys(&c)),
+                cache: &mut cache,
+            },
             &RequestView { headers: &h },
             need,
-            RefreshOutcome::Tokens(&tokens),
+            &RefreshOutcome::Tokens(tokens.clone()),
             NOW,
             &Random::fixed(2),
         );
@@ -1413,11 +859,13 @@ mod tests {
         };
         let done = complete_refresh(
             &c,
-            Some(keys(&c)),
-            &mut cache,
+            Verifier {
+                keys: Some(keys(&c)),
+                cache: &mut cache,
+            },
             &view,
             need,
-            RefreshOutcome::Invalid,
+            &RefreshOutcome::Invalid,
             NOW,
             &Random::fixed(0),
         );
@@ -1435,11 +883,13 @@ mod tests {
         };
         let done = complete_refresh(
             &c,
-            Some(keys(&c)),
-            &mut cache,
+            Verifier {
+                keys: Some(keys(&c)),
+                cache: &mut cache,
+            },
             &view,
             need,
-            RefreshOutcome::Unavailable { retry_after_s: 4 },
+            &RefreshOutcome::Failed { retry_at: NOW + 4 },
             NOW,
             &Random::fixed(0),
         );
@@ -1465,11 +915,13 @@ mod tests {
         };
         let done = complete_refresh(
             &c,
-            Some(keys(&c)),
-            &mut cache,
+            Verifier {
+                keys: Some(keys(&c)),
+                cache: &mut cache,
+            },
             &view,
             need,
-            RefreshOutcome::Tokens(&tokens),
+            &RefreshOutcome::Tokens(tokens.clone()),
             NOW,
             &Random::fixed(0),
         );
@@ -1506,11 +958,13 @@ mod tests {
         };
         let done = complete_refresh(
             &c,
-            Some(keys(&c)),
-            &mut cache,
+            Verifier {
+                keys: Some(keys(&c)),
+                cache: &mut cache,
+            },
             &RequestView { headers: &h },
             need,
-            RefreshOutcome::Tokens(&tokens),
+            &RefreshOutcome::Tokens(tokens.clone()),
             NOW,
             &Random::fixed(5),
         );
@@ -1540,11 +994,13 @@ mod tests {
         };
         let done = complete_refresh(
             &c,
-            Some(keys(&c)),
-            &mut cache,
+            Verifier {
+                keys: Some(keys(&c)),
+                cache: &mut cache,
+            },
             &RequestView { headers: &h },
             need,
-            RefreshOutcome::Tokens(&tokens),
+            &RefreshOutcome::Tokens(tokens.clone()),
             NOW,
             &Random::fixed(5),
         );

@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use sha2_11::Digest as _;
 
-use crate::jwks::{Alg, AlgSet, KeyMaterial, KeySet};
+use super::jwks::{Alg, AlgSet, KeyMaterial, KeySet};
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -438,12 +438,7 @@ mod tests {
     const ED_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
     const ED_X: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::testkit::hex;
 
     fn b64(bytes: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(bytes)
@@ -485,7 +480,7 @@ mod tests {
         static FIXTURE: OnceLock<Fixture> = OnceLock::new();
         FIXTURE.get_or_init(|| {
             let rsa_keys: Value =
-                serde_json::from_str(include_str!("testdata/rsa_test_keys.json")).unwrap();
+                serde_json::from_str(include_str!("../testdata/rsa_test_keys.json")).unwrap();
             let ed_secret = [hex(ED_SEED), hex(ED_X)].concat();
             let jwks = json!({"keys": [
                 public_rsa_jwk("rsa", &rsa_keys["rsa2048"]),

@@ -123,7 +123,7 @@ pub fn over_budget<'a>(headers: &[(&'a str, &'a [u8])], budget: usize) -> Option
 }
 
 /// The largest `name=value` pair of a Cookie header (trimmed of spaces and tabs, as
-/// [`crate::cookie::pairs`] does) and its size. `None` when there is no pair, or when the
+/// [`super::cookie::pairs`] does) and its size. `None` when there is no pair, or when the
 /// largest one's name is not UTF-8.
 fn largest_cookie(value: &[u8]) -> Option<(&str, usize)> {
     let mut best: Option<(&[u8], usize)> = None;

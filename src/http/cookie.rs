@@ -203,6 +203,97 @@ pub fn clear_cookie(name: &str, attrs: &CookieAttrs) -> String {
     set_cookie(name, "", Some(0), attrs, attrs.same_site, true)
 }
 
+/// Most bytes of one cookie's value; browsers drop cookies over about 4096 bytes in all.
+pub const CHUNK_LIMIT: usize = 4000;
+/// Most chunks [`read_chunked`] joins.
+pub const MAX_CHUNKS: usize = 16;
+
+/// The Set-Cookie `(name, value)` pairs for `value`: `name` itself when the value fits in
+/// [`CHUNK_LIMIT`] bytes, else `<name>.0`, `<name>.1`, … of at most [`CHUNK_LIMIT`] bytes each
+/// (split on character boundaries; sealed values are ASCII). The caller clears the
+/// [`stale_chunks`] alongside.
+///
+/// A value needing more than [`MAX_CHUNKS`] chunks is still split, but [`read_chunked`] will
+/// not read it back.
+pub fn chunk(name: &str, value: &str) -> Vec<(String, String)> {
+    if value.len() <= CHUNK_LIMIT {
+        return vec![(name.to_owned(), value.to_owned())];
+    }
+    let mut out = Vec::with_capacity(value.len().div_ceil(CHUNK_LIMIT));
+    let mut rest = value;
+    while !rest.is_empty() {
+        let mut end = CHUNK_LIMIT.min(rest.len());
+        while end > 0 && !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let Some((piece, tail)) = rest.split_at_checked(end) else {
+            break;
+        };
+        if piece.is_empty() {
+            break;
+        }
+        out.push((format!("{name}.{}", out.len()), piece.to_owned()));
+        rest = tail;
+    }
+    out
+}
+
+/// Reads a possibly chunked cookie from a Cookie header: `name` itself when present, else
+/// `<name>.0`, `<name>.1`, … joined up to the first missing index. `None` when neither `name`
+/// nor `<name>.0` is present, or when more than [`MAX_CHUNKS`] consecutive chunks are.
+/// As with [`find`], the first occurrence of a name wins.
+pub fn read_chunked(cookie_header: &str, name: &str) -> Option<String> {
+    let mut plain: Option<&str> = None;
+    let mut chunks: [Option<&str>; MAX_CHUNKS + 1] = [None; MAX_CHUNKS + 1];
+    for (n, v) in pairs(cookie_header) {
+        if n == name {
+            if plain.is_none() {
+                plain = Some(v);
+            }
+        } else if let Some(slot) = chunk_index(n, name).and_then(|i| chunks.get_mut(i)) {
+            if slot.is_none() {
+                *slot = Some(v);
+            }
+        }
+    }
+    if let Some(v) = plain {
+        return Some(v.to_owned());
+    }
+    let present: Vec<&str> = chunks.iter().map_while(|c| *c).collect();
+    if present.is_empty() || present.len() > MAX_CHUNKS {
+        return None;
+    }
+    Some(present.concat())
+}
+
+/// Names of cookies in the request that writing `written` (from [`chunk`]) leaves stale, to be
+/// cleared with `Max-Age=0`: `name` and every `<name>.<index>` present but not being written,
+/// in order of appearance, each once. With `written` empty, every piece of the cookie present
+/// (for a logout).
+pub fn stale_chunks(cookie_header: &str, name: &str, written: &[(String, String)]) -> Vec<String> {
+    let mut stale: Vec<String> = Vec::new();
+    for (n, _) in pairs(cookie_header) {
+        let ours = n == name || chunk_index(n, name).is_some();
+        if ours && !written.iter().any(|(w, _)| w == n) && !stale.iter().any(|s| s == n) {
+            stale.push(n.to_owned());
+        }
+    }
+    stale
+}
+
+/// The index `i` when `cookie_name` is `<name>.<i>` with `i` in canonical decimal (no sign, no
+/// leading zeros).
+fn chunk_index(cookie_name: &str, name: &str) -> Option<usize> {
+    let digits = cookie_name.strip_prefix(name)?.strip_prefix('.')?;
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +416,171 @@ mod tests {
                     let kept: Vec<String> = cookies.iter().filter(|(n, _)| n != victim).map(|(n, v)| format!("{n}={v}")).collect();
                     prop_assert_eq!(s.remainder(), if kept.is_empty() { None } else { Some(kept.join("; ")) });
                 }
+            }
+        }
+    }
+
+    // ---- chunking ----
+
+    fn header_of(pairs: &[(String, String)]) -> String {
+        pairs
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn names(pairs: &[(String, String)]) -> Vec<&str> {
+        pairs.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn chunks_a_large_value() {
+        let value: String = (0..10_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let pairs = chunk("s", &value);
+        assert_eq!(names(&pairs), ["s.0", "s.1", "s.2"]);
+        assert!(pairs.iter().all(|(_, v)| v.len() <= CHUNK_LIMIT));
+        let header = format!("other=1; {}; x=2", header_of(&pairs));
+        assert_eq!(read_chunked(&header, "s").as_deref(), Some(value.as_str()));
+        // Order in the header does not matter.
+        let reversed: Vec<_> = pairs.iter().rev().cloned().collect();
+        assert_eq!(
+            read_chunked(&header_of(&reversed), "s").as_deref(),
+            Some(value.as_str())
+        );
+    }
+
+    #[test]
+    fn chunk_boundaries() {
+        let exact = "a".repeat(CHUNK_LIMIT);
+        assert_eq!(chunk("s", &exact), vec![("s".to_owned(), exact.clone())]);
+        let over = "a".repeat(CHUNK_LIMIT + 1);
+        let pairs = chunk("s", &over);
+        assert_eq!(names(&pairs), ["s.0", "s.1"]);
+        assert_eq!(pairs[1].1, "a");
+        assert_eq!(chunk("s", ""), vec![("s".to_owned(), String::new())]);
+        // Multi-byte characters are never split.
+        let wide = "é".repeat(CHUNK_LIMIT); // 2 bytes each
+        let pairs = chunk("s", &wide);
+        assert!(pairs.iter().all(|(_, v)| v.len() <= CHUNK_LIMIT));
+        assert_eq!(
+            pairs.iter().map(|(_, v)| v.as_str()).collect::<String>(),
+            wide
+        );
+        let odd = format!("a{}", "😀".repeat(2000));
+        let pairs = chunk("s", &odd);
+        assert!(pairs
+            .iter()
+            .all(|(_, v)| v.len() <= CHUNK_LIMIT && !v.is_empty()));
+        assert_eq!(
+            pairs.iter().map(|(_, v)| v.as_str()).collect::<String>(),
+            odd
+        );
+    }
+
+    #[test]
+    fn read_chunked_rules() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("", None),
+            ("a=1", None),
+            ("s=plain", Some("plain")),
+            ("s=plain; s.0=x; s.1=y", Some("plain")),
+            ("s.0=x; s=plain", Some("plain")),
+            ("s=", Some("")),
+            ("s=first; s=second", Some("first")),
+            ("s.0=x; s.1=y", Some("xy")),
+            ("s.0=x; s.2=z", Some("x")),
+            ("s.1=y; s.2=z", None),
+            ("s.0=x; s.0=dup; s.1=y", Some("xy")),
+            ("s.0=x; s.01=no; s.1=y", Some("xy")),
+            ("s.00=no", None),
+            ("s.+0=no", None),
+            ("s.=no", None),
+            ("sx.0=no", None),
+            ("s.0.0=no", None),
+            ("s.0=\"q\"; s.1=r", Some("qr")),
+            ("s.0=a; s.99999999999999999999999=b", Some("a")),
+        ];
+        for (h, want) in cases {
+            assert_eq!(read_chunked(h, "s").as_deref(), *want, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn read_chunked_caps_at_sixteen() {
+        let sixteen: Vec<String> = (0..16).map(|i| format!("s.{i}=v{i}")).collect();
+        let header = sixteen.join("; ");
+        let joined: String = (0..16).map(|i| format!("v{i}")).collect();
+        assert_eq!(read_chunked(&header, "s"), Some(joined.clone()));
+        assert_eq!(read_chunked(&format!("{header}; s.16=x"), "s"), None);
+        // A stray high index after a gap is not part of the value.
+        assert_eq!(
+            read_chunked(&format!("{header}; s.17=x"), "s"),
+            Some(joined)
+        );
+        let many: Vec<String> = (0..40).map(|i| format!("s.{i}=v")).collect();
+        assert_eq!(read_chunked(&many.join("; "), "s"), None);
+    }
+
+    type Pairs = Vec<(String, String)>;
+
+    #[test]
+    fn stale_chunk_detection() {
+        let w = |n: usize| -> Pairs {
+            if n == 0 {
+                return vec![("s".into(), "v".into())];
+            }
+            (0..n).map(|i| (format!("s.{i}"), "v".to_owned())).collect()
+        };
+        let cases: &[(&str, Pairs, &[&str])] = &[
+            // Shrinking from 4 chunks to 2.
+            ("s.0=a; s.1=b; s.2=c; s.3=d; x=1", w(2), &["s.2", "s.3"]),
+            // Growing from 2 to 3: nothing stale.
+            ("s.0=a; s.1=b", w(3), &[]),
+            // Plain → chunked.
+            ("a=1; s=v; b=2", w(2), &["s"]),
+            // Chunked → plain.
+            ("s.0=a; s.1=b; sx=1; s.x=2", w(0), &["s.0", "s.1"]),
+            // Plain → plain.
+            ("s=v", w(0), &[]),
+            // Duplicates reported once; stray indexes beyond the cap are ours too.
+            ("s.5=a; s.5=b; s.40=c; s.05=d", w(2), &["s.5", "s.40"]),
+            // Nothing present.
+            ("", w(2), &[]),
+            // Logout: nothing written, everything present is stale.
+            ("s=v; s.0=a; other=1", vec![], &["s", "s.0"]),
+        ];
+        for (h, written, want) in cases {
+            assert_eq!(stale_chunks(h, "s", written), *want, "{h:?}");
+        }
+    }
+
+    mod chunk_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn chunked_reading_never_panics(h in "\\PC{0,300}", name in "[a-z.]{0,4}") {
+                let _ = read_chunked(&h, &name);
+                let _ = stale_chunks(&h, &name, &[]);
+                let _ = chunk(&name, &h);
+            }
+
+            #[test]
+            fn chunk_round_trip(len in 0usize..20_000, seed in any::<u64>()) {
+                // Chunking depends on the length only; a seeded pattern is much cheaper to
+                // generate than a 20,000-character regex string.
+                let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
+                let pick = |i: u64| (i.wrapping_mul(seed | 1) >> 3) as usize % alphabet.len();
+                let value: String = (0..len as u64).map(|i| char::from(alphabet[pick(i)])).collect();
+                let pairs = chunk("s", &value);
+                prop_assert!(pairs.iter().all(|(_, v)| v.len() <= CHUNK_LIMIT));
+                let header = header_of(&pairs);
+                prop_assert_eq!(read_chunked(&header, "s"), Some(value));
+                prop_assert!(stale_chunks(&header, "s", &pairs).is_empty());
             }
         }
     }

@@ -412,12 +412,7 @@ mod tests {
     // RFC 8032 7.1 TEST 1 public key.
     const ED_X: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::testkit::hex;
 
     fn rsa_n(bytes: usize, first: u8, last: u8) -> String {
         let mut n = vec![0xC5; bytes];

@@ -91,6 +91,14 @@ impl Reply {
     }
 
     /// A `302 Found` to `location` (which the caller has validated), no body, `no-store`.
+    /// The same reply with `Referrer-Policy: no-referrer` (login answers carry codes and state
+    /// in their URLs).
+    pub fn no_referrer(mut self) -> Reply {
+        self.headers
+            .push(("referrer-policy", "no-referrer".to_string()));
+        self
+    }
+
     pub fn redirect(location: &str, reason: &'static str) -> Reply {
         Reply {
             status: 302,

@@ -1,0 +1,100 @@
+//! The `cookies` section: the relay's cookie names and the attributes of those it sets.
+
+use serde::Deserialize;
+
+use super::error::ConfigError;
+use crate::http::cookie::{self, CookieAttrs, SameSite};
+
+/// Names of the relay's cookies and the attributes of those it sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieNames {
+    pub access_token: String,
+    pub session: String,
+    pub csrf: String,
+    pub attrs: CookieAttrs,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCookies {
+    pub access_token: String,
+    pub session: String,
+    pub csrf: String,
+    pub path: String,
+    pub same_site: String,
+    pub secure: bool,
+}
+
+impl Default for RawCookies {
+    fn default() -> Self {
+        RawCookies {
+            access_token: "__Host-relay-at".into(),
+            session: "__Host-relay-session".into(),
+            csrf: "__Host-relay-csrf".into(),
+            path: "/".into(),
+            same_site: "Strict".into(),
+            secure: true,
+        }
+    }
+}
+
+pub fn cookie_names(raw: RawCookies) -> Result<CookieNames, ConfigError> {
+    for (field, name) in [
+        ("cookies.access_token", &raw.access_token),
+        ("cookies.session", &raw.session),
+        ("cookies.csrf", &raw.csrf),
+    ] {
+        if !cookie::is_valid_name(name) {
+            return Err(ConfigError::new(
+                field,
+                format!("{name:?} is not a valid cookie name"),
+            ));
+        }
+        if name.starts_with("__Host-") && (!raw.secure || raw.path != "/") {
+            return Err(ConfigError::new(
+                field,
+                "a __Host- cookie needs \"secure\": true and \"path\": \"/\" (browsers drop it otherwise)",
+            ));
+        }
+        if name.starts_with("__Secure-") && !raw.secure {
+            return Err(ConfigError::new(
+                field,
+                "a __Secure- cookie needs \"secure\": true",
+            ));
+        }
+    }
+    if raw.access_token == raw.session || raw.access_token == raw.csrf || raw.session == raw.csrf {
+        return Err(ConfigError::new(
+            "cookies",
+            "access_token, session and csrf must be three different names",
+        ));
+    }
+    if !raw.path.starts_with('/') || raw.path.contains([';', ',', ' ']) {
+        return Err(ConfigError::new(
+            "cookies.path",
+            "must start with '/' and contain no ';', ',' or spaces",
+        ));
+    }
+    let same_site = SameSite::parse(&raw.same_site).ok_or_else(|| {
+        ConfigError::new(
+            "cookies.same_site",
+            format!("{:?} is not one of Strict, Lax, None", raw.same_site),
+        )
+    })?;
+    if same_site == SameSite::None && !raw.secure {
+        return Err(ConfigError::new(
+            "cookies.same_site",
+            "SameSite=None needs \"secure\": true (browsers reject it otherwise)",
+        ));
+    }
+    Ok(CookieNames {
+        access_token: raw.access_token,
+        session: raw.session,
+        csrf: raw.csrf,
+        attrs: CookieAttrs {
+            path: raw.path,
+            same_site,
+            secure: raw.secure,
+        },
+    })
+}

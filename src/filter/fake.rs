@@ -1,0 +1,218 @@
+//! An in-memory host for the shell's unit tests: one shared-data store with Envoy's CAS rules,
+//! a settable clock, recorded callouts, header writes, replies, resumes and metrics. Clones
+//! share state, so two `Vm`s holding clones behave like two worker VMs of one Envoy.
+#![allow(clippy::disallowed_methods)] // RefCell borrows in test code only.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::types::MetricType;
+
+use super::host::{Host, SetError};
+use crate::http::Reply;
+use crate::random::Random;
+
+/// A callout the shell dispatched.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    pub(crate) token: u32,
+    pub(crate) cluster: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    now_ms: Cell<u64>,
+    /// key -> (value, cas)
+    shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next_cas: Cell<u32>,
+    /// Runs just before the next CAS-protected write, as another worker writing in between.
+    interleave: RefCell<Option<Box<dyn FnOnce()>>>,
+    pub(crate) calls: RefCell<Vec<Call>>,
+    next_token: Cell<u32>,
+    pub(crate) refuse_dispatch: Cell<bool>,
+    effective: Cell<u32>,
+    pub(crate) gone: RefCell<BTreeSet<u32>>,
+    /// (context, header, value) writes to request headers.
+    pub(crate) request_headers: RefCell<Vec<(u32, String, Option<String>)>>,
+    pub(crate) replies: RefCell<Vec<(u32, Reply)>>,
+    pub(crate) resumed: RefCell<Vec<u32>>,
+    metric_names: RefCell<Vec<String>>,
+    pub(crate) metrics: RefCell<BTreeMap<String, i64>>,
+    pub(crate) tick: Cell<Option<Duration>>,
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct Fake(pub(crate) Rc<State>);
+
+impl Fake {
+    pub(crate) fn at(now_s: u64) -> Fake {
+        let f = Fake::default();
+        f.set_now(now_s);
+        f
+    }
+
+    pub(crate) fn set_now(&self, now_s: u64) {
+        self.0.now_ms.set(now_s * 1000);
+    }
+
+    pub(crate) fn interleave(&self, f: impl FnOnce() + 'static) {
+        *self.0.interleave.borrow_mut() = Some(Box::new(f));
+    }
+
+    pub(crate) fn calls(&self) -> Vec<Call> {
+        self.0.calls.borrow().clone()
+    }
+
+    pub(crate) fn metric(&self, name: &str) -> i64 {
+        self.0.metrics.borrow().get(name).copied().unwrap_or(0)
+    }
+
+    /// The replies sent to stream `ctx`: (status, reason).
+    pub(crate) fn replies_to(&self, ctx: u32) -> Vec<(u32, &'static str)> {
+        self.0
+            .replies
+            .borrow()
+            .iter()
+            .filter(|(c, _)| *c == ctx)
+            .map(|(_, r)| (r.status, r.reason))
+            .collect()
+    }
+
+    pub(crate) fn resumed(&self) -> Vec<u32> {
+        self.0.resumed.borrow().clone()
+    }
+
+    /// The last value written to request header `name` of stream `ctx`.
+    pub(crate) fn request_header(&self, ctx: u32, name: &str) -> Option<String> {
+        self.0
+            .request_headers
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(c, n, _)| *c == ctx && n == name)
+            .and_then(|(_, _, v)| v.clone())
+    }
+
+    pub(crate) fn shared_keys(&self, prefix: &str) -> usize {
+        self.0
+            .shared
+            .borrow()
+            .iter()
+            .filter(|(k, (v, _))| k.starts_with(prefix) && !v.is_empty())
+            .count()
+    }
+}
+
+impl Host for Fake {
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms.get()
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Option<Vec<u8>>, Option<u32>)> {
+        Some(match self.0.shared.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        })
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        if cas.is_some() {
+            let other = self.0.interleave.borrow_mut().take();
+            if let Some(other) = other {
+                other();
+            }
+        }
+        let mut shared = self.0.shared.borrow_mut();
+        // Envoy: a CAS is checked only against a key that exists.
+        if let (Some(want), Some((_, have))) = (cas, shared.get(key)) {
+            if want != *have {
+                return Err(SetError::CasMismatch);
+            }
+        }
+        let next = self.0.next_cas.get() + 1;
+        self.0.next_cas.set(next);
+        shared.insert(key.to_string(), (value.to_vec(), next));
+        Ok(())
+    }
+
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        _timeout: Duration,
+    ) -> Result<u32, String> {
+        if self.0.refuse_dispatch.get() {
+            return Err("BadArgument".to_string());
+        }
+        let token = self.0.next_token.get() + 1;
+        self.0.next_token.set(token);
+        self.0.calls.borrow_mut().push(Call {
+            token,
+            cluster: cluster.to_string(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: body.unwrap_or_default().to_vec(),
+        });
+        Ok(token)
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        self.0.request_headers.borrow_mut().push((
+            self.0.effective.get(),
+            name.to_string(),
+            value.map(str::to_string),
+        ));
+    }
+
+    fn define_metric(&self, _kind: MetricType, name: &str) -> Option<u32> {
+        let mut names = self.0.metric_names.borrow_mut();
+        names.push(name.to_string());
+        u32::try_from(names.len() - 1).ok()
+    }
+
+    fn increment_metric(&self, id: u32, by: i64) {
+        let name = self.0.metric_names.borrow()[id as usize].clone();
+        *self.0.metrics.borrow_mut().entry(name).or_default() += by;
+    }
+
+    fn record_metric(&self, id: u32, _value: u64) {
+        self.increment_metric(id, 1);
+    }
+
+    fn set_tick_period(&self, period: Duration) {
+        self.0.tick.set(Some(period));
+    }
+
+    fn set_effective_context(&self, id: u32) -> bool {
+        self.0.effective.set(id);
+        !self.0.gone.borrow().contains(&id)
+    }
+
+    fn resume_request(&self) {
+        self.0.resumed.borrow_mut().push(self.0.effective.get());
+    }
+
+    fn send_reply(&self, reply: &Reply) {
+        self.0
+            .replies
+            .borrow_mut()
+            .push((self.0.effective.get(), reply.clone()));
+    }
+
+    fn random(&self) -> Option<Random> {
+        Some(Random::fixed(3))
+    }
+}
+
+impl Fake {
+    pub(crate) fn tick_period(&self) -> Option<Duration> {
+        self.0.tick.get()
+    }
+}

@@ -1,0 +1,319 @@
+//! The shell's state machines against the in-memory host: two `Vm`s sharing one fake are two
+//! worker VMs of one Envoy.
+#![allow(clippy::disallowed_methods)] // RefCell borrows in test code only.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use super::events::{on_call_response, on_tick};
+use super::fake::Fake;
+use super::host::Host;
+use super::jwks_sync::FETCH_TIMEOUT_S;
+use super::vm::{Outcome, SharedVm, Vm, WaitOn, FAST_TICK};
+use crate::relay::RefreshId;
+use crate::testkit::{claims, jwks, refresh_config, request, sealed, sign, NOW};
+
+const INSTANCE: u64 = 7;
+const SLOT_PREFIX: &str = "edge_token_relay.refresh.";
+
+/// A worker VM on the shared fake host, with its slot table created as `on_configure` does.
+fn worker(host: &Fake, extra: Value) -> SharedVm<Fake> {
+    let vm = Vm::new(host.clone(), refresh_config(extra), INSTANCE);
+    if let Some(f) = &vm.flights {
+        f.init_slots(&vm.host);
+    }
+    Rc::new(RefCell::new(vm))
+}
+
+/// A request to a protected path carrying only a session (no access token): it needs a refresh.
+fn session_request(vm: &SharedVm<Fake>, rt: &str) -> Vec<(String, Vec<u8>)> {
+    let s = sealed(&vm.borrow().config, rt, None, 0);
+    request(
+        "GET",
+        "/api/orders",
+        Some(format!("__Host-relay-session={s}").as_bytes()),
+        &[],
+    )
+}
+
+/// A stream's first arrival on `vm`, as the stream context does it.
+fn arrive(vm: &SharedVm<Fake>, ctx: u32, headers: Vec<(String, Vec<u8>)>) -> Outcome {
+    let mut st = vm.borrow_mut();
+    st.host.set_effective_context(ctx);
+    st.admit(ctx, headers, NOW)
+}
+
+thread_local! {
+    /// One signed access token (signing is not deterministic, and tests compare the header).
+    static ACCESS_TOKEN: String = sign(&claims());
+}
+
+fn access_token() -> String {
+    ACCESS_TOKEN.with(Clone::clone)
+}
+
+fn token_answer(rt: &str) -> Vec<u8> {
+    json!({"access_token": access_token(), "token_type": "Bearer", "expires_in": 300, "refresh_token": rt})
+        .to_string()
+        .into_bytes()
+}
+
+fn answer(vm: &SharedVm<Fake>, token: u32, status: u32, body: Vec<u8>) {
+    on_call_response(vm, token, Some(status), move |limit| {
+        (body.len() <= limit).then(|| body.clone())
+    });
+}
+
+fn owns(vm: &SharedVm<Fake>, rt: &str) -> bool {
+    vm.borrow()
+        .flights
+        .as_ref()
+        .is_some_and(|f| f.owns(&RefreshId::of(rt)))
+}
+
+fn is_wait(o: &Outcome) -> bool {
+    matches!(o, Outcome::Wait(WaitOn::Refresh(_)))
+}
+
+#[test]
+fn racing_workers_refresh_a_session_once() {
+    let host = Fake::at(NOW);
+    let (a, b) = (worker(&host, json!({})), worker(&host, json!({})));
+    assert!(is_wait(&arrive(&a, 1, session_request(&a, "rt-1"))));
+    assert!(is_wait(&arrive(&b, 2, session_request(&b, "rt-1"))));
+    assert!(is_wait(&arrive(&a, 3, session_request(&a, "rt-1"))));
+    // Exactly one worker holds the lease; the other watches the shared record.
+    assert!(owns(&a, "rt-1"));
+    assert!(!owns(&b, "rt-1"));
+    assert_eq!(host.tick_period(), Some(FAST_TICK));
+
+    on_tick(&a);
+    on_tick(&b);
+    let calls = host.calls();
+    assert_eq!(calls.len(), 1, "one refresh for the whole Envoy");
+    assert_eq!(calls[0].cluster, "idp");
+    let body = String::from_utf8_lossy(&calls[0].body).to_string();
+    assert!(body.contains("grant_type=refresh_token") && body.contains("refresh_token=rt-1"));
+    assert!(host.resumed().is_empty());
+
+    answer(&a, calls[0].token, 200, token_answer("rt-2"));
+    // The owner's two requests go on at once, with the new token and the rotated session.
+    assert_eq!(host.resumed(), vec![1, 3]);
+    let bearer = format!("Bearer {}", access_token());
+    assert_eq!(
+        host.request_header(1, "authorization"),
+        Some(bearer.clone())
+    );
+    let cookies = a
+        .borrow()
+        .response_cookies
+        .get(&1)
+        .cloned()
+        .unwrap_or_default();
+    assert!(cookies.iter().any(|c| c.starts_with("__Host-relay-at=")));
+    assert!(cookies
+        .iter()
+        .any(|c| c.starts_with("__Host-relay-session=")));
+    // The other worker learns the outcome from shared data on its next tick.
+    on_tick(&b);
+    assert_eq!(host.resumed(), vec![1, 3, 2]);
+    assert_eq!(host.request_header(2, "authorization"), Some(bearer));
+    assert_eq!(host.calls().len(), 1);
+    assert_eq!(host.metric("edge_token_relay_refresh_total"), 1);
+    assert_eq!(host.metric("edge_token_relay_refresh_success_total"), 1);
+    assert_eq!(host.metric("edge_token_relay_refresh_waiters_total"), 2);
+    // A request arriving within the grace window is served by the known outcome.
+    assert!(matches!(
+        arrive(&b, 4, session_request(&b, "rt-1")),
+        Outcome::Continue
+    ));
+    assert_eq!(host.calls().len(), 1);
+}
+
+#[test]
+fn a_dead_workers_lease_expires_and_another_takes_over() {
+    let host = Fake::at(NOW);
+    let a = worker(
+        &host,
+        json!({"token_endpoint": {"cluster": "idp", "authority": "idp", "path": "/token", "timeout_ms": 2000}}),
+    );
+    let b = worker(
+        &host,
+        json!({"token_endpoint": {"cluster": "idp", "authority": "idp", "path": "/token", "timeout_ms": 2000}}),
+    );
+    assert!(is_wait(&arrive(&a, 1, session_request(&a, "rt-1"))));
+    // Worker a dies before dispatching: its lease (timeout 2 s + 2 s) is all that is left.
+    drop(a);
+    assert!(is_wait(&arrive(&b, 2, session_request(&b, "rt-1"))));
+    assert!(!owns(&b, "rt-1"));
+    host.set_now(NOW + 3);
+    on_tick(&b);
+    assert!(host.calls().is_empty(), "the lease is still live");
+    host.set_now(NOW + 4);
+    on_tick(&b); // the waiter is decided again, finds the slot free and takes the lease
+    assert!(owns(&b, "rt-1"));
+    on_tick(&b); // and dispatches
+    let calls = host.calls();
+    assert_eq!(calls.len(), 1);
+    answer(&b, calls[0].token, 200, token_answer("rt-2"));
+    assert_eq!(host.resumed(), vec![2]);
+}
+
+#[test]
+fn a_callout_that_never_answers_fails_its_waiters_with_503() {
+    let host = Fake::at(NOW);
+    let a = worker(&host, json!({}));
+    assert!(is_wait(&arrive(&a, 1, session_request(&a, "rt-1"))));
+    on_tick(&a);
+    assert_eq!(host.calls().len(), 1);
+    // Default timeout 3 s: the deadline is 5 s after dispatch.
+    host.set_now(NOW + 4);
+    on_tick(&a);
+    assert!(host.replies_to(1).is_empty());
+    host.set_now(NOW + 5);
+    on_tick(&a);
+    assert_eq!(host.replies_to(1), vec![(503, "refresh_unavailable")]);
+    assert!(host.resumed().is_empty());
+    // The failure is shared: another worker backs off instead of calling again.
+    let b = worker(&host, json!({}));
+    match arrive(&b, 2, session_request(&b, "rt-1")) {
+        Outcome::Reply(r) => assert_eq!((r.status, r.reason), (503, "refresh_unavailable")),
+        _ => panic!("expected the shared backoff"),
+    }
+    assert_eq!(host.calls().len(), 1);
+    // A late answer to the forgotten call changes nothing.
+    answer(&a, 1, 200, token_answer("rt-2"));
+    assert!(host.resumed().is_empty());
+}
+
+#[test]
+fn a_lost_compare_and_swap_makes_the_loser_wait() {
+    let host = Fake::at(NOW);
+    let (a, b) = (worker(&host, json!({})), worker(&host, json!({})));
+    let headers_b = session_request(&b, "rt-1");
+    let b2 = Rc::clone(&b);
+    // Between a's read of the slot and its write, worker b takes the same slot.
+    host.interleave(move || {
+        assert!(is_wait(&arrive(&b2, 2, headers_b)));
+    });
+    assert!(is_wait(&arrive(&a, 1, session_request(&a, "rt-1"))));
+    assert!(owns(&b, "rt-1"));
+    assert!(!owns(&a, "rt-1"), "the loser must not hold the lease too");
+    on_tick(&a);
+    on_tick(&b);
+    assert_eq!(host.calls().len(), 1);
+    assert_eq!(host.shared_keys(SLOT_PREFIX), 1);
+}
+
+#[test]
+fn an_undispatchable_refresh_answers_503_and_invalid_grant_ends_the_session() {
+    let host = Fake::at(NOW);
+    let a = worker(&host, json!({}));
+    host.0.refuse_dispatch.set(true);
+    assert!(is_wait(&arrive(&a, 1, session_request(&a, "rt-1"))));
+    on_tick(&a);
+    assert_eq!(host.replies_to(1), vec![(503, "refresh_unavailable")]);
+
+    host.0.refuse_dispatch.set(false);
+    assert!(is_wait(&arrive(&a, 2, session_request(&a, "rt-9"))));
+    on_tick(&a);
+    let token = host.calls()[0].token;
+    answer(&a, token, 400, br#"{"error":"invalid_grant"}"#.to_vec());
+    let replies = host.replies_to(2);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].0, 401);
+    assert_eq!(
+        host.metric("edge_token_relay_refresh_invalid_grant_total"),
+        1
+    );
+}
+
+#[test]
+fn a_gone_stream_is_not_resumed() {
+    let host = Fake::at(NOW);
+    let a = worker(&host, json!({}));
+    assert!(is_wait(&arrive(&a, 1, session_request(&a, "rt-1"))));
+    on_tick(&a);
+    host.0.gone.borrow_mut().insert(1);
+    answer(&a, host.calls()[0].token, 200, token_answer("rt-2"));
+    assert!(host.resumed().is_empty());
+    assert!(a.borrow().waiters.is_empty());
+}
+
+#[test]
+fn a_busy_vm_is_skipped_not_a_panic() {
+    let host = Fake::at(NOW);
+    let a = worker(&host, json!({}));
+    let held = a.borrow_mut();
+    on_tick(&a);
+    on_call_response(&a, 1, Some(200), |_| None);
+    drop(held);
+    on_tick(&a);
+}
+
+// ---- JWKS sync -------------------------------------------------------------------------------
+
+fn remote_jwks() -> Value {
+    json!({"jwks": {"cluster": "idp", "authority": "idp", "path": "/jwks", "refresh_s": 300}})
+}
+
+fn token_request() -> Vec<(String, Vec<u8>)> {
+    let t = access_token();
+    request(
+        "GET",
+        "/api/x",
+        Some(format!("__Host-relay-at={t}").as_bytes()),
+        &[],
+    )
+}
+
+#[test]
+fn one_worker_fetches_the_jwks_and_every_worker_uses_it() {
+    let host = Fake::at(NOW);
+    let (a, b) = (worker(&host, remote_jwks()), worker(&host, remote_jwks()));
+    // No keys yet: a token request waits for them (bounded), it is not refused outright.
+    let parked = arrive(&b, 5, token_request());
+    assert!(
+        matches!(parked, Outcome::Wait(WaitOn::Keys) | Outcome::Reply(_)),
+        "no keys: wait or 503"
+    );
+    on_tick(&a);
+    on_tick(&b);
+    let calls = host.calls();
+    assert_eq!(calls.len(), 1, "the lease lets one worker fetch");
+    let path = calls[0].headers.iter().find(|(n, _)| n == ":path");
+    assert_eq!(path.map(|(_, v)| v.as_str()), Some("/jwks"));
+    answer(&a, calls[0].token, 200, jwks().to_string().into_bytes());
+    assert!(a.borrow().keys.is_some());
+    assert!(b.borrow().keys.is_none());
+    on_tick(&b);
+    assert!(b.borrow().keys.is_some(), "picked up from shared data");
+    assert!(matches!(arrive(&b, 6, token_request()), Outcome::Continue));
+    assert_eq!(host.calls().len(), 1);
+    assert_eq!(host.metric("edge_token_relay_jwks_fetches_total"), 1);
+}
+
+#[test]
+fn a_failed_jwks_fetch_backs_off_for_every_worker() {
+    let host = Fake::at(NOW);
+    let (a, b) = (worker(&host, remote_jwks()), worker(&host, remote_jwks()));
+    on_tick(&a);
+    let token = host.calls()[0].token;
+    answer(&a, token, 503, Vec::new());
+    assert_eq!(host.metric("edge_token_relay_jwks_failures_total"), 1);
+    // Within the backoff neither worker calls again.
+    on_tick(&a);
+    on_tick(&b);
+    assert_eq!(host.calls().len(), 1);
+    host.set_now(NOW + 2);
+    on_tick(&b);
+    on_tick(&a);
+    assert_eq!(host.calls().len(), 2, "one retry after the backoff");
+    // A fetch that never answers is forgotten after its deadline and retried.
+    host.set_now(NOW + 2 + FETCH_TIMEOUT_S + 2);
+    on_tick(&b);
+    on_tick(&a);
+    assert_eq!(host.calls().len(), 3);
+}

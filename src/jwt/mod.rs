@@ -1,0 +1,81 @@
+//! Tokens: the key set (JWKS), JWS verification and claim checks, the per-VM cache of verified
+//! tokens, and the one way the rest of the relay gets a token checked: [`verify_cached`].
+
+pub mod jwks;
+pub mod token;
+pub mod token_cache;
+
+use std::rc::Rc;
+
+use jwks::KeySet;
+use token::{ClaimRules, TokenError};
+use token_cache::{Cached, TokenCache};
+
+/// A verified access token: its forwarded claims and its `exp`.
+#[derive(Debug, Clone)]
+pub struct Valid {
+    pub forwarded: Rc<[(String, String)]>,
+    pub exp: u64,
+}
+
+/// Why [`verify_cached`] did not verify a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Not in the cache, and no key set has been loaded yet.
+    KeysNotReady,
+    /// The token itself failed (including an unknown `kid`).
+    Token(TokenError),
+}
+
+/// The key set and this VM's cache of verified tokens: the one way the rest of the relay gets
+/// a token checked.
+pub struct Verifier<'v> {
+    pub keys: Option<&'v KeySet>,
+    pub cache: &'v mut TokenCache,
+}
+
+impl Verifier<'_> {
+    /// The token from the cache when it was verified before and is still alive, else verified
+    /// against the keys and cached.
+    pub fn verify(
+        &mut self,
+        rules: &ClaimRules,
+        token: &str,
+        now: u64,
+    ) -> Result<Valid, VerifyError> {
+        verify_cached(self.cache, self.keys, rules, token, now)
+    }
+}
+
+/// The token from the cache when it was verified before and is still alive, else verified
+/// against `keys` and cached.
+pub fn verify_cached(
+    cache: &mut TokenCache,
+    keys: Option<&KeySet>,
+    rules: &ClaimRules,
+    token: &str,
+    now: u64,
+) -> Result<Valid, VerifyError> {
+    if let Some(hit) = cache.get(token, now) {
+        return Ok(Valid {
+            forwarded: Rc::clone(&hit.forwarded),
+            exp: hit.exp,
+        });
+    }
+    let keys = keys.ok_or(VerifyError::KeysNotReady)?;
+    let v = token::verify(token, keys, rules, now).map_err(VerifyError::Token)?;
+    let forwarded: Rc<[(String, String)]> = v.forwarded.into();
+    cache.insert(
+        token,
+        Cached {
+            valid_until: v.exp.saturating_add(rules.clock_skew_s),
+            exp: v.exp,
+            forwarded: Rc::clone(&forwarded),
+        },
+        now,
+    );
+    Ok(Valid {
+        forwarded,
+        exp: v.exp,
+    })
+}
