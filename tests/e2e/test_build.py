@@ -201,3 +201,49 @@ def test_make_dist(wasm_file, tmp_path):
 
 def test_dist_is_gitignored():
     assert "/dist" in (REPO_ROOT / ".gitignore").read_text().split()
+
+
+# --------------------------------------------------------------------------------------------
+# The documentation points only inside the repository
+# --------------------------------------------------------------------------------------------
+
+DOCS = ["README.md", "CHANGELOG.md", "tests/e2e/README.md"] + \
+    sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))
+
+
+def github_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown text."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fence = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        m = None if fence else re.match(r"^#{1,6}\s+(.*?)\s*$", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_documentation_links_stay_inside_the_repository(doc):
+    path = REPO_ROOT / doc
+    text = path.read_text()
+    assert "../shared" not in text
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    problems = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+        if re.match(r"^[a-z]+:", target):
+            continue  # a web address
+        file_part, _, anchor = target.partition("#")
+        dest = (path.parent / file_part).resolve() if file_part else path
+        if REPO_ROOT.resolve() not in dest.parents and dest != REPO_ROOT.resolve():
+            problems.append(f"{target}: outside the repository")
+        elif not dest.exists():
+            problems.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in github_anchors(dest.read_text()):
+            problems.append(f"{target}: no such heading")
+    assert not problems, problems
