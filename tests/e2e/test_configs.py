@@ -75,3 +75,73 @@ def test_baseline_jwks_matches_the_demo_keys():
     m = re.search(r"inline_string: '(.*)'", text)
     assert m, "no local_jwks.inline_string in jwt_authn_baseline.yaml"
     assert json.loads(m.group(1)) == jwks_of(demo_keys().values())
+
+
+# --------------------------------------------------------------------------------------------
+# Envoy and Istio YAML shown in the documentation
+# --------------------------------------------------------------------------------------------
+#
+# A fenced ```yaml block preceded by `<!-- envoy-validate -->` is a fragment of an Envoy
+# bootstrap: `routes` (the virtual host's routes), `vm_config` (the relay's) or `clusters`
+# (added). All such blocks of one document go into the suite's relay config together, and the
+# result must pass `envoy --mode validate`. A block preceded by `<!-- istio-validate -->` is an
+# Istio manifest, checked against Istio's CRD schema like istio/*.yaml.
+
+import re  # noqa: E402
+
+import yaml  # noqa: E402
+
+DOCS_WITH_ENVOY_YAML = ("README.md", "docs/delivery.md")
+DOCS_WITH_ISTIO_YAML = ("docs/delivery.md",)
+
+
+def marked_yaml_blocks(rel_path: str, marker: str) -> list[dict]:
+    text = (REPO_ROOT / rel_path).read_text()
+    blocks = re.findall(r"<!-- " + re.escape(marker) + r" -->\n```yaml\n(.*?)```", text, re.S)
+    return [yaml.safe_load(b) for b in blocks]
+
+
+@pytest.mark.parametrize("doc", DOCS_WITH_ENVOY_YAML)
+def test_documented_envoy_yaml_validates(wasm_file, envoy_bin, tmp_path, doc):
+    blocks = marked_yaml_blocks(doc, "envoy-validate")
+    assert blocks, f"{doc}: no <!-- envoy-validate --> yaml block"
+    cfg = relay_config(18080, 18081, listener_port=18082, admin_port=18083)
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    relay = hcm["http_filters"][0]["typed_config"]["config"]
+    for block in blocks:
+        unknown = set(block) - {"routes", "vm_config", "clusters"}
+        assert not unknown, f"{doc}: a validated block has {sorted(unknown)}"
+        if "routes" in block:
+            hcm["route_config"]["virtual_hosts"][0]["routes"] = block["routes"]
+        if "vm_config" in block:
+            relay["vm_config"] = block["vm_config"]
+        cfg["static_resources"]["clusters"] += block.get("clusters", [])
+    path = tmp_path / "doc.yaml"
+    path.write_text(json.dumps(cfg))
+    result = validate_config(path, envoy_bin)
+    assert result.returncode == 0, f"{doc}:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.parametrize("doc", DOCS_WITH_ISTIO_YAML)
+def test_documented_istio_yaml_matches_the_crd_schema(doc):
+    import jsonschema
+
+    from test_deploy_configs import CEL_RULES, cel_checks, crd_schemas, istio_plugin_config, strict
+
+    blocks = marked_yaml_blocks(doc, "istio-validate")
+    assert blocks, f"{doc}: no <!-- istio-validate --> yaml block"
+    schemas = crd_schemas()
+    for block in blocks:
+        crd = schemas[block["kind"]]
+        assert block["apiVersion"] == crd["apiVersion"]
+        spec = dict(block["spec"])
+        if block["kind"] == "WasmPlugin":
+            spec.setdefault("pluginConfig", istio_plugin_config())
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in jsonschema.Draft7Validator(strict(crd["spec"])).iter_errors(spec)]
+        assert not errors, errors
+        checks: list = []
+        cel_checks(crd["spec"], spec, "spec", checks)
+        for where, rule, value in checks:
+            assert rule in CEL_RULES, f"{where}: CEL rule not checked: {rule}"
+            assert CEL_RULES[rule](value), f"{where}: violates {rule}"

@@ -26,7 +26,7 @@ const aes128 = Uint8Array.from({ length: 16 }, (_, i) => 0x40 + i);
 const now = 1_800_000_000;
 const later = 1_900_000_000;
 
-// Exactly the snippet from the issue.
+// Exactly the README's snippet ("The session cookie format").
 async function mint(plaintextObject, header, key) {
   const plaintext = JSON.stringify(plaintextObject);
   const compact = await new CompactEncrypt(new TextEncoder().encode(plaintext))
