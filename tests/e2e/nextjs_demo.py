@@ -54,7 +54,7 @@ from gateway import Gateway  # noqa: E402
 from idp import DEMO_LOGIN, DEMO_PASSWORD, Idp  # noqa: E402
 from refresh_support import SessionKeys  # noqa: E402
 from support import (AT_COOKIE, CSRF_COOKIE, SESSION_COOKIE, WASM_PATH,  # noqa: E402
-                     WASM_REL_PATH, Envoy, free_port, port_is_free, wait_until)
+                     WASM_REL_PATH, Envoy, EnvoyStartError, free_port, port_is_free, wait_until)
 
 NEXT_DIR = REPO_ROOT / "examples" / "nextjs"
 ENVOY_YAML = NEXT_DIR / "envoy.yaml"
@@ -73,6 +73,8 @@ LOGIN_PATH = "/auth/login"
 CALLBACK_PATH = "/auth/callback"
 LOGOUT_PATH = "/auth/logout"
 USERINFO_PATH = "/auth/userinfo"
+# Relay configuration fields the example uses that older builds of the filter refuse.
+PENDING_RELAY_FIELDS = ("same_origin_posts", "userinfo_path")
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
@@ -385,7 +387,17 @@ def start_stack(*, tls: bool = False, dev: bool = False, default_ports: bool = F
                                tls=make_test_certificate(tmp) if tls else None,
                                plugin_overrides=overrides)
         envoy = Envoy(cfg, concurrency=concurrency, log_level=log_level,
-                      component_log_level=component_log_level, name=name).start()
+                      component_log_level=component_log_level, name=name)
+        try:
+            envoy.start()
+        except EnvoyStartError as e:
+            pending = [f for f in PENDING_RELAY_FIELDS if f"unknown field `{f}`" in str(e)]
+            if pending:
+                raise EnvoyStartError(
+                    f"this .wasm does not know {', '.join(pending)}, which the example's relay "
+                    f"configuration uses (a relay feature being added; rebuild the filter from a "
+                    f"branch that has it):\n{e}") from None
+            raise
         app.wait_ready(ready_timeout if dev else 30.0)
         stack = Stack(idp=idp, gateway=gateway, app=app, envoy=envoy, app_origin=app_origin,
                       idp_origin=idp_origin, plugin_config=plugin_config_of(cfg),
