@@ -17,10 +17,10 @@ DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=n
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
 
-.PHONY: help wasm test unit e2e run run-plain dev bench lint fmt fmt-check toolchain envoy pydeps idp browser nextjs nextjs-deps clean
+.PHONY: help wasm test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps idp browser clean
 
 help: ## print this help
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 wasm: $(WASM) ## build the filter: target/wasm32-wasip1/release/edge_token_relay.wasm
 
@@ -71,10 +71,13 @@ NEXT_DIR  := examples/nextjs
 NEXT_SRC  := $(shell find $(NEXT_DIR)/app $(NEXT_DIR)/lib -type f 2>/dev/null) \
              $(NEXT_DIR)/next.config.ts $(NEXT_DIR)/tsconfig.json
 export NEXT_TELEMETRY_DISABLED := 1
+.PHONY: nextjs nextjs-deps dev run-plain
 
 nextjs-deps: $(NEXT_DIR)/node_modules/.installed ## install the Next.js example's packages (npm ci, pinned by package-lock)
 
 $(NEXT_DIR)/node_modules/.installed: $(NEXT_DIR)/package.json $(NEXT_DIR)/package-lock.json
+	@node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=9)?0:1)' || \
+	  { echo "Next.js 16 needs Node.js >= 20.9 (this is $$(node --version))" >&2; exit 1; }
 	cd $(NEXT_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 

@@ -393,10 +393,11 @@ def start_stack(*, tls: bool = False, dev: bool = False, default_ports: bool = F
         except EnvoyStartError as e:
             pending = [f for f in PENDING_RELAY_FIELDS if f"unknown field `{f}`" in str(e)]
             if pending:
+                why = "\n".join(ln for ln in str(e).splitlines() if "invalid configuration" in ln)
                 raise EnvoyStartError(
                     f"this .wasm does not know {', '.join(pending)}, which the example's relay "
                     f"configuration uses (a relay feature being added; rebuild the filter from a "
-                    f"branch that has it):\n{e}") from None
+                    f"branch that has it):\n{why}\n(Envoy log: {envoy.log_path})") from None
             raise
         app.wait_ready(ready_timeout if dev else 30.0)
         stack = Stack(idp=idp, gateway=gateway, app=app, envoy=envoy, app_origin=app_origin,
@@ -409,6 +410,9 @@ def start_stack(*, tls: bool = False, dev: bool = False, default_ports: bool = F
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.stop()
+        for part in (app, idp):  # Envoy's directory stays: its config and log explain the failure
+            if part is not None:
+                shutil.rmtree(part.tmp, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 

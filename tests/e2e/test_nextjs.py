@@ -63,7 +63,7 @@ def test_example_envoy_yaml_validates(wasm_file, envoy_bin):
 
 
 def test_example_envoy_yaml_as_run_with_tls_validates(wasm_file, envoy_bin, tmp_path):
-    """What `make run --tls` and the browser test start: other ports and origins, a fresh
+    """What `nextjs_demo.py --tls` and the browser test start: other ports and origins, a fresh
     session key, TLS with ALPN h2."""
     cert = nextjs_demo.make_test_certificate(tmp_path)
     ports = {k: v + 10000 for k, v in DEFAULT_PORTS.items()}

@@ -110,7 +110,8 @@ export function goToLogin(returnTo?: string): void {
 
 // ---- client side --------------------------------------------------------------------------
 
-const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+// Every other method is CSRF-checked by the relay (TRACE included).
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 /** Browser only: the double-submit token from the readable CSRF cookie ('' when absent). */
 export function csrfToken(): string {
