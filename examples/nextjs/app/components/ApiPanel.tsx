@@ -49,8 +49,12 @@ export default function ApiPanel() {
       if (res.ok) {
         remember((await res.json()) as Me);
         setRetry((r) => (r ? `${r} → recovered` : r));
+        setStatus('200');
+      } else {
+        // 401 is on its way to the login already (apiFetch); show what the relay said.
+        const body = (await res.json().catch(() => null)) as { error?: string } | null;
+        setStatus(`${res.status} ${body?.error ?? ''}`.trim());
       }
-      setStatus(`${res.status}${res.ok ? '' : ` ${((await res.json().catch(() => ({}))) as { error?: string }).error ?? ''}`}`);
     } catch (e) {
       setStatus(`failed: ${(e as Error).message}`);
     } finally {
