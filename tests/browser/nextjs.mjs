@@ -171,6 +171,7 @@ async function main() {
   // Bodies of responses on pages other than the app's main page (the attacker pages), read at
   // once; the main page's bodies are read in the network stack below (CDP Fetch).
   const otherBodies = [];
+  const testPages = new Set(); // the attacker pages this script serves itself (route.fulfill)
   context.on('response', (resp) => {
     if (resp.frame().page() === mainPage) return;
     const entry = { url: resp.url(), status: resp.status(), method: resp.request().method(), body: null };
@@ -225,7 +226,7 @@ async function main() {
   let mainNavigations = 0;
   page.on('framenavigated', (f) => { if (f === page.mainFrame()) mainNavigations += 1; });
 
-  // Every response body of the app that reaches the main page, read in the browser's network
+  // Every response body that reaches the main page (the app's and the IdP's), read in the browser's network
   // stack at the response stage (CDP Fetch) and then let go unmodified: Next.js does not read
   // every body it receives (a refused prefetch, a refused Server Action), and the callback's
   // hop page navigates on at once, so reading them afterwards is unreliable.
@@ -240,7 +241,7 @@ async function main() {
     appBodies.push(entry);
     await cdp.send('Fetch.continueRequest', { requestId: ev.requestId }).catch(() => {});
   });
-  await cdp.send('Fetch.enable', { patterns: [{ urlPattern: `${APP}/*`, requestStage: 'Response' }] });
+  await cdp.send('Fetch.enable', { patterns: [{ urlPattern: '*', requestStage: 'Response' }] });
   /** The body of the last app response to `method url` the main page received. */
   function capturedBody(method, url) {
     const hit = appBodies.filter((b) => b.method === method && b.url === url).pop();
@@ -471,7 +472,8 @@ async function main() {
   // An attacker's page on another origin, served by the test itself (route.fulfill: the browser
   // treats it as that origin's page), that auto-submits a form to the app.
   async function forge(label, attackerOrigin, target, fields, enctype = 'application/x-www-form-urlencoded') {
-    const evilUrl = `${attackerOrigin}/evil-${label}.html`;
+    const evilUrl = `${attackerOrigin}/evil-${label.replace(/\W+/g, '-')}.html`;
+    testPages.add(evilUrl);
     const inputs = Object.entries(fields).map(([k, v]) => `<input type="hidden" name="${k.replace(/"/g, '&quot;')}" value="${v}">`).join('');
     const html = `<!doctype html><title>evil</title><form id="f" method="post" enctype="${enctype}" action="${APP}${target}">${inputs}</form><script>document.getElementById('f').submit()</script>`;
     const evil = await context.newPage();
@@ -607,14 +609,15 @@ async function main() {
   // ---- 10. no token in any body the browser saw --------------------------------------------
   currentStep = 'no token in any response body';
   await Promise.all(otherBodies.map((r) => r.bodyPromise));
-  const all = [...appBodies, ...otherBodies];
-  const unread = all.filter((r) => r.url.startsWith(APP) && r.body === null && !(r.status >= 300 && r.status < 400));
-  observe('responses', { app_main_page: appBodies.length, other_pages: otherBodies.length,
+  const all = [...appBodies, ...otherBodies].filter((r) => !testPages.has(r.url));
+  const unread = all.filter((r) => r.body === null && r.status !== null && !(r.status >= 300 && r.status < 400));
+  observe('responses', { main_page: appBodies.length, app: appBodies.filter((r) => r.url.startsWith(APP)).length,
+    idp: appBodies.filter((r) => r.url.startsWith(IDP)).length, other_pages: otherBodies.length,
     unread: unread.map((r) => `${r.method} ${r.url.replace(APP, '')} ${r.status}`), relay_values_tracked: relayValues.size });
-  check(unread.length === 0, 'every app response body could be read for the scan', unread.map((r) => `${r.method} ${r.url.replace(APP, '')} ${r.status}`));
+  check(unread.length === 0, 'every response body (app and IdP) could be read for the scan', unread.map((r) => `${r.method} ${r.url.replace(APP, '')} ${r.status}`));
   for (const r of all) {
     if (!r.body) continue;
-    check(!JWT_RE.test(r.body) && !JWE_RE.test(r.body), `no JWT/JWE in ${r.method} ${r.url.replace(APP, '').slice(0, 80)} (${r.status})`);
+    check(!JWT_RE.test(r.body) && !JWE_RE.test(r.body), `no JWT/JWE in ${r.method} ${r.url.replace(APP, '').split('?')[0].slice(0, 80)} (${r.status})`);
     if ([...relayValues].some((v) => r.body.includes(v))) check(false, `a relay cookie value appears in the body of ${r.method} ${r.url}`);
   }
   check(relayValues.size >= 4, 'token and session cookie values were tracked for the scan', relayValues.size);
