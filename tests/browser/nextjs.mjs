@@ -384,6 +384,21 @@ async function main() {
     await checkDocumentCookie(page, 'after API calls');
   });
 
+  await step('client component POSTs with X-CSRF-Token', async () => {
+    const text = `via fetch ${Date.now()}`;
+    await page.fill('#client-form input[name="text"]', text);
+    const postP = page.waitForResponse((r) => r.url() === `${APP}/api/notes` && r.request().method() === 'POST');
+    await page.click('#add-note-client');
+    const post = await postP;
+    const h = await sentHeaders(post.request());
+    const csrf = byName(await relayCookies(), CSRF)?.value;
+    observe('client_post', { status: post.status(), x_csrf_token_equals_cookie: Boolean(csrf) && h['x-csrf-token'] === csrf });
+    check(post.status() === 201, 'fetch POST /api/notes from the client component answers 201', post.status());
+    check(Boolean(csrf) && h['x-csrf-token'] === csrf, 'it carried X-CSRF-Token equal to the readable CSRF cookie');
+    check(await page.locator('#notes li', { hasText: text }).waitFor({ timeout: 10_000 }).then(() => true, () => false),
+      'router.refresh() shows the note in the server-rendered list', text);
+  });
+
   // ---- 4. expiry: one refresh for many parallel calls ----------------------------------------
   await step('expired token: parallel calls, exactly one refresh', async () => {
     require_(firstToken, 'a first token to compare with');

@@ -205,6 +205,7 @@ def test_nextjs_in_chromium_over_tls_h2(chromium, stack, tmp_path):
         assert result is not None, describe(result, err)
         names = [s["name"] for s in result["steps"]]
         for needed in ("login through the IdP", "client component calls the API",
+                       "client component POSTs with X-CSRF-Token",
                        "expired token: parallel calls, exactly one refresh",
                        "server-rendered page refreshes on navigation", "Server Action",
                        "plain form post", "forged cross-origin posts are refused",
@@ -215,12 +216,13 @@ def test_nextjs_in_chromium_over_tls_h2(chromium, stack, tmp_path):
             assert needed in names, f"step {needed!r} did not run: {names}\n{describe(result, err)}"
         assert code == 0 and result["ok"] and not result["failures"], describe(result, err)
 
-        # The gateway: every call with alice's verified token; the only POSTs are the Server
-        # Action's and the form's notes; no relay cookie ever reached it.
+        # The gateway: every call with alice's verified token; the only POSTs are the notes of
+        # the client fetch, the Server Action and the form; no relay cookie ever reached it.
         calls = stack.gateway.records()[calls_before:]
         assert calls and {c.get("sub") for c in calls if c["status"] in (200, 201)} == {"alice"}, calls
         posts = [c for c in calls if c["method"] != "GET"]
-        assert sorted(c["note"]["via"] for c in posts) == ["form-post", "server-action"], posts
+        assert sorted(c["note"]["via"] for c in posts) == ["client-fetch", "form-post",
+                                                           "server-action"], posts
         assert all(c["status"] == 201 and c["path"] == "/api/notes" for c in posts), posts
         assert not [c for c in calls if any(n.startswith("__Host-relay") for n in c["cookies_seen"])]
         assert len({c["token_fp"] for c in calls if c["status"] == 200}) >= 3, \

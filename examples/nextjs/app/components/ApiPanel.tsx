@@ -1,6 +1,7 @@
 'use client';
 
-import { useCallback, useEffect, useRef, useState } from 'react';
+import { useCallback, useEffect, useRef, useState, type FormEvent } from 'react';
+import { useRouter } from 'next/navigation';
 import { apiFetch, apiJson, RelayError, userinfo, type UserInfo } from '@/lib/relay';
 import type { Me, Notes } from '@/lib/gateway-types';
 
@@ -29,6 +30,7 @@ export default function ApiPanel() {
   const [notes, setNotes] = useState<string>('');
   const [auto, setAuto] = useState(false);
   const busy = useRef(0);
+  const router = useRouter();
 
   const remember = useCallback((m: Me) => {
     setMe(m);
@@ -87,6 +89,27 @@ export default function ApiPanel() {
     }
   }, [onRetry]);
 
+  // An unsafe call from the browser: apiFetch adds X-CSRF-Token (double submit).
+  const addNote = useCallback(async (e: FormEvent<HTMLFormElement>) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    const text = String(new FormData(form).get('text') ?? '').trim();
+    if (!text) return;
+    try {
+      await apiJson('/api/notes', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ text, via: 'client-fetch' }),
+        onRetry,
+      });
+      form.reset();
+      setNotes('note added from the browser');
+      router.refresh(); // re-render the server component's list
+    } catch (err) {
+      setNotes(`failed: ${(err as Error).message}`);
+    }
+  }, [onRetry, router]);
+
   useEffect(() => {
     userinfo().then(setUser, () => setUser(null));
   }, []);
@@ -128,6 +151,10 @@ export default function ApiPanel() {
           </li>
         ))}
       </ol>
+      <form onSubmit={(e) => void addNote(e)} id="client-form">
+        <input type="text" name="text" placeholder="a note" required maxLength={200} />
+        <button type="submit" id="add-note-client">Add (fetch from the browser)</button>
+      </form>
       <p id="notes-count">{notes}</p>
     </section>
   );
