@@ -137,7 +137,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * Browser `fetch` to a path behind the relay: sends the relay's cookies (`credentials:
  * 'include'`), `X-CSRF-Token` on unsafe methods, asks for JSON; retries 503 after
  * `Retry-After`; on 401 sends the browser to the login (unless `loginOn401: false`).
- * Returns the final Response (any status) so callers can look at it.
+ * Returns the final Response (any status) so callers can look at it. A body to be retried
+ * must be resendable (a string, FormData, Blob; not a stream).
  */
 export async function apiFetch(path: string, options: ApiOptions = {}): Promise<Response> {
   const { loginOn401 = true, retries = 3, maxRetryWaitS = 10, onRetry, ...init } = options;
@@ -149,6 +150,10 @@ export async function apiFetch(path: string, options: ApiOptions = {}): Promise<
     const res = await fetch(path, { ...init, method, headers, credentials: 'include', cache: 'no-store' });
     if (res.status === 503 && attempt < retries) {
       const error = await errorOf(res.clone());
+      // The relay's own 503 (`temporarily_unavailable`: no keys yet, IdP down during a refresh)
+      // means nothing reached the API, so even a POST is safe to send again; another 503 is
+      // retried only for safe methods.
+      if (error.body?.error !== 'temporarily_unavailable' && !SAFE_METHODS.has(method)) return res;
       const waitS = Math.min(maxRetryWaitS, error.retryAfterS ?? 1);
       onRetry?.(attempt + 1, waitS, error);
       await sleep(waitS * 1000);
