@@ -98,10 +98,32 @@ tests/idp/node_modules/.installed: tests/idp/package.json tests/idp/package-lock
 	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# The Next.js example (examples/nextjs): npm ci, then next build, each redone only when its
+# inputs change (stamp files). No network during the build (no fonts, telemetry off).
+NEXT_DIR  := examples/nextjs
+NEXT_SRC  := $(shell find $(NEXT_DIR)/app $(NEXT_DIR)/lib -type f 2>/dev/null) \
+             $(NEXT_DIR)/next.config.ts $(NEXT_DIR)/tsconfig.json
+export NEXT_TELEMETRY_DISABLED := 1
+.PHONY: nextjs nextjs-deps dev run-plain
+
+nextjs-deps: $(NEXT_DIR)/node_modules/.installed ## install the Next.js example's packages (npm ci, pinned by package-lock)
+
+$(NEXT_DIR)/node_modules/.installed: $(NEXT_DIR)/package.json $(NEXT_DIR)/package-lock.json
+	@node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=9)?0:1)' || \
+	  { echo "Next.js 16 needs Node.js >= 20.9 (this is $$(node --version))" >&2; exit 1; }
+	cd $(NEXT_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+nextjs: $(NEXT_DIR)/.next/.built ## build the Next.js example (npm ci + next build, cached)
+
+$(NEXT_DIR)/.next/.built: $(NEXT_DIR)/node_modules/.installed $(NEXT_SRC)
+	cd $(NEXT_DIR) && node node_modules/next/dist/bin/next build
+	@touch $@
+
 unit: ## host unit and property tests (cargo test)
 	cargo test --all-targets
 
-e2e: wasm envoy idp browser ## end-to-end tests: the built .wasm inside the real Envoy
+e2e: wasm envoy idp browser nextjs ## end-to-end tests: the built .wasm inside the real Envoy
 	$(PY) -m pytest -q tests/e2e
 
 test: unit e2e ## everything CI runs: unit tests, then the e2e suite in the real Envoy
@@ -116,7 +138,13 @@ lint: ## clippy (-D warnings, panics denied outside tests) on host and wasm code
 fmt: ## format the code
 	cargo fmt
 
-run: wasm envoy idp ## start a demo relay on 127.0.0.1: Envoy + filter + demo IdP + demo gateway
+run: wasm envoy idp nextjs ## start the Next.js example on http://127.0.0.1:8080: Envoy + filter + IdP + gateway + next start
+	$(PY) tests/e2e/nextjs_demo.py
+
+dev: wasm envoy idp nextjs-deps ## the same with `next dev` (hot reload through Envoy)
+	$(PY) tests/e2e/nextjs_demo.py --dev
+
+run-plain: wasm envoy idp ## the relay's own demo page (no Next.js): Envoy + filter + IdP + gateway
 	$(PY) tests/e2e/demo.py
 
 bench: wasm envoy ## load benchmark (wrk) against bare Envoy, jwt_authn and this filter; see bench/README.md

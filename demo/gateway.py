@@ -18,6 +18,11 @@ Routes
   GET  /demo/gateway-log    the last API calls the gateway saw (no token values)
   *    /api/...             verify the bearer (RS256 against the IdP's JWKS; iss, aud, exp,
                             nbf), answer 200 JSON with the claims it saw, else 401
+  GET  /api/notes           (bearer verified) the caller's notes: {"sub", "notes": [...]}
+  POST /api/notes           (bearer verified) add one: JSON {"text", "via"} or a form body;
+                            201 {"note": {...}}; 400 without text (notes live in memory,
+                            per `sub`, at most 50 kept; the Next.js example's "something to
+                            change through the API")
 
 The gateway never echoes a token: it shows the claims and a short SHA-256 fingerprint.
 """
@@ -108,6 +113,7 @@ class Gateway:
         self.page_config = dict(page_config or {})
         self._records: deque[dict] = deque(maxlen=log_size)
         self._all_api_calls: list[dict] = []
+        self._notes: dict[str, list[dict]] = {}
         self.lock = threading.Lock()
         self.httpd: http.server.ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -164,6 +170,19 @@ class Gateway:
     def recent(self) -> list[dict]:
         with self.lock:
             return list(self._records)[::-1]
+
+    def notes(self, sub: str) -> list[dict]:
+        with self.lock:
+            return list(self._notes.get(sub, []))
+
+    def add_note(self, sub: str, text: str, via: str) -> dict:
+        with self.lock:
+            notes = self._notes.setdefault(sub, [])
+            note = {"id": (notes[-1]["id"] + 1) if notes else 1, "text": text, "via": via,
+                    "at": round(time.time(), 3)}
+            notes.append(note)
+            del notes[:-50]
+            return note
 
     # -- the bearer check --------------------------------------------------------------------
 
@@ -270,9 +289,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_any(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        self._read_body()
+        body = self._read_body()
         if path.startswith("/api/"):
-            self.api(path)
+            self.api(path, body)
         elif self.command not in ("GET", "HEAD"):
             self._json(405, {"error": "method_not_allowed"})
         elif path in ("/", "/index.html"):
@@ -292,7 +311,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
 
-    def api(self, path: str) -> None:
+    def api(self, path: str, body: bytes = b"") -> None:
         gw = self.gw
         cookie_names = sorted({c.split("=", 1)[0].strip()
                                for c in (self.headers.get("Cookie") or "").split(";")
@@ -323,6 +342,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         now = time.time()
         rec.update(status=200, sub=claims.get("sub"), iat=claims.get("iat"),
                    exp=claims.get("exp"), jti=claims.get("jti"), token_fp=fingerprint(token))
+        if path == "/api/notes":
+            self.notes(rec, claims, body)
+            return
         gw._record(rec)
         self._json(200, {
             "gateway": "demo-gateway",
@@ -342,3 +364,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                    if n.startswith(RELAY_COOKIE_PREFIX)],
             "server_time": round(now, 3),
         })
+
+    def notes(self, rec: dict, claims: dict, body: bytes) -> None:
+        """GET/POST /api/notes for the verified caller (rec is recorded here)."""
+        gw = self.gw
+        sub = str(claims.get("sub"))
+        if self.command in ("GET", "HEAD"):
+            gw._record(rec)
+            self._json(200, {"gateway": "demo-gateway", "sub": sub, "notes": gw.notes(sub)})
+            return
+        if self.command != "POST":
+            rec.update(status=405)
+            gw._record(rec)
+            self._json(405, {"error": "method_not_allowed"})
+            return
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        try:
+            if ctype == "application/json":
+                data = json.loads(body or b"{}")
+            else:
+                data = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode()).items()}
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            data = {}
+        text = str(data.get("text") or "").strip()[:200]
+        via = str(data.get("via") or "api").strip()[:40]
+        if not text:
+            rec.update(status=400, error="no text")
+            gw._record(rec)
+            self._json(400, {"error": "invalid_request", "error_description": "text is required"})
+            return
+        note = gw.add_note(sub, text, via)
+        rec.update(status=201, note={"id": note["id"], "via": via})
+        gw._record(rec)
+        self._json(201, {"gateway": "demo-gateway", "sub": sub, "note": note})

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make run`: the relay in front of a demo API, with a real OpenID provider, on 127.0.0.1.
+"""`make run-plain`: the relay in front of a demo API, with a real OpenID provider, on 127.0.0.1.
 
 Starts
   * the OpenID provider (tests/idp: `oidc-provider`; its dev login form accepts any username

@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end tests, the demo (`make run`) and the benchmark.
+"""Helpers for the end-to-end tests, the demos (`make run`, `make run-plain`) and the benchmark.
 
 Everything here runs on 127.0.0.1 and uses only the standard library plus `cryptography`
 (JWT minting) and `requests` (admin polling). Nothing in this module is pytest-specific.
