@@ -163,7 +163,7 @@ def cpu_model() -> str:
 # Building (n), the do-nothing filter
 # --------------------------------------------------------------------------------------------
 
-# The recipe of the Makefile's `wasm` target (see ../shared/TOOLCHAIN.md): rustup's
+# The recipe of the Makefile's `wasm` target (see docs/building.md): rustup's
 # wasm32-wasip1 target when it is installed, else Debian's rustc-web building std itself.
 DEB_RUSTFLAGS = ("-C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no "
                  "-L native=/usr/lib/wasm32-wasi")
