@@ -21,7 +21,12 @@
 //! 4. Neither header: refused ([`CsrfError::NoOrigin`]). Browsers send `Origin` on every
 //!    non-GET/HEAD request, so only non-browser clients (or very old browsers) hit this.
 //! 5. With `double_submit`, the `X-CSRF-Token` header must equal the CSRF cookie (compared in
-//!    constant time; empty values never match).
+//!    constant time; empty values never match) — except, with `same_origin_posts`, for a `POST`
+//!    whose `Origin` is allowed (step 2) and whose `Sec-Fetch-Site` is `same-origin`. Those two
+//!    headers are set by the browser and cannot be set by page script, so such a request comes
+//!    from a page of an allowed origin: an HTML form post or a Next.js Server Action, which
+//!    cannot add a header. Other methods, a missing or `same-site` `Sec-Fetch-Site`, and a
+//!    `Referer` without `Origin` still need the token.
 
 use std::fmt;
 
@@ -39,6 +44,9 @@ pub struct CsrfPolicy {
     pub allowed_origins: Vec<String>,
     /// Also require `X-CSRF-Token` to equal the CSRF cookie.
     pub double_submit: bool,
+    /// With `double_submit`: a same-origin `POST` (allowed `Origin` and `Sec-Fetch-Site:
+    /// same-origin`) passes without the token.
+    pub same_origin_posts: bool,
 }
 
 impl CsrfPolicy {
@@ -69,6 +77,7 @@ impl CsrfPolicy {
         Ok(CsrfPolicy {
             allowed_origins,
             double_submit,
+            same_origin_posts: false,
         })
     }
 
@@ -190,7 +199,7 @@ pub fn check(policy: &CsrfPolicy, input: &CsrfInput<'_>) -> Result<(), CsrfError
         }
         (None, None) => return Err(CsrfError::NoOrigin),
     }
-    if policy.double_submit {
+    if policy.double_submit && !same_origin_post(policy, input) {
         let cookie = input.csrf_cookie.filter(|c| !c.is_empty());
         let header = input
             .csrf_header
@@ -206,6 +215,17 @@ pub fn check(policy: &CsrfPolicy, input: &CsrfInput<'_>) -> Result<(), CsrfError
         }
     }
     Ok(())
+}
+
+/// A `POST` a browser sent from a page of an allowed origin (see the module comment, step 5).
+/// Called after the Origin check passed.
+fn same_origin_post(policy: &CsrfPolicy, input: &CsrfInput<'_>) -> bool {
+    policy.same_origin_posts
+        && input.method == "POST"
+        && input.origin.is_some()
+        && input
+            .sec_fetch_site
+            .is_some_and(|s| s.trim_matches(is_ws).eq_ignore_ascii_case("same-origin"))
 }
 
 /// The origin to echo in CORS headers (`Access-Control-Allow-Origin`) on the filter's own
@@ -565,6 +585,111 @@ mod tests {
             ..input("POST", Some("https://app.example.com"))
         };
         assert_eq!(check(&app(), &i), Ok(()));
+    }
+
+    #[test]
+    fn same_origin_posts_pass_without_the_token_and_nothing_else_does() {
+        let mut p = policy(&["https://app.example.com"], true);
+        p.same_origin_posts = true;
+        let app = Some("https://app.example.com");
+        let tok = new_token([7; 32]);
+        let req = |method, origin, referer, site| CsrfInput {
+            origin,
+            referer,
+            sec_fetch_site: site,
+            ..input(method, None)
+        };
+        // A form post or Server Action from the app's own page.
+        assert_eq!(
+            check(&p, &req("POST", app, None, Some("same-origin"))),
+            Ok(())
+        );
+        assert_eq!(
+            check(&p, &req("POST", app, None, Some(" Same-Origin "))),
+            Ok(())
+        );
+        // Forgeries and everything the rule does not cover still need the token.
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            CsrfError,
+        );
+        let refused: &[Case] = &[
+            ("POST", app, None, Some("cross-site"), CsrfError::CrossSite),
+            (
+                "POST",
+                Some("https://evil.test"),
+                None,
+                Some("same-origin"),
+                CsrfError::OriginNotAllowed,
+            ),
+            (
+                "POST",
+                Some("null"),
+                None,
+                Some("same-origin"),
+                CsrfError::OriginNotAllowed,
+            ),
+            (
+                "POST",
+                app,
+                None,
+                Some("same-site"),
+                CsrfError::MissingToken,
+            ),
+            ("POST", app, None, Some("none"), CsrfError::MissingToken),
+            ("POST", app, None, None, CsrfError::MissingToken),
+            (
+                "POST",
+                None,
+                Some("https://app.example.com/x"),
+                Some("same-origin"),
+                CsrfError::MissingToken,
+            ),
+            (
+                "PUT",
+                app,
+                None,
+                Some("same-origin"),
+                CsrfError::MissingToken,
+            ),
+            (
+                "DELETE",
+                app,
+                None,
+                Some("same-origin"),
+                CsrfError::MissingToken,
+            ),
+            (
+                "post",
+                app,
+                None,
+                Some("same-origin"),
+                CsrfError::MissingToken,
+            ),
+        ];
+        for (method, origin, referer, site, want) in refused {
+            assert_eq!(
+                check(&p, &req(method, *origin, *referer, *site)),
+                Err(*want),
+                "{method} {origin:?} {referer:?} {site:?}"
+            );
+        }
+        // The token still works for them.
+        let i = CsrfInput {
+            csrf_cookie: Some(&tok),
+            csrf_header: Some(&tok),
+            ..req("PUT", app, None, Some("same-origin"))
+        };
+        assert_eq!(check(&p, &i), Ok(()));
+        // Off (the default): a same-origin POST needs the token like any other request.
+        p.same_origin_posts = false;
+        assert_eq!(
+            check(&p, &req("POST", app, None, Some("same-origin"))),
+            Err(CsrfError::MissingToken)
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
 /// | `redirect_uri` | required | Registered redirect URI, same URL rules, no query. Its path is the callback path the relay serves. |
 /// | `login_path` | `/auth/login` | `GET ?return_to=/page` starts a login. |
 /// | `logout_path` | `/auth/logout` | `POST` logs out (`GET` is refused: a GET logout is a CSRF vector). |
+/// | `userinfo_path` | `/auth/userinfo` | `GET` answers the claims of the session's ID token as JSON (never a token); 401 without a session. |
 /// | `scopes` | `["openid"]` | Must include `openid`; add `offline_access` where the IdP needs it for a refresh token (Auth0, oidc-provider). |
 /// | `revocation_path` | none | RFC 7009 revocation endpoint path on the token endpoint's cluster; the refresh token is revoked at logout. |
 /// | `end_session_endpoint` | none | OpenID RP-initiated logout; the browser is sent there with `client_id`, `id_token_hint` and `post_logout_redirect_uri`. |
@@ -53,6 +54,7 @@ pub struct RawLogin {
     pub redirect_uri: String,
     pub login_path: Option<String>,
     pub logout_path: Option<String>,
+    pub userinfo_path: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub revocation_path: Option<String>,
     pub end_session_endpoint: Option<String>,
@@ -73,6 +75,8 @@ pub struct LoginConfig {
     pub callback_path: String,
     pub login_path: String,
     pub logout_path: String,
+    /// `GET` answers the signed-in user's ID token claims.
+    pub userinfo_path: String,
     /// The scopes, space-joined.
     pub scope: String,
     pub revocation_path: Option<String>,
@@ -96,6 +100,7 @@ pub enum Route {
     Login,
     Callback,
     Logout,
+    UserInfo,
 }
 
 impl LoginConfig {
@@ -105,147 +110,43 @@ impl LoginConfig {
     ///
     /// Errors name the field as `login.<member>`.
     pub fn new(raw: RawLogin, cookies: &CookieNames) -> Result<LoginConfig, ConfigError> {
-        let err =
-            |member: &str, problem: String| ConfigError::new(format!("login.{member}"), problem);
-
-        parse_config_url(&raw.authorization_endpoint)
-            .map_err(|p| err("authorization_endpoint", p))?;
         let redirect = parse_config_url(&raw.redirect_uri).map_err(|p| err("redirect_uri", p))?;
         if redirect.query.is_some() {
             return Err(err(
                 "redirect_uri",
-                "must not have a query (the callback is matched by path)".to_owned(),
+                "must not have a query (the callback is matched by path)",
             ));
         }
-        let callback_path = redirect.path.to_owned();
-        check_path(&callback_path).map_err(|p| err("redirect_uri", format!("path {p}")))?;
         let origin = format!("{}://{}", redirect.scheme, redirect.authority);
-
-        let login_path = raw.login_path.unwrap_or_else(|| "/auth/login".to_owned());
-        check_path(&login_path).map_err(|p| err("login_path", p))?;
-        let logout_path = raw.logout_path.unwrap_or_else(|| "/auth/logout".to_owned());
-        check_path(&logout_path).map_err(|p| err("logout_path", p))?;
-        if login_path == callback_path {
-            return Err(err(
-                "login_path",
-                "must differ from the path of redirect_uri".to_owned(),
-            ));
-        }
-        if logout_path == callback_path || logout_path == login_path {
-            return Err(err(
-                "logout_path",
-                "must differ from login_path and from the path of redirect_uri".to_owned(),
-            ));
-        }
-
-        let scopes = raw.scopes.unwrap_or_else(|| vec!["openid".to_owned()]);
-        for (i, s) in scopes.iter().enumerate() {
-            let valid = !s.is_empty()
-                && s.bytes()
-                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
-            if !valid {
-                return Err(err(
-                    &format!("scopes[{i}]"),
-                    format!("{s:?} is not a scope token (RFC 6749 §3.3)"),
-                ));
-            }
-            if scopes.iter().take(i).any(|t| t == s) {
-                return Err(err(
-                    &format!("scopes[{i}]"),
-                    format!("duplicate scope {s:?}"),
-                ));
-            }
-        }
-        if !scopes.iter().any(|s| s == "openid") {
-            return Err(err(
-                "scopes",
-                "must include \"openid\" (the relay verifies an ID token)".to_owned(),
-            ));
-        }
-
+        let paths = Paths::new(&raw, redirect.path)?;
+        parse_config_url(&raw.authorization_endpoint)
+            .map_err(|p| err("authorization_endpoint", p))?;
+        let scopes = scopes(raw.scopes.unwrap_or_else(|| vec!["openid".to_owned()]))?;
         if let Some(p) = &raw.revocation_path {
             check_path(p).map_err(|p| err("revocation_path", p))?;
         }
         if let Some(u) = &raw.end_session_endpoint {
             parse_config_url(u).map_err(|p| err("end_session_endpoint", p))?;
         }
-
         let post_logout_redirect = raw.post_logout_redirect.unwrap_or_else(|| "/".to_owned());
-        let post_logout_redirect_uri = if post_logout_redirect.starts_with('/') {
-            match check_return_to(&post_logout_redirect) {
-                Some(p) if p == post_logout_redirect => format!("{origin}{p}"),
-                _ => {
-                    return Err(err(
-                        "post_logout_redirect",
-                        "must be a same-origin path such as \"/\" or an absolute https URL"
-                            .to_owned(),
-                    ))
-                }
-            }
-        } else {
-            parse_config_url(&post_logout_redirect).map_err(|p| err("post_logout_redirect", p))?;
-            post_logout_redirect.clone()
-        };
-
+        let post_logout_redirect_uri = post_logout_uri(&post_logout_redirect, &origin)?;
         let session_lifetime_s = raw.session_lifetime_s.unwrap_or(DEFAULT_SESSION_LIFETIME_S);
         if !(60..=31_536_000).contains(&session_lifetime_s) {
             return Err(err(
                 "session_lifetime_s",
-                "must be between 60 and 31536000 seconds".to_owned(),
+                "must be between 60 and 31536000 seconds",
             ));
         }
-
         if let Some(prompt) = &raw.prompt {
-            let values: Vec<&str> = prompt.split(' ').collect();
-            let known = values
-                .iter()
-                .all(|v| matches!(*v, "none" | "login" | "consent" | "select_account"));
-            if !known || values.len() > 4 {
-                return Err(err(
-                    "prompt",
-                    "must be space-separated values of none, login, consent, select_account"
-                        .to_owned(),
-                ));
-            }
-            if values.contains(&"none") && values.len() > 1 {
-                return Err(err(
-                    "prompt",
-                    "\"none\" cannot be combined with other values".to_owned(),
-                ));
-            }
+            check_prompt(prompt)?;
         }
-
-        let mut extra_authorize_params = Vec::with_capacity(raw.extra_authorize_params.len());
-        for (k, v) in raw.extra_authorize_params {
-            let field = format!("extra_authorize_params.{k}");
-            let valid_name = !k.is_empty()
-                && k.len() <= 64
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-            if !valid_name {
-                return Err(err(
-                    &field,
-                    "parameter names are 1 to 64 characters of A-Z a-z 0-9 _ . -".to_owned(),
-                ));
-            }
-            if RESERVED_AUTHORIZE_PARAMS.contains(&k.as_str()) {
-                return Err(err(&field, "is set by the relay itself".to_owned()));
-            }
-            if v.len() > 1024 || v.chars().any(char::is_control) {
-                return Err(err(
-                    &field,
-                    "value must be at most 1024 bytes without control characters".to_owned(),
-                ));
-            }
-            extra_authorize_params.push((k, v));
-        }
-
+        let extra_authorize_params = extra_authorize_params(raw.extra_authorize_params)?;
         if raw
             .id_token_issuer
             .as_ref()
             .is_some_and(|i| i.trim().is_empty())
         {
-            return Err(err("id_token_issuer", "must not be empty".to_owned()));
+            return Err(err("id_token_issuer", "must not be empty"));
         }
 
         let flow_cookie_prefix = match cookies.session.strip_suffix("session") {
@@ -255,9 +156,10 @@ impl LoginConfig {
         let config = LoginConfig {
             authorization_endpoint: raw.authorization_endpoint,
             redirect_uri: raw.redirect_uri,
-            callback_path,
-            login_path,
-            logout_path,
+            callback_path: paths.callback,
+            login_path: paths.login,
+            logout_path: paths.logout,
+            userinfo_path: paths.userinfo,
             scope: scopes.join(" "),
             revocation_path: raw.revocation_path,
             end_session_endpoint: raw.end_session_endpoint,
@@ -290,6 +192,8 @@ impl LoginConfig {
             Some(Route::Callback)
         } else if path == self.logout_path {
             Some(Route::Logout)
+        } else if path == self.userinfo_path {
+            Some(Route::UserInfo)
         } else {
             None
         }
@@ -321,4 +225,148 @@ impl LoginConfig {
         }
         name
     }
+}
+
+/// An error about `login.<member>`.
+fn err(member: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::new(format!("login.{member}"), problem)
+}
+
+/// The paths the relay answers itself, each distinct.
+struct Paths {
+    callback: String,
+    login: String,
+    logout: String,
+    userinfo: String,
+}
+
+impl Paths {
+    fn new(raw: &RawLogin, callback: &str) -> Result<Paths, ConfigError> {
+        check_path(callback).map_err(|p| err("redirect_uri", format!("path {p}")))?;
+        let or =
+            |v: &Option<String>, default: &str| v.clone().unwrap_or_else(|| default.to_owned());
+        let paths = Paths {
+            callback: callback.to_owned(),
+            login: or(&raw.login_path, "/auth/login"),
+            logout: or(&raw.logout_path, "/auth/logout"),
+            userinfo: or(&raw.userinfo_path, "/auth/userinfo"),
+        };
+        check_path(&paths.login).map_err(|p| err("login_path", p))?;
+        check_path(&paths.logout).map_err(|p| err("logout_path", p))?;
+        check_path(&paths.userinfo).map_err(|p| err("userinfo_path", p))?;
+        if paths.login == paths.callback {
+            return Err(err(
+                "login_path",
+                "must differ from the path of redirect_uri",
+            ));
+        }
+        if paths.logout == paths.callback || paths.logout == paths.login {
+            return Err(err(
+                "logout_path",
+                "must differ from login_path and from the path of redirect_uri",
+            ));
+        }
+        if [&paths.callback, &paths.login, &paths.logout].contains(&&paths.userinfo) {
+            return Err(err(
+                "userinfo_path",
+                "must differ from login_path, logout_path and the path of redirect_uri",
+            ));
+        }
+        Ok(paths)
+    }
+}
+
+/// RFC 6749 §3.3 scope tokens, no duplicates, `openid` among them.
+fn scopes(scopes: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    for (i, s) in scopes.iter().enumerate() {
+        let valid = !s.is_empty()
+            && s.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if !valid {
+            return Err(err(
+                &format!("scopes[{i}]"),
+                format!("{s:?} is not a scope token (RFC 6749 §3.3)"),
+            ));
+        }
+        if scopes.iter().take(i).any(|t| t == s) {
+            return Err(err(
+                &format!("scopes[{i}]"),
+                format!("duplicate scope {s:?}"),
+            ));
+        }
+    }
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(err(
+            "scopes",
+            "must include \"openid\" (the relay verifies an ID token)",
+        ));
+    }
+    Ok(scopes)
+}
+
+/// The absolute `post_logout_redirect_uri` for a configured same-origin path or absolute URL.
+fn post_logout_uri(configured: &str, origin: &str) -> Result<String, ConfigError> {
+    if !configured.starts_with('/') {
+        parse_config_url(configured).map_err(|p| err("post_logout_redirect", p))?;
+        return Ok(configured.to_owned());
+    }
+    match check_return_to(configured) {
+        Some(p) if p == configured => Ok(format!("{origin}{p}")),
+        _ => Err(err(
+            "post_logout_redirect",
+            "must be a same-origin path such as \"/\" or an absolute https URL",
+        )),
+    }
+}
+
+/// OpenID `prompt`: known values, `none` alone.
+fn check_prompt(prompt: &str) -> Result<(), ConfigError> {
+    let values: Vec<&str> = prompt.split(' ').collect();
+    let known = values
+        .iter()
+        .all(|v| matches!(*v, "none" | "login" | "consent" | "select_account"));
+    if !known || values.len() > 4 {
+        return Err(err(
+            "prompt",
+            "must be space-separated values of none, login, consent, select_account",
+        ));
+    }
+    if values.contains(&"none") && values.len() > 1 {
+        return Err(err(
+            "prompt",
+            "\"none\" cannot be combined with other values",
+        ));
+    }
+    Ok(())
+}
+
+/// Further authorization parameters: plain names, not the relay's own, bounded values.
+fn extra_authorize_params(
+    raw: BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (k, v) in raw {
+        let field = format!("extra_authorize_params.{k}");
+        let valid_name = !k.is_empty()
+            && k.len() <= 64
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !valid_name {
+            return Err(err(
+                &field,
+                "parameter names are 1 to 64 characters of A-Z a-z 0-9 _ . -",
+            ));
+        }
+        if RESERVED_AUTHORIZE_PARAMS.contains(&k.as_str()) {
+            return Err(err(&field, "is set by the relay itself"));
+        }
+        if v.len() > 1024 || v.chars().any(char::is_control) {
+            return Err(err(
+                &field,
+                "value must be at most 1024 bytes without control characters",
+            ));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
 }

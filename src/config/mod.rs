@@ -103,6 +103,8 @@ struct RawCsrf {
     allowed_origins: Vec<String>,
     #[serde(default)]
     double_submit: bool,
+    #[serde(default)]
+    same_origin_posts: bool,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -296,8 +298,16 @@ fn forward_claims(raw: BTreeMap<String, String>) -> Result<Vec<(String, String)>
 }
 
 fn csrf_policy(raw: RawCsrf) -> Result<CsrfPolicy, ConfigError> {
-    CsrfPolicy::new(&raw.allowed_origins, raw.double_submit)
-        .map_err(|e| ConfigError::new(e.field(), e.problem))
+    let mut policy = CsrfPolicy::new(&raw.allowed_origins, raw.double_submit)
+        .map_err(|e| ConfigError::new(e.field(), e.problem))?;
+    if raw.same_origin_posts && !raw.double_submit {
+        return Err(ConfigError::new(
+            "csrf.same_origin_posts",
+            "only applies with double_submit: true (without it, same-origin posts already pass)",
+        ));
+    }
+    policy.same_origin_posts = raw.same_origin_posts;
+    Ok(policy)
 }
 
 /// Headers a forwarded claim must never overwrite.
@@ -507,6 +517,15 @@ mod tests {
                 "alg none",
                 with(base(), "/algorithms", Some(json!(["none"]))),
                 "algorithms[0]",
+            ),
+            (
+                "same_origin_posts without double_submit",
+                with(
+                    base(),
+                    "/csrf",
+                    Some(json!({"allowed_origins": ["https://a.test"], "same_origin_posts": true})),
+                ),
+                "csrf.same_origin_posts",
             ),
             (
                 "no algs",

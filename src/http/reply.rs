@@ -90,6 +90,19 @@ impl Reply {
         Reply::json(status, reason, error, description)
     }
 
+    /// A 200 JSON answer the relay makes itself (`body` is JSON), `no-store`.
+    pub fn json_ok(reason: &'static str, body: String) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("cache-control", "no-store".to_string()),
+            ],
+            body,
+            reason,
+        }
+    }
+
     /// A `302 Found` to `location` (which the caller has validated), no body, `no-store`.
     /// The same reply with `Referrer-Policy: no-referrer` (login answers carry codes and state
     /// in their URLs).

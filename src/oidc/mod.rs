@@ -37,10 +37,12 @@ mod logout;
 mod start;
 #[cfg(test)]
 mod tests;
+mod userinfo;
 
 pub use callback::{callback, finish_callback, CallbackOutcome, PendingCallback};
 pub use logout::{logout, Logout};
 pub use start::start;
+pub use userinfo::userinfo;
 
 use crate::config::{Config, LoginConfig, Route};
 use crate::http::negotiate::{prefers_json, wants_html};
@@ -65,7 +67,7 @@ pub enum LoginStep {
 }
 
 /// Handles a request to one of the login paths, or `None` when it is not for one (carry on
-/// with `relay::decide`). Methods: login and callback `GET` only, logout `POST` only
+/// with `relay::decide`). Methods: login, callback and userinfo `GET` only, logout `POST` only
 /// (anything else: 405 with `Allow`). The logout's CSRF check is the caller's, before this.
 pub fn handle(
     config: &Config,
@@ -120,7 +122,12 @@ pub fn handle(
             prefers_json(accept),
             now,
         )),
+        (Route::UserInfo, "GET" | "HEAD") => {
+            LoginStep::Respond(userinfo(config, refresh, cookie_header, now))
+        }
         (Route::Logout, _) => LoginStep::Respond(method_not_allowed("POST")),
-        (Route::Login | Route::Callback, _) => LoginStep::Respond(method_not_allowed("GET")),
+        (Route::Login | Route::Callback | Route::UserInfo, _) => {
+            LoginStep::Respond(method_not_allowed("GET"))
+        }
     })
 }

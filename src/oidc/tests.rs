@@ -7,7 +7,7 @@ use super::callback::PendingCallback;
 use super::error::html_escape;
 use super::flow::{Flow, FLOW_MAX_AGE_S};
 use super::*;
-use crate::config::{ConfigError, RawLogin, RefreshConfig, DEFAULT_SESSION_LIFETIME_S};
+use crate::config::{ConfigError, RawLogin, RefreshConfig, Route, DEFAULT_SESSION_LIFETIME_S};
 use crate::http::cookie;
 use crate::http::negotiate::{is_navigation, prefers_json, wants_html};
 use crate::http::url::{
@@ -1503,6 +1503,7 @@ fn handle_routes_and_methods() {
         ("POST", "/auth/login", "GET"),
         ("POST", "/auth/callback", "GET"),
         ("DELETE", "/auth/callback?code=1", "GET"),
+        ("POST", "/auth/userinfo", "GET"),
     ] {
         let Some(LoginStep::Respond(r)) = step(&c, &l, &request(method, path, &[])) else {
             panic!("{method} {path}")
@@ -1510,6 +1511,90 @@ fn handle_routes_and_methods() {
         assert_eq!(r.status, 405, "{method} {path}");
         assert_eq!(header(&r, "allow"), Some(allow));
         assert!(set_cookies(&r).is_empty());
+    }
+}
+
+// ---- userinfo ----
+
+fn userinfo_at(c: &Config, l: &LoginConfig, cookie: &str, now: u64) -> Reply {
+    let h = request("GET", "/auth/userinfo", &[("cookie", cookie)]);
+    match handle(c, l, &RequestView { headers: &h }, now, &random(1)) {
+        Some(LoginStep::Respond(r)) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn userinfo_answers_the_id_token_claims_and_never_a_token() {
+    let c = config(json!({}));
+    let l = login(&c);
+    let mut claims = id_claims("n-1");
+    claims["name"] = json!("Alice Example");
+    claims["email"] = json!("alice@example.test");
+    claims["at_hash"] = json!("h");
+    let id_token = testkit::sign(&claims);
+    let cookie = format!(
+        "{AT}=the-access-token; {}",
+        session_cookie(&c, Some(&id_token), Some(NOW + 3600))
+    );
+    // Long after the ID token's own exp: the session's lifetime is what counts.
+    let r = userinfo_at(&c, &l, &cookie, NOW + 1000);
+    assert_eq!((r.status, r.reason), (200, "userinfo"));
+    assert_eq!(header(&r, "cache-control"), Some("no-store"));
+    assert_eq!(header(&r, "content-type"), Some("application/json"));
+    assert!(set_cookies(&r).is_empty());
+    let body = json_body(&r);
+    assert_eq!(body["sub"], "alice");
+    assert_eq!(body["name"], "Alice Example");
+    assert_eq!(body["email"], "alice@example.test");
+    assert_eq!(body["iss"], ISS);
+    assert!(body.get("nonce").is_none() && body.get("at_hash").is_none());
+    for secret in [id_token.as_str(), "the-access-token", "rt-to-revoke"] {
+        assert!(!r.body.contains(secret));
+    }
+    // A custom path is honoured.
+    let l2 = try_login(&c, json!({"userinfo_path": "/me"})).unwrap();
+    assert_eq!(l2.route("/me?x=1"), Some(Route::UserInfo));
+    assert_eq!(l2.route("/auth/userinfo"), None);
+}
+
+#[test]
+fn userinfo_without_a_valid_session_is_401_json() {
+    let c = config(json!({}));
+    let l = login(&c);
+    let id_token = testkit::sign(&id_claims("n"));
+    let expired = session_cookie(&c, Some(&id_token), Some(NOW + 10));
+    let foreign = format!("{SESSION}=eyJhbGciOiJkaXIifQ..AAAA.BBBB.CCCC");
+    for cookie in ["", "other=1", foreign.as_str(), expired.as_str()] {
+        let r = userinfo_at(&c, &l, cookie, NOW + 60);
+        assert_eq!(
+            (r.status, r.reason),
+            (401, "userinfo_no_session"),
+            "{cookie}"
+        );
+        assert_eq!(json_body(&r)["error"], "login_required");
+        assert_eq!(header(&r, "cache-control"), Some("no-store"));
+    }
+    // A session without an ID token (made by a token exchange, not the login).
+    let r = userinfo_at(&c, &l, &session_cookie(&c, None, None), NOW);
+    assert_eq!((r.status, r.reason), (404, "userinfo_no_id_token"));
+}
+
+#[test]
+fn userinfo_path_must_not_collide() {
+    let c = config(json!({}));
+    for (extra, field) in [
+        (
+            json!({"userinfo_path": "/auth/login"}),
+            "login.userinfo_path",
+        ),
+        (
+            json!({"userinfo_path": "/auth/callback"}),
+            "login.userinfo_path",
+        ),
+        (json!({"userinfo_path": "me"}), "login.userinfo_path"),
+    ] {
+        assert_eq!(try_login(&c, extra).unwrap_err().field, field);
     }
 }
 

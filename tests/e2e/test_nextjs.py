@@ -47,7 +47,7 @@ NODE_TIMEOUT_S = 300
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 # Relay features the example relies on that are being added to the relay (see the README).
-PENDING = ("login.userinfo_path", "csrf.same_origin_posts")
+FEATURES = ("login.userinfo_path", "csrf.same_origin_posts")
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,10 +163,10 @@ def describe(result: dict | None, err: str) -> str:
     lines = [f"{len(result['failures'])} browser check(s) failed"]
     if others:
         lines += ["failing:"] + [f"  - {f}" for f in others]
-    for feature in PENDING:
+    for feature in FEATURES:
         mine = [b["check"] for b in result.get("blocked", []) if b["needs"] == feature]
         if mine:
-            lines += [f"failing, need the relay feature {feature} (not in this .wasm yet?):"]
+            lines += [f"failing, about the relay feature {feature}:"]
             lines += [f"  - {f}" for f in mine]
     lines.append("steps: " + ", ".join(f"{s['name']}={'ok' if s['ok'] else 'FAILED'} ({s['seconds']}s)"
                                        for s in result["steps"]))
