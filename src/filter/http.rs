@@ -10,7 +10,7 @@ use crate::csrf;
 use crate::http::{cache_policy, cookie, Reply, RequestView};
 use crate::idp::MAX_RESPONSE_BYTES;
 use crate::jwt::Verifier;
-use crate::oidc::{self, CallbackOutcome, LoginStep, PendingCallback};
+use crate::oidc::{self, CallbackOutcome, LoginContext, LoginStep, PendingCallback};
 use crate::relay;
 
 /// The answer when the VM state is held elsewhere (a re-entrant host call): never a panic.
@@ -273,17 +273,13 @@ impl Http {
         // waiting (the code is spent, so the answer asks the user to log in again).
         let mut allow_kid_refetch = true;
         loop {
-            match oidc::finish_callback(
-                &st.config,
+            let ctx = LoginContext {
+                config: &st.config,
                 login,
-                st.keys.as_deref(),
-                pending,
-                status,
-                body,
-                now,
-                &rand,
-                allow_kid_refetch,
-            ) {
+                keys: st.keys.as_deref(),
+            };
+            match oidc::finish_callback(&ctx, pending, status, body, now, &rand, allow_kid_refetch)
+            {
                 CallbackOutcome::Respond(r) => return r,
                 CallbackOutcome::UnknownKid if allow_kid_refetch => {
                     if let Some(j) = st.jwks.as_mut() {

@@ -11,7 +11,7 @@ use crate::config::{Config, LoginConfig, RefreshConfig};
 use crate::http::cookie::{self, SameSite};
 use crate::http::url::{parse_query, single};
 use crate::http::Reply;
-use crate::idp::{self, TokenRequest};
+use crate::idp::{self, TokenRequest, Tokens};
 use crate::jar;
 use crate::jwt::jwks::KeySet;
 use crate::jwt::token::{self, ClaimRules, TokenError};
@@ -199,11 +199,8 @@ fn id_token_rules(config: &Config, login: &LoginConfig, client_id: &str) -> Clai
 ///
 /// An IdP that issues no refresh token still logs the user in, for the access token's
 /// lifetime only (reason `login_no_refresh_token`; any previous session cookie is cleared).
-#[allow(clippy::too_many_arguments)]
 pub fn finish_callback(
-    config: &Config,
-    login: &LoginConfig,
-    keys: Option<&KeySet>,
+    ctx: &LoginContext<'_>,
     pending: &PendingCallback,
     status: Option<u32>,
     body: &[u8],
@@ -211,39 +208,71 @@ pub fn finish_callback(
     rand: &Random,
     allow_kid_refetch: bool,
 ) -> CallbackOutcome {
-    let attrs = &config.cookies.attrs;
     let fail = |err: LoginError| {
         CallbackOutcome::Respond(error_reply(
-            login,
+            ctx.login,
             err,
             pending.html,
             &pending.return_to,
-            vec![clear_flow_cookie(&pending.flow_cookie, attrs)],
+            vec![clear_flow_cookie(
+                &pending.flow_cookie,
+                &ctx.config.cookies.attrs,
+            )],
         ))
     };
-    let Some(refresh) = &config.refresh else {
+    let Some(refresh) = &ctx.config.refresh else {
         return fail(LoginError::ExchangeFailed("not_configured"));
     };
     let tokens = match idp::parse_token_response(status, body) {
         Ok(t) => t,
         Err(e) => return fail(e.into()),
     };
+    match verify_tokens(ctx, refresh, pending, &tokens, now, allow_kid_refetch) {
+        Ok(access_exp) => CallbackOutcome::Respond(signed_in(
+            ctx, refresh, pending, &tokens, access_exp, now, rand,
+        )),
+        Err(Stop::UnknownKid) => CallbackOutcome::UnknownKid,
+        Err(Stop::Fail(e)) => fail(e),
+    }
+}
+
+/// What a callback needs besides the request: the configuration and the signing keys.
+pub struct LoginContext<'a> {
+    pub config: &'a Config,
+    pub login: &'a LoginConfig,
+    pub keys: Option<&'a KeySet>,
+}
+
+/// Why the tokens of a code exchange were not accepted.
+enum Stop {
+    Fail(LoginError),
+    /// A token names a key id the key set lacks (and a refetch is still allowed).
+    UnknownKid,
+}
+
+/// Verifies the ID token (signature, issuer, audience = client id, expiry, nonce in constant
+/// time) and the access token (the normal rules); the access token's `exp`.
+fn verify_tokens(
+    ctx: &LoginContext<'_>,
+    refresh: &RefreshConfig,
+    pending: &PendingCallback,
+    tokens: &Tokens,
+    now: u64,
+    allow_kid_refetch: bool,
+) -> Result<u64, Stop> {
     let Some(id_token) = tokens.id_token.as_deref() else {
-        return fail(LoginError::IdTokenMissing);
+        return Err(Stop::Fail(LoginError::IdTokenMissing));
     };
-    let Some(keys) = keys else {
-        return fail(LoginError::KeysNotReady);
+    let Some(keys) = ctx.keys else {
+        return Err(Stop::Fail(LoginError::KeysNotReady));
     };
-    let id = match token::verify(
-        id_token,
-        keys,
-        &id_token_rules(config, login, &refresh.client_id),
-        now,
-    ) {
-        Ok(v) => v,
-        Err(TokenError::UnknownKid) if allow_kid_refetch => return CallbackOutcome::UnknownKid,
-        Err(e) => return fail(LoginError::IdTokenInvalid(e)),
+    let refused = |e: TokenError, as_login_error: fn(TokenError) -> LoginError| match e {
+        TokenError::UnknownKid if allow_kid_refetch => Stop::UnknownKid,
+        e => Stop::Fail(as_login_error(e)),
     };
+    let rules = id_token_rules(ctx.config, ctx.login, &refresh.client_id);
+    let id = token::verify(id_token, keys, &rules, now)
+        .map_err(|e| refused(e, LoginError::IdTokenInvalid))?;
     let nonce_ok = id
         .forwarded
         .iter()
@@ -253,15 +282,25 @@ pub fn finish_callback(
                 && bool::from(n.as_bytes().ct_eq(pending.nonce.as_bytes()))
         });
     if !nonce_ok {
-        return fail(LoginError::NonceMismatch);
+        return Err(Stop::Fail(LoginError::NonceMismatch));
     }
-    let at = tokens.access_token.as_str();
-    let access = match token::verify(at, keys, &config.rules, now) {
-        Ok(v) => v,
-        Err(TokenError::UnknownKid) if allow_kid_refetch => return CallbackOutcome::UnknownKid,
-        Err(e) => return fail(LoginError::AccessTokenInvalid(e)),
-    };
+    token::verify(&tokens.access_token, keys, &ctx.config.rules, now)
+        .map(|access| access.exp)
+        .map_err(|e| refused(e, LoginError::AccessTokenInvalid))
+}
 
+/// The answer to a successful login: the cookies, and the way back to the return path.
+fn signed_in(
+    ctx: &LoginContext<'_>,
+    refresh: &RefreshConfig,
+    pending: &PendingCallback,
+    tokens: &Tokens,
+    access_exp: u64,
+    now: u64,
+    rand: &Random,
+) -> Reply {
+    let config = ctx.config;
+    let attrs = &config.cookies.attrs;
     // The request's cookies without the CSRF cookie: a login always issues a fresh CSRF token
     // (one planted before the login must not survive it).
     let header: String = cookie::pairs(&pending.cookie_header)
@@ -270,13 +309,14 @@ pub fn finish_callback(
         .collect::<Vec<_>>()
         .join("; ");
     let double_submit = config.csrf.as_ref().is_some_and(|c| c.double_submit);
-    let mut cookies = jar::access_token_cookies(config, &header, at, access.exp, now);
+    let at = tokens.access_token.as_str();
+    let mut cookies = jar::access_token_cookies(config, &header, at, access_exp, now);
     let reason = match &tokens.refresh_token {
         Some(rt) => {
             let session = Session {
                 rt: rt.clone(),
-                exp: Some(now.saturating_add(login.session_lifetime_s)),
-                id_token: Some(id_token.to_owned()),
+                exp: Some(now.saturating_add(ctx.login.session_lifetime_s)),
+                id_token: tokens.id_token.clone(),
             };
             cookies.extend(jar::session_cookies(
                 config, refresh, &header, &session, now, rand,
@@ -312,5 +352,5 @@ pub fn finish_callback(
     for c in cookies {
         reply.headers.push(("set-cookie", c));
     }
-    CallbackOutcome::Respond(reply.no_referrer())
+    reply.no_referrer()
 }

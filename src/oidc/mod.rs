@@ -39,7 +39,7 @@ mod start;
 mod tests;
 mod userinfo;
 
-pub use callback::{callback, finish_callback, CallbackOutcome, PendingCallback};
+pub use callback::{callback, finish_callback, CallbackOutcome, LoginContext, PendingCallback};
 pub use logout::{logout, Logout};
 pub use start::start;
 pub use userinfo::userinfo;

@@ -211,9 +211,11 @@ fn finish(
     body: &[u8],
 ) -> Reply {
     match finish_callback(
-        c,
-        l,
-        Some(testkit::inline_keys(c)),
+        &LoginContext {
+            config: c,
+            login: l,
+            keys: Some(testkit::inline_keys(c)),
+        },
         p,
         status,
         body,
@@ -1137,9 +1139,11 @@ fn callback_errors_after_the_exchange() {
     // Keys: none loaded yet, or a kid the set lacks.
     let body = token_body(Some(&good_id), Some("rt"));
     match finish_callback(
-        &c,
-        &l,
-        None,
+        &LoginContext {
+            config: &c,
+            login: &l,
+            keys: None,
+        },
         &pending,
         Some(200),
         &body,
@@ -1155,9 +1159,11 @@ fn callback_errors_after_the_exchange() {
     let keys = testkit::inline_keys(&c);
     assert!(matches!(
         finish_callback(
-            &c,
-            &l,
-            Some(keys),
+            &LoginContext {
+                config: &c,
+                login: &l,
+                keys: Some(keys)
+            },
             &pending,
             Some(200),
             &body,
@@ -1168,9 +1174,11 @@ fn callback_errors_after_the_exchange() {
         CallbackOutcome::UnknownKid
     ));
     match finish_callback(
-        &c,
-        &l,
-        Some(keys),
+        &LoginContext {
+            config: &c,
+            login: &l,
+            keys: Some(keys),
+        },
         &pending,
         Some(200),
         &body,

@@ -3,8 +3,9 @@
 
 use super::decide::{forward, over_budget, within_budget, RefreshNeed, Step};
 use super::flight::RefreshOutcome;
-use crate::config::Config;
+use crate::config::{Config, RefreshConfig};
 use crate::http::{cookie, Reply, RequestView};
+use crate::idp::Tokens;
 use crate::jar;
 use crate::jwt::token::TokenError;
 use crate::jwt::{Verifier, VerifyError};
@@ -67,28 +68,7 @@ pub fn complete_refresh<'a>(
             };
         }
     };
-
-    // The session as the browser should hold it from now on.
-    let mut set_cookies = Vec::new();
-    if tokens.refresh_token.is_some() || need.needs_reseal {
-        let session = Session {
-            rt: tokens
-                .refresh_token
-                .clone()
-                .unwrap_or_else(|| need.session.rt.clone()),
-            exp: need.session.exp,
-            id_token: tokens.id_token.clone().or(need.session.id_token.clone()),
-        };
-        set_cookies.extend(jar::session_cookies(
-            config,
-            refresh,
-            cookie_header,
-            &session,
-            now,
-            rand,
-        ));
-    }
-
+    let mut set_cookies = session_after(config, refresh, &need, tokens, cookie_header, now, rand);
     let at = tokens.access_token.as_str();
     let verified = verifier
         .verify(&config.rules, at, now)
@@ -137,6 +117,31 @@ pub fn complete_refresh<'a>(
             }
         }
     }
+}
+
+/// The session cookies the browser should hold from now on: resealed when the IdP rotated the
+/// refresh token (or when the session was sealed with a retired key), else none.
+fn session_after(
+    config: &Config,
+    refresh: &RefreshConfig,
+    need: &RefreshNeed<'_>,
+    tokens: &Tokens,
+    cookie_header: &str,
+    now: u64,
+    rand: &Random,
+) -> Vec<String> {
+    if tokens.refresh_token.is_none() && !need.needs_reseal {
+        return Vec::new();
+    }
+    let session = Session {
+        rt: tokens
+            .refresh_token
+            .clone()
+            .unwrap_or_else(|| need.session.rt.clone()),
+        exp: need.session.exp,
+        id_token: tokens.id_token.clone().or(need.session.id_token.clone()),
+    };
+    jar::session_cookies(config, refresh, cookie_header, &session, now, rand)
 }
 
 /// Cookies for tokens an upstream rotated itself (`upstream_token_headers`): the access token
