@@ -10,19 +10,22 @@ use super::host::Host;
 use crate::config::RefreshConfig;
 use crate::idp::{parse_token_response, refresh_request, RefreshError, Tokens, Transient};
 use crate::relay::flight::{
-    probe, Probe, Record, RecordState, RefreshId, RefreshOutcome, Seen, SLOTS,
+    backoff_s, probe, Probe, Record, RecordState, RefreshId, RefreshOutcome, Seen, SLOTS,
 };
 use std::collections::HashMap;
 
+/// A refresh this VM owns; `failures`: the session's consecutive failures before it.
 enum Local {
     Queued {
         rt: String,
         slot: Option<u32>,
+        failures: u32,
     },
     Dispatched {
         slot: Option<u32>,
         deadline: u64,
         started_ms: u64,
+        failures: u32,
     },
 }
 
@@ -123,6 +126,7 @@ impl Flights {
                     Local::Queued {
                         rt: rt.to_string(),
                         slot: None,
+                        failures: 0,
                     },
                 );
                 return Plan::Wait;
@@ -131,6 +135,7 @@ impl Flights {
                 id: id.hex(),
                 state: RecordState::Lease {
                     until: now + cfg.timeout_ms.div_ceil(1000) + 2,
+                    failures: p.failures,
                 },
             };
             if host
@@ -142,6 +147,7 @@ impl Flights {
                     Local::Queued {
                         rt: rt.to_string(),
                         slot: Some(slot),
+                        failures: p.failures,
                     },
                 );
                 return Plan::Wait;
@@ -185,7 +191,7 @@ impl Flights {
             .collect();
         let mut sent = 0;
         for id in queued {
-            let Some(Local::Queued { rt, slot }) = self.local.remove(&id) else {
+            let Some(Local::Queued { rt, slot, failures }) = self.local.remove(&id) else {
                 continue;
             };
             let req = refresh_request(cfg, &rt);
@@ -200,6 +206,7 @@ impl Flights {
                             slot,
                             deadline: now + cfg.timeout_ms.div_ceil(1000) + 2,
                             started_ms: host.now_ms(),
+                            failures,
                         },
                     );
                 }
@@ -207,7 +214,7 @@ impl Flights {
                     self.record(
                         host,
                         id,
-                        slot,
+                        (slot, failures),
                         Err(RefreshError::Transient(Transient::DispatchFailed)),
                         now,
                         cfg,
@@ -229,18 +236,21 @@ impl Flights {
         cfg: &RefreshConfig,
     ) -> Option<(RefreshId, Result<(), RefreshError>, u64)> {
         let id = self.by_token.remove(&token)?;
-        let (slot, started_ms) = match self.local.remove(&id) {
+        let (slot, started_ms, failures) = match self.local.remove(&id) {
             Some(Local::Dispatched {
-                slot, started_ms, ..
-            }) => (slot, started_ms),
-            _ => (None, 0),
+                slot,
+                started_ms,
+                failures,
+                ..
+            }) => (slot, started_ms, failures),
+            _ => (None, 0, 0),
         };
         let result = parse_token_response(status, body);
         let summary = result.as_ref().map(|_| ()).map_err(Clone::clone);
         if let Err(e) = &result {
             log::warn!("refresh {id:?} failed: {e} (reason={})", e.code());
         }
-        self.record(host, id, slot, result, now, cfg);
+        self.record(host, id, (slot, failures), result, now, cfg);
         Some((id, summary, started_ms))
     }
 
@@ -251,21 +261,26 @@ impl Flights {
         now: u64,
         cfg: &RefreshConfig,
     ) -> Vec<RefreshId> {
-        let late: Vec<(RefreshId, Option<u32>)> = self
+        let late: Vec<(RefreshId, (Option<u32>, u32))> = self
             .local
             .iter()
             .filter_map(|(id, l)| match l {
-                Local::Dispatched { slot, deadline, .. } if now >= *deadline => Some((*id, *slot)),
+                Local::Dispatched {
+                    slot,
+                    deadline,
+                    failures,
+                    ..
+                } if now >= *deadline => Some((*id, (*slot, *failures))),
                 _ => None,
             })
             .collect();
-        for (id, slot) in &late {
+        for (id, at) in &late {
             self.local.remove(id);
             self.by_token.retain(|_, v| v != id);
             self.record(
                 host,
                 *id,
-                *slot,
+                *at,
                 Err(RefreshError::Transient(Transient::Timeout)),
                 now,
                 cfg,
@@ -279,7 +294,7 @@ impl Flights {
         &mut self,
         host: &impl Host,
         id: RefreshId,
-        slot: Option<u32>,
+        (slot, failures): (Option<u32>, u32),
         result: Result<Tokens, RefreshError>,
         now: u64,
         cfg: &RefreshConfig,
@@ -293,13 +308,15 @@ impl Flights {
                 (RefreshOutcome::Invalid, RecordState::Invalid { at: now })
             }
             Err(RefreshError::Transient(reason)) => {
-                // The clock has whole seconds: +1 so the wait is never shorter than the backoff.
-                let retry_at = now + cfg.backoff_s + 1;
+                // Doubling with each failure in a row; the clock has whole seconds, so +1 keeps
+                // the wait from being shorter than the backoff.
+                let retry_at = now + backoff_s(cfg.backoff_s, failures) + 1;
                 (
                     RefreshOutcome::Failed { retry_at },
                     RecordState::Failed {
                         retry_at,
                         reason: reason.code().to_string(),
+                        failures: failures.saturating_add(1),
                     },
                 )
             }

@@ -42,7 +42,8 @@ fn session_request(vm: &SharedVm<Fake>, rt: &str) -> Vec<(String, Vec<u8>)> {
 fn arrive(vm: &SharedVm<Fake>, ctx: u32, headers: Vec<(String, Vec<u8>)>) -> Outcome {
     let mut st = vm.borrow_mut();
     st.host.set_effective_context(ctx);
-    st.admit(ctx, headers, NOW)
+    let now = st.host.now_s();
+    st.admit(ctx, headers, now)
 }
 
 thread_local! {
@@ -316,4 +317,51 @@ fn a_failed_jwks_fetch_backs_off_for_every_worker() {
     on_tick(&b);
     on_tick(&a);
     assert_eq!(host.calls().len(), 3);
+}
+
+#[test]
+fn consecutive_failures_double_the_backoff_and_a_success_resets_it() {
+    let host = Fake::at(NOW);
+    let a = worker(&host, json!({"refresh_backoff_s": 5}));
+    let b = worker(&host, json!({"refresh_backoff_s": 5}));
+    let mut now = NOW;
+    let mut ctx = 1;
+    // Each round: a request needs a refresh, the IdP answers 503; the Retry-After of the next
+    // request (on the other worker, which learns it from shared data) is the wait.
+    for want_wait in [6, 11, 21, 41, 81, 81] {
+        host.set_now(now);
+        assert!(is_wait(&arrive(&a, ctx, session_request(&a, "rt-1"))));
+        on_tick(&a);
+        let token = host.calls().last().map(|c| c.token).unwrap();
+        answer(&a, token, 503, Vec::new());
+        assert_eq!(host.replies_to(ctx), vec![(503, "refresh_unavailable")]);
+        ctx += 1;
+        match arrive(&b, ctx, session_request(&b, "rt-1")) {
+            Outcome::Reply(r) => {
+                let retry = r.headers.iter().find(|(n, _)| *n == "retry-after");
+                assert_eq!(retry.map(|(_, v)| v.clone()), Some(want_wait.to_string()));
+            }
+            _ => panic!("expected the backoff"),
+        }
+        ctx += 1;
+        now += want_wait;
+    }
+    // A success resets the count: the next failure waits the base again.
+    host.set_now(now);
+    assert!(is_wait(&arrive(&a, ctx, session_request(&a, "rt-1"))));
+    on_tick(&a);
+    let token = host.calls().last().map(|c| c.token).unwrap();
+    answer(&a, token, 200, token_answer("rt-1"));
+    now += 120; // past the grace window
+    host.set_now(now);
+    ctx += 1;
+    assert!(is_wait(&arrive(&b, ctx, session_request(&b, "rt-1"))));
+    on_tick(&b);
+    let token = host.calls().last().map(|c| c.token).unwrap();
+    answer(&b, token, 503, Vec::new());
+    ctx += 1;
+    match arrive(&a, ctx, session_request(&a, "rt-1")) {
+        Outcome::Reply(r) => assert!(r.headers.contains(&("retry-after", "6".to_string()))),
+        _ => panic!("expected the base backoff"),
+    }
 }

@@ -79,12 +79,22 @@ impl fmt::Debug for Record {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum RecordState {
-    /// A VM is refreshing; dead after `until` (the call's timeout plus slack).
-    Lease { until: u64 },
+    /// A VM is refreshing; dead after `until` (the call's timeout plus slack). `failures`
+    /// carries the session's consecutive failures so far into the attempt.
+    Lease {
+        until: u64,
+        #[serde(default)]
+        failures: u32,
+    },
     /// The refresh succeeded at `at`; reused until `at + grace`.
     Done { at: u64, tokens: Tokens },
-    /// A transient failure; no new attempt before `retry_at`.
-    Failed { retry_at: u64, reason: String },
+    /// A transient failure, the `failures`-th in a row; no new attempt before `retry_at`.
+    Failed {
+        retry_at: u64,
+        reason: String,
+        #[serde(default)]
+        failures: u32,
+    },
     /// `invalid_grant` at `at`.
     Invalid { at: u64 },
 }
@@ -120,10 +130,18 @@ impl Record {
         serde_json::from_slice(bytes).ok()
     }
 
+    /// The session's consecutive transient failures this record knows of (0 after a success).
+    pub fn failures(&self) -> u32 {
+        match &self.state {
+            RecordState::Lease { failures, .. } | RecordState::Failed { failures, .. } => *failures,
+            RecordState::Done { .. } | RecordState::Invalid { .. } => 0,
+        }
+    }
+
     /// Whether the record still matters at `now` (a dead one may be overwritten).
     pub fn live(&self, now: u64, grace_s: u64) -> bool {
         match &self.state {
-            RecordState::Lease { until } => now < *until,
+            RecordState::Lease { until, .. } => now < *until,
             RecordState::Done { at, .. } => now < at.saturating_add(grace_s),
             RecordState::Failed { retry_at, .. } => now < *retry_at,
             RecordState::Invalid { at } => now < at.saturating_add(grace_s),
@@ -154,6 +172,8 @@ pub struct Probe {
     /// The slot holding this session's record, or the first free one; `None` when all probed
     /// slots hold live records of other sessions.
     pub slot: Option<(u32, Option<u32>)>,
+    /// The session's consecutive failures so far, from its own record (live or not).
+    pub failures: u32,
 }
 
 /// Scans the probe sequence. `read(slot)` returns the slot's bytes and CAS.
@@ -173,6 +193,7 @@ pub fn probe(
                 return Probe {
                     seen: r.seen(now, grace_s),
                     slot: Some((slot, cas)),
+                    failures: r.failures(),
                 }
             }
             Some(r) if r.live(now, grace_s) => {}
@@ -186,15 +207,21 @@ pub fn probe(
     Probe {
         seen: Seen::Free,
         slot: free,
+        failures: 0,
     }
 }
 
-/// Backoff after `failures` consecutive transient failures of one session.
-pub fn backoff_s(base_s: u64, failures: u32) -> u64 {
+/// The wait after a transient failure that followed `previous` consecutive failures of one
+/// session: `base_s`, doubling with each failure in a row, at most 16 × `base_s` and at most
+/// [`MAX_BACKOFF_S`] (never below `base_s`).
+pub fn backoff_s(base_s: u64, previous: u32) -> u64 {
     base_s
-        .saturating_mul(1u64 << failures.min(4))
-        .min(base_s.saturating_mul(16))
+        .saturating_mul(1u64 << previous.min(4))
+        .min(MAX_BACKOFF_S.max(base_s))
 }
+
+/// The longest wait the doubling reaches.
+pub const MAX_BACKOFF_S: u64 = 300;
 
 #[cfg(test)]
 mod tests {
@@ -212,7 +239,15 @@ mod tests {
     fn records_round_trip_and_expire() {
         let id = RefreshId::of("rt");
         let cases = [
-            (RecordState::Lease { until: 100 }, 99, Seen::InFlight, 100),
+            (
+                RecordState::Lease {
+                    until: 100,
+                    failures: 0,
+                },
+                99,
+                Seen::InFlight,
+                100,
+            ),
             (
                 RecordState::Done {
                     at: 50,
@@ -226,6 +261,7 @@ mod tests {
                 RecordState::Failed {
                     retry_at: 70,
                     reason: "x".into(),
+                    failures: 1,
                 },
                 69,
                 Seen::Settled(RefreshOutcome::Failed { retry_at: 70 }),
@@ -269,7 +305,10 @@ mod tests {
         assert_eq!(slots.len(), PROBES as usize);
         let other = Record {
             id: RefreshId::of("other").hex(),
-            state: RecordState::Lease { until: 1000 },
+            state: RecordState::Lease {
+                until: 1000,
+                failures: 2,
+            },
         };
         let mine = Record {
             id: id.hex(),
@@ -309,7 +348,14 @@ mod tests {
     fn backoff_grows_and_caps() {
         assert_eq!(backoff_s(5, 0), 5);
         assert_eq!(backoff_s(5, 1), 10);
+        assert_eq!(backoff_s(5, 3), 40);
         assert_eq!(backoff_s(5, 10), 80);
+        assert_eq!(backoff_s(60, 10), 300);
+        assert_eq!(backoff_s(300, 10), 300);
+        assert_eq!(backoff_s(300, 0), 300);
+        // Records written before the failure count existed still decode (as 0 failures).
+        let old = br#"{"id":"ab","k":"failed","retry_at":9,"reason":"timeout"}"#;
+        assert_eq!(Record::decode(old).map(|r| r.failures()), Some(0));
     }
 
     #[test]
