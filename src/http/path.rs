@@ -46,13 +46,15 @@ pub fn strip_query(path: &str) -> &str {
 /// Normalized form for matching only (never forwarded). Borrowed on the hot path: a path with
 /// no `%`, no `\` and no `//` or `/.` sequences is already normal.
 pub fn normalize(path: &str) -> Cow<'_, str> {
-    if !path.contains(['%', '\\']) && !path.contains("//") && !path.contains("/.") {
+    if !path.contains(['%', '\\', ';']) && !path.contains("//") && !path.contains("/.") {
         return Cow::Borrowed(path);
     }
     let decoded =
         String::from_utf8_lossy(&percent_decode_bytes(path.as_bytes())).replace('\\', "/");
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
+        // A segment's `;parameters` are not part of its name for a servlet container.
+        let seg = seg.split(';').next().unwrap_or("");
         match seg {
             "" | "." => {}
             ".." => {
@@ -113,6 +115,16 @@ mod tests {
             ("/api/public/./x", false),
             ("/api/public//x", false),
             ("/api/%zz", true),
+            // Path parameters: what a servlet container routes to /api/... is protected.
+            ("/api;/admin", true),
+            ("/api;jsessionid=x/admin", true),
+            ("/api%3b/admin", true),
+            ("/api%3Bjsessionid=x/admin", true),
+            ("/;x/api/admin", true),
+            ("/static/..;/api/admin", true),
+            ("/api/public;x/../me", true),
+            ("/api/public/x;y", false),
+            ("/static;x/app.js", false),
             ("%", false),
             ("", false),
         ];
@@ -135,6 +147,9 @@ mod tests {
             ("/a/", "/a/"),
             ("/%", "/%"),
             ("/%ff", "/\u{fffd}"),
+            ("/api;x/admin", "/api/admin"),
+            ("/a/..;/b", "/b"),
+            ("/a;/", "/a/"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), *want, "input {input:?}");

@@ -306,3 +306,20 @@ def test_zz_no_wasm_failure_after_hostile_input(stack, valid):
     five = stack.envoy.stats("downstream_rq_5xx").get("http.ingress_http.downstream_rq_5xx", 0)
     assert five == stack.baseline_5xx, \
         f"Envoy answered {five - stack.baseline_5xx} request(s) with 5xx during hostile tests"
+
+
+@pytest.mark.parametrize("path", [
+    "/api;/admin",
+    "/api;jsessionid=x/admin",
+    "/api%3b/admin",
+    "/api%3Bjsessionid=x/admin",
+    "/static/..;/api/admin",
+])
+def test_path_parameters_do_not_bypass_a_protected_prefix(stack, valid, path):
+    """Servlet containers route `/api;x/admin` as `/api/admin`: it is protected like it."""
+    resp = stack.raw(path, [])
+    assert resp.status_code == 401, describe(resp)
+    assert_nothing_upstream(stack)
+    # With a valid token it is relayed as usual.
+    resp = stack.raw(path, [("Cookie", f"{AT_COOKIE}={valid}".encode())])
+    assert resp.status_code == 200, describe(resp)
