@@ -386,7 +386,13 @@ fn header_value(value: &Value) -> Option<String> {
                 if i > 0 {
                     joined.push(',');
                 }
-                joined.push_str(&scalar_text(item)?);
+                let text = scalar_text(item)?;
+                // `["dev,admin"]` must not read as `["dev","admin"]`: an element holding the
+                // separator makes the whole claim unforwardable.
+                if text.contains(',') {
+                    return None;
+                }
+                joined.push_str(&text);
                 if joined.len() > MAX_FORWARDED_VALUE_LEN {
                     return None;
                 }
@@ -1257,6 +1263,7 @@ mod tests {
             "groups": ["admin", "dev"], "mixed": ["a", 1, true], "empty_arr": [],
             "nested_arr": ["a", ["b"]], "obj_arr": ["a", {"b": 1}], "null_arr": ["a", null],
             "ctl_arr": ["a", "b\nc"], "obj": {"a": 1}, "null": null, "max": long,
+            "comma_arr": ["dev,admin"], "comma_str": "dev,admin",
         });
         let names = [
             "sub",
@@ -1279,6 +1286,8 @@ mod tests {
             "obj_arr",
             "null_arr",
             "ctl_arr",
+            "comma_arr",
+            "comma_str",
             "obj",
             "null",
             "missing",
@@ -1299,6 +1308,7 @@ mod tests {
             .forwarded;
         let want: Vec<(String, String)> = [
             ("max", long.clone()),
+            ("comma_str", "dev,admin".into()),
             ("mixed", "a,1,true".into()),
             ("groups", "admin,dev".into()),
             ("no", "false".into()),
