@@ -151,7 +151,6 @@ impl Host for Envoy {
     }
 
     fn send_reply(&self, reply: &Reply) {
-        log::debug!("refused: status={} reason={}", reply.status, reply.reason);
         let headers: Vec<(&str, &str)> = reply
             .headers
             .iter()

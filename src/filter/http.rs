@@ -174,7 +174,7 @@ impl Http {
     /// Sends a locally generated answer; the stream waits for nothing more.
     fn send(&self, reply: &Reply) -> Action {
         log::debug!(
-            "[ctx {}] answered: status={} reason={}",
+            "[ctx {}] refused: status={} reason={}",
             self.id,
             reply.status,
             reply.reason

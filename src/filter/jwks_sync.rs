@@ -87,7 +87,7 @@ impl JwksSync {
         let doc = doc?;
         self.seen_version = cas;
         self.fetched_at = fetched_at;
-        match KeySet::parse(&doc) {
+        match KeySet::parse_lenient(&doc) {
             Ok(keys) => Some((keys, fnv1a(&doc))),
             Err(e) => {
                 log::warn!("stored JWKS no longer parses: {e}");
@@ -175,7 +175,7 @@ impl JwksSync {
     ) -> Fetched {
         self.in_flight = None;
         let result = match (status, body) {
-            (Some(200), Some(body)) if body.len() <= MAX_JWKS_BYTES => KeySet::parse(&body)
+            (Some(200), Some(body)) if body.len() <= MAX_JWKS_BYTES => KeySet::parse_lenient(&body)
                 .map(|keys| (keys, body))
                 .map_err(|e| e.to_string()),
             (Some(200), _) => Err("empty or oversized body".to_string()),
@@ -192,6 +192,12 @@ impl JwksSync {
                     self.upstream.cluster,
                     keys.len()
                 );
+                // Logged by the worker that fetched, once per fetch; tokens naming these kids
+                // are refused (rejected_key).
+                for (kid, problem) in keys.rejected() {
+                    let kid: String = kid.chars().take(64).filter(|c| !c.is_control()).collect();
+                    log::warn!("JWKS key {kid:?} skipped: {problem}");
+                }
                 Fetched::Keys(keys, digest)
             }
             Err(why) => {

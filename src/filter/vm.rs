@@ -291,6 +291,11 @@ pub(crate) fn finish_waiters<H: Host>(
                 if let Ok(st) = vm.try_borrow() {
                     st.metrics.refused(&host, &r);
                 }
+                log::debug!(
+                    "[ctx {id}] refused: status={} reason={}",
+                    r.status,
+                    r.reason
+                );
                 host.send_reply(&r);
             }
         }

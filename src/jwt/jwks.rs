@@ -189,6 +189,9 @@ impl KeyMaterial {
 pub struct KeySet {
     /// Sorted by kid, kids unique.
     keys: Vec<(String, KeyMaterial)>,
+    /// Kids of supported keys with broken material that [`KeySet::parse_lenient`] skipped, and
+    /// why: a token naming one is refused, never verified with another key.
+    rejected: Vec<(String, &'static str)>,
 }
 
 impl fmt::Debug for KeySet {
@@ -211,28 +214,62 @@ const RSA_MAX_BITS: usize = 8192;
 const COORD_LEN: usize = 32;
 
 impl KeySet {
-    /// Parses a JWKS document (`{"keys":[...]}`).
+    /// Parses a JWKS document (`{"keys":[...]}`), refusing it whole when a supported key has
+    /// broken material (for key sets written into the configuration: a typo must stop the start).
     pub fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
+        let set = KeySet::parse_lenient(json)?;
+        match set.rejected.first() {
+            Some((kid, problem)) => Err(malformed(kid, problem)),
+            None => Ok(set),
+        }
+    }
+
+    /// Parses a fetched JWKS document: a supported key with broken material (off-curve point,
+    /// weak RSA, small-order Ed25519, ...) is skipped and remembered in [`KeySet::rejected`],
+    /// so one bad key in a rotation does not void the good ones. Fails only when no key is
+    /// usable (with the first broken key's error, if there was one).
+    pub fn parse_lenient(json: &[u8]) -> Result<KeySet, JwksError> {
         let doc: Value = serde_json::from_slice(json).map_err(|_| JwksError::NotJson)?;
         let entries = doc
             .get("keys")
             .and_then(Value::as_array)
             .ok_or(JwksError::NoKeysArray)?;
         let mut keys = Vec::with_capacity(entries.len());
+        let mut rejected = Vec::new();
         for entry in entries {
-            if let Some(jwk) = entry.as_object() {
-                if let Some(parsed) = parse_key(jwk)? {
-                    keys.push(parsed);
+            let Some(jwk) = entry.as_object() else {
+                continue;
+            };
+            match parse_key(jwk) {
+                Ok(Some(parsed)) => keys.push(parsed),
+                Ok(None) => {}
+                Err(JwksError::MalformedKey { problem, .. }) => {
+                    let kid = jwk.get("kid").and_then(Value::as_str).unwrap_or_default();
+                    rejected.push((kid.to_owned(), problem));
                 }
+                Err(e) => return Err(e),
             }
         }
         // Stable sort keeps equal kids in document order, so dedup keeps the first one.
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         keys.dedup_by(|later, first| later.0 == first.0);
         if keys.is_empty() {
-            return Err(JwksError::NoUsableKeys);
+            return Err(match rejected.first() {
+                Some((kid, problem)) => malformed(kid, problem),
+                None => JwksError::NoUsableKeys,
+            });
         }
-        Ok(KeySet { keys })
+        Ok(KeySet { keys, rejected })
+    }
+
+    /// The skipped broken keys: raw kid and problem (see [`KeySet::parse_lenient`]).
+    pub fn rejected(&self) -> &[(String, &'static str)] {
+        &self.rejected
+    }
+
+    /// Whether `kid` names a key that was skipped as broken.
+    pub fn is_rejected(&self, kid: &str) -> bool {
+        self.rejected.iter().any(|(k, _)| k == kid)
     }
 
     /// Whether a key with this `kid` is in the set.
@@ -747,6 +784,41 @@ mod tests {
         };
         assert_eq!(kid.chars().count(), 64);
         assert!(kid.starts_with("a??b"));
+    }
+
+    #[test]
+    fn a_fetched_set_skips_a_broken_key_and_refuses_tokens_naming_it() {
+        let bad = with(ed(crate::testkit::KID), "x", json!(b64(&[0; 32])));
+        let doc = json!({"keys": [ec("good"), bad]}).to_string();
+        // From the configuration: refused whole.
+        assert!(matches!(
+            KeySet::parse(doc.as_bytes()),
+            Err(JwksError::MalformedKey { .. })
+        ));
+        // Fetched: the good key stays usable, the broken one is remembered.
+        let set = KeySet::parse_lenient(doc.as_bytes()).unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(set.contains_kid("good"));
+        assert!(set.is_rejected(crate::testkit::KID));
+        assert_eq!(set.rejected().len(), 1);
+        // A token signed for the broken kid is refused, not looked up elsewhere.
+        let token = crate::testkit::sign(&crate::testkit::claims());
+        let rules = crate::jwt::token::ClaimRules {
+            issuer: crate::testkit::ISS.to_owned(),
+            audiences: vec![crate::testkit::AUD.to_owned()],
+            required_claims: Vec::new(),
+            algorithms: crate::jwt::jwks::AlgSet::all(),
+            clock_skew_s: 30,
+            forward_claims: Vec::new(),
+        };
+        let got = crate::jwt::token::verify(&token, &set, &rules, crate::testkit::NOW);
+        assert_eq!(got.err(), Some(crate::jwt::token::TokenError::RejectedKey));
+        // Only broken keys: the first one's error.
+        let only_bad = json!({"keys": [with(ed("b"), "x", json!(b64(&[0; 32])))]}).to_string();
+        assert!(matches!(
+            KeySet::parse_lenient(only_bad.as_bytes()),
+            Err(JwksError::MalformedKey { .. })
+        ));
     }
 
     #[test]

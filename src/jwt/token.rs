@@ -89,6 +89,8 @@ pub enum TokenError {
     MissingKid,
     /// No key with the header's `kid`; a JWKS refetch may help.
     UnknownKid,
+    /// `kid` names a key the key set published with broken material (skipped, never used).
+    RejectedKey,
     /// Signature does not verify, or the key with that `kid` is for another algorithm.
     BadSignature,
     /// Header `typ` is not a JWT / access-token type.
@@ -117,6 +119,7 @@ impl TokenError {
             TokenError::UnsupportedAlg => "unsupported_alg",
             TokenError::MissingKid => "missing_kid",
             TokenError::UnknownKid => "unknown_kid",
+            TokenError::RejectedKey => "rejected_key",
             TokenError::BadSignature => "bad_signature",
             TokenError::BadType => "bad_type",
             TokenError::BadIssuer => "bad_issuer",
@@ -137,6 +140,7 @@ impl fmt::Display for TokenError {
             TokenError::UnsupportedAlg => "token signature algorithm is not allowed",
             TokenError::MissingKid => "token header has no key id",
             TokenError::UnknownKid => "token key id is not in the key set",
+            TokenError::RejectedKey => "token key id names a malformed key of the key set",
             TokenError::BadSignature => "token signature is invalid",
             TokenError::BadType => "token type is not a JWT access token",
             TokenError::BadIssuer => "token issuer is not accepted",
@@ -213,7 +217,11 @@ pub fn verify(
         return Err(TokenError::Malformed);
     }
     let kid = header.kid.ok_or(TokenError::MissingKid)?;
-    let key = keys.get(&kid).ok_or(TokenError::UnknownKid)?;
+    let key = keys.get(&kid).ok_or(if keys.is_rejected(&kid) {
+        TokenError::RejectedKey
+    } else {
+        TokenError::UnknownKid
+    })?;
     if key.alg() != alg {
         return Err(TokenError::BadSignature);
     }

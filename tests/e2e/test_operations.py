@@ -4,8 +4,8 @@ Envoy:
 * the metric table lists exactly the relay metric names Envoy 1.40 prints on
   `/stats/prometheus`, with their types, and `/stats` shows them as `wasmcustom.<name>`;
 * TRACE is CSRF-checked like any unsafe method (only GET, HEAD and OPTIONS are exempt);
-* after a transient token-endpoint failure a session waits a fixed `refresh_backoff_s` (+1 s)
-  before the next attempt, failure after failure: the wait does not grow.
+* after a transient token-endpoint failure a session waits `refresh_backoff_s` (+1 s) before the
+  next attempt, and the wait doubles with each failure in a row.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def test_trace_is_csrf_checked(stack, keys):
 BACKOFF_S = 2
 
 
-def test_refresh_backoff_does_not_grow(wasm_file):
+def test_refresh_backoff_doubles_with_each_failure(wasm_file):
     signer = KeyPair.generate("RS256")
     session_keys = SessionKeys.generate()
     fake = FakeTokenEndpoint(signer).start()
@@ -157,10 +157,11 @@ def test_refresh_backoff_does_not_grow(wasm_file):
         ready = relay.wait_ready(fake.mint_access_token())
         assert ready.status_code == 200, describe(ready)
         fake.mode = "status_500"
-        cookie = f"__Host-relay-session={session_keys.seal('rt-fixed-backoff')}"
+        cookie = f"__Host-relay-session={session_keys.seal('rt-doubling-backoff')}"
         n0 = fake.count
         retry_afters = []
-        deadline = time.monotonic() + 4 * (BACKOFF_S + 1) + 6
+        waits = [BACKOFF_S * 2 ** i + 1 for i in range(3)]  # 3, 5, 9 s with BACKOFF_S = 2
+        deadline = time.monotonic() + sum(waits) + 8
         while fake.count - n0 < 4:
             resp = relay.get("/api/x", cookie)
             assert resp.status_code == 503, describe(resp)
@@ -170,10 +171,11 @@ def test_refresh_backoff_does_not_grow(wasm_file):
         times = [r["t"] for r in fake.requests[n0:n0 + 4]]
         gaps = [b - a for a, b in zip(times, times[1:])]
         print(f"gaps between attempts: {[round(g, 2) for g in gaps]} (refresh_backoff_s={BACKOFF_S})")
-        # Each wait is backoff_s + 1 s on a whole-second clock, plus polling: never doubled.
-        for gap in gaps:
-            assert BACKOFF_S <= gap <= BACKOFF_S + 1 + 0.8, gaps
-        assert max(retry_afters) <= BACKOFF_S + 1, retry_afters
+        # Each wait doubles (backoff_s * 2^n + 1 s on a whole-second clock), plus polling.
+        for gap, wait in zip(gaps, waits):
+            assert wait - 1 <= gap <= wait + 0.8, (gaps, waits)
+        # The last answers already announce the wait after the fourth failure.
+        assert max(retry_afters) <= BACKOFF_S * 2 ** 3 + 1, retry_afters
     finally:
         if relay is not None:
             relay.stop()
