@@ -125,6 +125,41 @@ fn a_broken_relay_configuration_inside_yaml_is_found() {
     refused("istio: bad value", &broken, "cookies.same_site");
     let broken = istio.replacen("      login_path:", "      loginpath:", 1);
     refused("istio: unknown login field", &broken, "login.loginpath");
+
+    // The same WasmPlugin inside a Kubernetes List, after another document.
+    let body: String = istio.lines().map(|l| format!("  {l}\n")).collect();
+    let list = format!(
+        "kind: Namespace\n---\nkind: List\nitems:\n- {}",
+        body.trim_start()
+    );
+    let out = run(&["-"], Some(list.as_bytes()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let broken = list.replacen("same_site: Strict", "same_site: strict", 1);
+    refused("istio list: bad value", &broken, "cookies.same_site");
+}
+
+#[test]
+fn yaml_merge_keys_are_resolved() {
+    // Without the merge, the filter's config would have no root_id and no relay would be found.
+    let yaml = r#"
+x-relay: &relay
+  root_id: edge_token_relay
+  configuration:
+    "@type": type.googleapis.com/google.protobuf.StringValue
+    value: '{"protected_prefixes": ["/api/"], "issuer": "i", "audiences": ["a"], "clock_skew_s": 3600, "jwks": {"cluster": "idp", "authority": "idp.test", "path": "/jwks"}}'
+static_resources:
+  listeners:
+  - filter_chains:
+    - filters:
+      - typed_config:
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              config:
+                <<: *relay
+                name: relay
+"#;
+    refused("merge key", yaml, "clock_skew_s");
 }
 
 #[test]

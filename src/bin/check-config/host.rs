@@ -152,12 +152,17 @@ fn find(input: &[u8], root_id: &str) -> Result<Vec<Found>, String> {
     }
     let mut docs = Vec::new();
     for doc in serde_norway::Deserializer::from_slice(input) {
-        let value = Value::deserialize(doc).map_err(|e| {
+        let not_yaml = |e: serde_norway::Error| {
             format!(
                 "neither a JSON plugin configuration nor YAML: {}",
                 one_line(&e.to_string())
             )
-        })?;
+        };
+        let mut value = serde_norway::Value::deserialize(doc).map_err(not_yaml)?;
+        // Blocks shared with `<<: *anchor` are read merged, as YAML tools that support them do.
+        value.apply_merge().map_err(not_yaml)?;
+        let value = serde_json::to_value(value)
+            .map_err(|e| format!("YAML that has no JSON form: {}", one_line(&e.to_string())))?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -181,13 +186,7 @@ fn search(docs: Vec<Value>, root_id: &str) -> Result<Vec<Found>, String> {
         } else {
             String::new()
         };
-        if doc.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
-            if let Some(f) = wasm_plugin(doc, root_id, &prefix) {
-                found.push(f);
-            }
-        } else {
-            walk(doc, &mut String::new(), root_id, &prefix, &mut found);
-        }
+        walk(doc, &mut String::new(), root_id, &prefix, &mut found);
     }
     if found.is_empty() {
         if let [doc] = docs.as_slice() {
@@ -228,10 +227,15 @@ fn wasm_plugin(doc: &Value, root_id: &str, prefix: &str) -> Option<Found> {
     })
 }
 
-/// Walks an Envoy configuration for Wasm HTTP filters running the relay.
+/// Walks an Envoy configuration for Wasm HTTP filters running the relay, and Kubernetes
+/// documents (a `List` too) for the relay's WasmPlugins.
 fn walk(v: &Value, path: &mut String, root_id: &str, prefix: &str, found: &mut Vec<Found>) {
     match v {
         Value::Object(o) => {
+            if o.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
+                found.extend(wasm_plugin(v, root_id, prefix));
+                return;
+            }
             let typed = o.get("typed_config");
             let is_wasm = o.get("name").and_then(Value::as_str) == Some(WASM_FILTER_NAME)
                 || typed.and_then(|t| t.get("@type")).and_then(Value::as_str)
