@@ -128,6 +128,17 @@ e2e: wasm envoy idp browser nextjs ## end-to-end tests: the built .wasm inside t
 
 test: unit e2e ## everything CI runs: unit tests, then the e2e suite in the real Envoy
 
+# check-config is a host binary of this crate: it runs the filter's own configuration parser.
+.PHONY: check-config schema
+check-config: ## check a configuration: make check-config CONFIG=FILE (plugin JSON, Envoy or Istio YAML)
+	@test -n "$(CONFIG)" || { echo "usage: make check-config CONFIG=FILE" >&2; exit 2; }
+	@cargo run -q --bin check-config -- "$(CONFIG)"
+
+schema: ## regenerate schema/config.schema.json (the configuration's JSON Schema) from the config types
+	@mkdir -p schema
+	cargo run -q --bin check-config -- --schema > schema/config.schema.json.tmp
+	@mv schema/config.schema.json.tmp schema/config.schema.json
+
 fmt-check: ## check formatting only (cargo fmt --check; `make lint` includes it)
 	cargo fmt --check
 

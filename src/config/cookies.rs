@@ -15,6 +15,7 @@ pub struct CookieNames {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCookies {
     pub access_token: String,

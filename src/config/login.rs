@@ -48,6 +48,7 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
 /// | `extra_authorize_params` | `{}` | Further authorization request parameters (e.g. `audience`, `acr_values`, `ui_locales`); may not override the ones the relay sets. |
 /// | `id_token_issuer` | `issuer` | The `iss` of ID tokens (and of RFC 9207 `iss` callback parameters), for IdPs whose access tokens name another issuer (Entra ID v1 access tokens with v2 ID tokens). |
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawLogin {
     pub authorization_endpoint: String,

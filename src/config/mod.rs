@@ -63,6 +63,7 @@ pub struct Config {
 // ---- raw serde shapes -------------------------------------------------------------------
 
 #[derive(Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     protected_prefixes: Vec<String>,
@@ -98,6 +99,7 @@ struct RawConfig {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawCsrf {
     allowed_origins: Vec<String>,
@@ -116,6 +118,7 @@ fn default_clock_skew() -> u64 {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawJwks {
     inline: Option<Value>,
@@ -156,6 +159,28 @@ impl Config {
             ConfigError::new(field, problem)
         })?;
         Config::validate(raw)
+    }
+
+    /// The JSON Schema of the configuration, derived from the same serde shapes `parse` reads
+    /// (so it cannot drift from them). Host builds only: the filter itself never needs it.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn json_schema() -> Value {
+        let mut schema = schemars::schema_for!(RawConfig).to_value();
+        if let Some(obj) = schema.as_object_mut() {
+            obj.insert(
+                "title".into(),
+                Value::from("edge-token-relay plugin configuration"),
+            );
+            // The shapes only: ranges and cross-field rules are checked by `check-config`.
+            obj.insert(
+                "description".into(),
+                Value::from(
+                    "The shape of the plugin configuration (field names, types, required \
+                     fields). Ranges and rules between fields are checked by check-config.",
+                ),
+            );
+        }
+        schema
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {

@@ -61,6 +61,7 @@ pub struct RefreshConfig {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawSessionKey {
     pub kid: String,
@@ -68,6 +69,7 @@ pub struct RawSessionKey {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawEndpoint {
     pub cluster: Option<String>,
@@ -77,6 +79,7 @@ pub struct RawEndpoint {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamTokenHeaders {
     pub access_token: Option<String>,
