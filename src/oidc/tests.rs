@@ -14,7 +14,6 @@ use crate::http::url::{
     parse_query, percent_decode_bytes, query_encode, safe_return_to, with_query, MAX_QUERY_PARAMS,
     MAX_RETURN_TO_LEN,
 };
-use crate::relay::navigation::login_redirect;
 use crate::session::{self, Session};
 use crate::testkit::{self, AUD, ISS, NOW};
 
@@ -736,25 +735,6 @@ fn navigation_detection() {
             "{method} {mode:?} {accept:?}"
         );
     }
-}
-
-#[test]
-fn login_redirect_keeps_the_page() {
-    let c = config(json!({}));
-    let l = login(&c);
-    let r = login_redirect(&l, "/app/orders?id=7&tab=a b");
-    assert_eq!(r.status, 302);
-    assert_eq!(header(&r, "cache-control"), Some("no-store"));
-    let location = header(&r, "location").unwrap();
-    assert_eq!(
-        location,
-        "/auth/login?return_to=%2Fapp%2Forders%3Fid%3D7%26tab%3Da%2520b"
-    );
-    let p = location_params(location);
-    assert_eq!(param(&p, "return_to"), "/app/orders?id=7&tab=a%20b");
-    // An unsafe path is not carried along.
-    let r = login_redirect(&l, "//evil.test/x");
-    assert_eq!(header(&r, "location"), Some("/auth/login?return_to=%2F"));
 }
 
 // ---- callback ----

@@ -42,3 +42,39 @@ pub fn login_redirect(login: &LoginConfig, path_and_query: &str) -> Reply {
     )
     .no_referrer()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::refresh_config;
+    use serde_json::json;
+
+    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn login_redirect_keeps_the_page() {
+        let c = refresh_config(json!({"login": {
+            "authorization_endpoint": "https://auth.example.com/oauth2/authorize",
+            "redirect_uri": "https://app.example.com/auth/callback",
+            "scopes": ["openid"],
+        }}));
+        let Some(l) = &c.login else {
+            panic!("login configured")
+        };
+        let r = login_redirect(l, "/app/orders?id=7&tab=a b");
+        assert_eq!(r.status, 302);
+        assert_eq!(header(&r, "cache-control"), Some("no-store"));
+        assert_eq!(
+            header(&r, "location"),
+            Some("/auth/login?return_to=%2Fapp%2Forders%3Fid%3D7%26tab%3Da%2520b")
+        );
+        // An unsafe path is not carried along.
+        let r = login_redirect(l, "//evil.test/x");
+        assert_eq!(header(&r, "location"), Some("/auth/login?return_to=%2F"));
+    }
+}
