@@ -365,3 +365,42 @@ fn consecutive_failures_double_the_backoff_and_a_success_resets_it() {
         _ => panic!("expected the base backoff"),
     }
 }
+
+#[test]
+fn forged_claim_headers_are_removed_from_every_request() {
+    let host = Fake::at(NOW);
+    let a = worker(&host, json!({}));
+    // Unprotected: passed on, but without the client's claim headers (either spelling).
+    let h = request(
+        "GET",
+        "/static/app.js",
+        None,
+        &[("x-user-sub", "admin"), ("x_user_sub", "admin"), ("x-other", "1")],
+    );
+    assert!(matches!(arrive(&a, 1, h), Outcome::Pass));
+    let removed: Vec<String> = host
+        .0
+        .request_headers
+        .borrow()
+        .iter()
+        .filter(|(c, _, v)| *c == 1 && v.is_none())
+        .map(|(_, n, _)| n.clone())
+        .collect();
+    assert_eq!(removed, vec!["x-user-sub", "x_user_sub"]);
+    // Protected: the forged copies go first, then the relay sets the verified claim.
+    let t = access_token();
+    let h = request(
+        "GET",
+        "/api/x",
+        Some(format!("__Host-relay-at={t}").as_bytes()),
+        &[("X_User_Sub", "admin")],
+    );
+    assert!(matches!(arrive(&a, 2, h), Outcome::Continue));
+    assert_eq!(host.request_header(2, "x-user-sub"), Some("alice".to_string()));
+    assert!(host
+        .0
+        .request_headers
+        .borrow()
+        .iter()
+        .any(|(c, n, v)| *c == 2 && n == "X_User_Sub" && v.is_none()));
+}

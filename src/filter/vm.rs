@@ -106,6 +106,13 @@ impl<H: Host> Vm<H> {
         }
     }
 
+    /// Removes client-sent copies of forward-claim headers (before any is set).
+    fn strip_forged_claims(&self, req: &RequestView<'_>) {
+        for name in relay::forged_claim_headers(&self.config, req) {
+            self.host.set_request_header(name, None);
+        }
+    }
+
     /// A new request (its headers, read once): decided, and parked when it must wait.
     pub(crate) fn admit(&mut self, ctx: u32, headers: Vec<(String, Vec<u8>)>, now: u64) -> Outcome {
         let outcome = self.process(ctx, &RequestView { headers: &headers }, now, true);
@@ -142,8 +149,12 @@ impl<H: Host> Vm<H> {
             fresh,
         );
         let mut outcome = match step {
-            Step::Pass => Outcome::Pass,
+            Step::Pass => {
+                self.strip_forged_claims(req);
+                Outcome::Pass
+            }
             Step::Forward(f) => {
+                self.strip_forged_claims(req);
                 self.host.apply_forward(&f);
                 self.metrics.forwarded();
                 Outcome::Continue
@@ -199,6 +210,7 @@ impl<H: Host> Vm<H> {
                 );
                 match done.step {
                     Step::Forward(f) => {
+                        self.strip_forged_claims(req);
                         self.host.apply_forward(&f);
                         self.metrics.forwarded();
                         if !done.set_cookies.is_empty() {

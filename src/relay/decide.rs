@@ -62,6 +62,31 @@ impl Forward<'_> {
     }
 }
 
+/// Request headers a client sent under a forward-claim header's name, or under its underscore
+/// spelling (`x_user_sub` for `x-user-sub`: CGI, WSGI, PHP and Rack read both as one header).
+/// The shell removes them from every request it sees, protected or not, before setting any:
+/// only the relay may speak for a verified claim.
+/// (Empty, so without allocation, on every ordinary request.)
+pub fn forged_claim_headers<'r>(config: &Config, req: &RequestView<'r>) -> Vec<&'r str> {
+    let claims = &config.rules.forward_claims;
+    if claims.is_empty() {
+        return Vec::new();
+    }
+    req.headers
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| {
+            claims.iter().any(|(header, _)| {
+                header.len() == name.len()
+                    && header
+                        .bytes()
+                        .zip(name.bytes())
+                        .all(|(h, n)| h.eq_ignore_ascii_case(&n) || (h == b'-' && n == b'_'))
+            })
+        })
+        .collect()
+}
+
 /// A session that needs a refresh.
 #[derive(Debug)]
 pub struct RefreshNeed<'a> {

@@ -323,3 +323,21 @@ def test_path_parameters_do_not_bypass_a_protected_prefix(stack, valid, path):
     # With a valid token it is relayed as usual.
     resp = stack.raw(path, [("Cookie", f"{AT_COOKIE}={valid}".encode())])
     assert resp.status_code == 200, describe(resp)
+
+
+@pytest.mark.parametrize("path", ["/api/public/x", "/static/app.js", "/api/x"])
+def test_forged_claim_headers_never_reach_the_upstream(stack, valid, path):
+    """`x-user-sub` (a forward_claims header) and its underscore spelling are removed from every
+    request, protected or not; on a protected one only the relay's verified value arrives."""
+    headers = [("x-user-sub", "admin"), ("x_user_sub", "admin")]
+    if path == "/api/x":
+        headers.append(("Cookie", f"{AT_COOKIE}={valid}"))
+    resp = stack.raw(path, headers)
+    assert resp.status_code == 200, describe(resp)
+    (rec,) = stack.upstream.received
+    assert not upstream_headers(rec, "x_user_sub"), rec["header_list"]
+    got = upstream_headers(rec, "x-user-sub")
+    if path == "/api/x":
+        assert got == [json.loads(json.dumps(make_claims()["sub"]))], got
+    else:
+        assert got == [], got
