@@ -375,7 +375,11 @@ fn forged_claim_headers_are_removed_from_every_request() {
         "GET",
         "/static/app.js",
         None,
-        &[("x-user-sub", "admin"), ("x_user_sub", "admin"), ("x-other", "1")],
+        &[
+            ("x-user-sub", "admin"),
+            ("x_user_sub", "admin"),
+            ("x-other", "1"),
+        ],
     );
     assert!(matches!(arrive(&a, 1, h), Outcome::Pass));
     let removed: Vec<String> = host
@@ -396,7 +400,10 @@ fn forged_claim_headers_are_removed_from_every_request() {
         &[("X_User_Sub", "admin")],
     );
     assert!(matches!(arrive(&a, 2, h), Outcome::Continue));
-    assert_eq!(host.request_header(2, "x-user-sub"), Some("alice".to_string()));
+    assert_eq!(
+        host.request_header(2, "x-user-sub"),
+        Some("alice".to_string())
+    );
     assert!(host
         .0
         .request_headers
