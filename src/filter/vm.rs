@@ -145,6 +145,7 @@ impl<H: Host> Vm<H> {
             Step::Pass => Outcome::Pass,
             Step::Forward(f) => {
                 self.host.apply_forward(&f);
+                self.host.set_reason(f.via.code());
                 self.metrics.forwarded();
                 Outcome::Continue
             }
@@ -200,6 +201,7 @@ impl<H: Host> Vm<H> {
                 match done.step {
                     Step::Forward(f) => {
                         self.host.apply_forward(&f);
+                        self.host.set_reason(f.via.code());
                         self.metrics.forwarded();
                         if !done.set_cookies.is_empty() {
                             self.response_cookies.insert(ctx, done.set_cookies);
@@ -291,6 +293,7 @@ pub(crate) fn finish_waiters<H: Host>(
                 if let Ok(st) = vm.try_borrow() {
                     st.metrics.refused(&host, &r);
                 }
+                host.set_reason(r.reason);
                 host.send_reply(&r);
             }
         }
