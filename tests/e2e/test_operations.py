@@ -23,8 +23,8 @@ import pytest
 from checks import assert_forwarded, assert_nothing_upstream, describe
 from fake_token_endpoint import FakeTokenEndpoint
 from refresh_support import Relay, SessionKeys, refresh_plugin_config
-from support import (AT_COOKIE, REPO_ROOT, KeyPair, default_plugin_config, make_claims,
-                     relay_config, wait_until)
+from support import (AT_COOKIE, REPO_ROOT, Envoy, KeyPair, default_plugin_config, free_port,
+                     make_claims, relay_config, wait_until)
 
 README = REPO_ROOT / "README.md"
 METRIC_PREFIX = "edge_token_relay_"
@@ -258,6 +258,97 @@ def test_the_access_log_prints_each_requests_reason(relay_stack, keys, tmp_path)
                 set(log.read_text().splitlines()) if log.exists() else set()),
             timeout=10, what=f"{expected} in the access log")
         assert expected <= lines
+
+
+class LoggedRelay(Relay):
+    """A refresh-enabled relay whose Envoy writes the reason access log to `log_path`."""
+
+    def __init__(self, *a, log_path: str, listener_port: int = 0, **kw):
+        super().__init__(*a, **kw)
+        self.log_path = log_path
+        self.listener_port = listener_port
+
+    def start(self) -> "LoggedRelay":
+        try:
+            self.upstream.start()
+            cfg = relay_config(self.upstream.port, self.idp_port, self.plugin_config,
+                               listener_port=self.listener_port)
+            self.envoy = Envoy(with_access_log(cfg, self.log_path), name=self.name).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+
+def test_the_access_log_prints_refresh_reasons(wasm_file, tmp_path):
+    log = tmp_path / "access.log"
+    signer = KeyPair.generate("RS256")
+    session_keys = SessionKeys.generate()
+    fake = FakeTokenEndpoint(signer).start()
+    relay = None
+    try:
+        pc = refresh_plugin_config(session_keys, authority="idp.example.com", timeout_ms=1000)
+        relay = LoggedRelay("operations-refresh-reasons", fake.port, pc,
+                            log_path=str(log)).start()
+        assert relay.wait_ready(fake.mint_access_token()).status_code == 200
+        session = lambda rt: f"__Host-relay-session={session_keys.seal(rt)}"  # noqa: E731
+        assert relay.get("/api/refreshed", session("rt-reason-1")).status_code == 200
+        fake.mode = "invalid_grant"
+        assert relay.get("/api/revoked", session("rt-reason-2")).status_code == 401
+        fake.mode = "status_500"
+        assert relay.get("/api/unavailable", session("rt-reason-3")).status_code == 503
+        expected = {
+            "/api/refreshed 200 reason=refreshed",
+            "/api/revoked 401 reason=session_revoked",
+            "/api/unavailable 503 reason=refresh_unavailable",
+        }
+        wait_until(
+            lambda: (lambda ls: ls if expected <= ls else None)(
+                set(log.read_text().splitlines()) if log.exists() else set()),
+            timeout=10, what=f"{expected} in the access log")
+    finally:
+        if relay is not None:
+            relay.stop()
+        fake.stop()
+
+
+def test_the_access_log_prints_login_path_reasons(wasm_file, tmp_path):
+    log = tmp_path / "access.log"
+    signer = KeyPair.generate("RS256")
+    session_keys = SessionKeys.generate()
+    fake = FakeTokenEndpoint(signer).start()
+    relay = None
+    try:
+        port = free_port()
+        pc = refresh_plugin_config(session_keys, authority="idp.example.com", timeout_ms=1000)
+        pc.pop("upstream_token_headers", None)
+        pc["login"] = {"authorization_endpoint": "https://idp.example.com/oauth2/authorize",
+                       "redirect_uri": f"http://127.0.0.1:{port}/auth/callback",
+                       "scopes": ["openid", "offline_access"]}
+        relay = LoggedRelay("operations-login-reasons", fake.port, pc, log_path=str(log),
+                            listener_port=port).start()
+        assert relay.wait_ready(fake.mint_access_token()).status_code == 200
+        page = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+        assert relay.get("/api/page", headers=page).status_code == 302
+        assert relay.get("/auth/login").status_code == 302
+        assert relay.get("/auth/callback?code=c0de&state=s1").status_code == 400
+        assert relay.get("/auth/userinfo").status_code == 401
+        expected = {
+            "/api/page 302 reason=login_redirect",
+            "/auth/login 302 reason=login_start",
+            "/auth/userinfo 401 reason=userinfo_no_session",
+        }
+        lines = wait_until(
+            lambda: (lambda ls: ls if expected <= ls and any(
+                ln.startswith("/auth/callback") for ln in ls) else None)(
+                set(log.read_text().splitlines()) if log.exists() else set()),
+            timeout=10, what=f"{expected} in the access log")
+        (cb,) = [ln for ln in lines if ln.startswith("/auth/callback")]
+        assert cb.endswith(" 400 reason=login_flow_missing"), cb
+    finally:
+        if relay is not None:
+            relay.stop()
+        fake.stop()
 
 
 def test_the_shipped_configs_log_the_reason():
