@@ -55,8 +55,8 @@ impl RootContext for Root {
                 return false;
             }
         };
-        // Shared records are named by configuration, so two filter instances never mix.
         let line = startup_line(&config, &raw);
+        // Shared records are named by configuration, so two filter instances never mix.
         let vm = Vm::new(Envoy, config, fnv1a(&raw));
         if let Some(flights) = &vm.flights {
             flights.init_slots(&vm.host);
