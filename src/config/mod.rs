@@ -7,6 +7,7 @@ mod cookies;
 mod error;
 mod login;
 mod refresh;
+mod summary;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ pub use login::RawLogin;
 pub use login::{LoginConfig, Route, DEFAULT_SESSION_LIFETIME_S};
 use refresh::{refresh_config, RawEndpoint, RawRefresh, RawSessionKey, RawUpstreamTokenHeaders};
 pub use refresh::{ClientAuth, RefreshConfig, Secret, UpstreamTokenHeaders};
+pub(crate) use summary::startup_line;
 use upstream::upstream;
 pub use upstream::Upstream;
 

@@ -43,6 +43,8 @@ pub(crate) struct State {
     metric_names: RefCell<Vec<String>>,
     pub(crate) metrics: RefCell<BTreeMap<String, i64>>,
     pub(crate) tick: Cell<Option<Duration>>,
+    /// (context, reason) filter-state writes.
+    pub(crate) reasons: RefCell<Vec<(u32, String)>>,
 }
 
 #[derive(Clone, Default)]
@@ -79,6 +81,17 @@ impl Fake {
             .iter()
             .filter(|(c, _)| *c == ctx)
             .map(|(_, r)| (r.status, r.reason))
+            .collect()
+    }
+
+    /// The reasons recorded for stream `ctx`, in order.
+    pub(crate) fn reasons_of(&self, ctx: u32) -> Vec<String> {
+        self.0
+            .reasons
+            .borrow()
+            .iter()
+            .filter(|(c, _)| *c == ctx)
+            .map(|(_, r)| r.clone())
             .collect()
     }
 
@@ -208,6 +221,13 @@ impl Host for Fake {
 
     fn random(&self) -> Option<Random> {
         Some(Random::fixed(3))
+    }
+
+    fn set_reason(&self, reason: &str) {
+        self.0
+            .reasons
+            .borrow_mut()
+            .push((self.0.effective.get(), reason.to_string()));
     }
 }
 

@@ -52,6 +52,8 @@ pub(crate) trait Host: Clone {
     fn send_reply(&self, reply: &Reply);
     /// Fresh randomness for one request; `None` when the host has none.
     fn random(&self) -> Option<Random>;
+    /// Records the current request's outcome in Envoy's filter state for access logs.
+    fn set_reason(&self, reason: &str);
 
     fn now_s(&self) -> u64 {
         self.now_ms() / 1000
@@ -84,6 +86,10 @@ pub(crate) trait Host: Clone {
         }
     }
 }
+
+/// The filter-state property that holds a request's outcome. Envoy prefixes a Wasm property
+/// with `wasm.`, so access logs read it as `%FILTER_STATE(wasm.edge_token_relay.reason:PLAIN)%`.
+pub(crate) const REASON_PROPERTY: &str = "edge_token_relay.reason";
 
 /// The real host: Envoy through proxy-wasm host calls.
 #[derive(Debug, Clone, Copy, Default)]
@@ -161,6 +167,11 @@ impl Host for Envoy {
 
     fn random(&self) -> Option<Random> {
         Random::draw(|b| getrandom::fill(b).is_ok())
+    }
+
+    fn set_reason(&self, reason: &str) {
+        // Fails only without a stream (a root context); the log line then has "-".
+        let _ = hostcalls::set_property(vec![REASON_PROPERTY], Some(reason.as_bytes()));
     }
 }
 

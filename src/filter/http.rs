@@ -179,6 +179,7 @@ impl Http {
             reply.status,
             reply.reason
         );
+        Envoy.set_reason(reply.reason);
         Envoy.send_reply(reply);
         Action::Pause
     }

@@ -10,6 +10,69 @@ use proxy_wasm::types::MetricType;
 use super::host::Host;
 use crate::http::Reply;
 
+/// The reason codes of the relay's own 4xx and 5xx answers, each counted as
+/// `edge_token_relay_denied_<reason>_total` (README "Metrics" lists the same set). Fixed, so the
+/// metric names are known before the first request and a reason never makes a new name.
+pub(crate) const DENIED_REASONS: &[&str] = &[
+    // 400
+    "cookie_not_utf8",
+    // 401: tokens
+    "missing_token",
+    "malformed",
+    "unsupported_alg",
+    "bad_type",
+    "missing_kid",
+    "missing_exp",
+    "too_large",
+    "unknown_kid",
+    "rejected_key",
+    "bad_signature",
+    "bad_issuer",
+    "bad_audience",
+    "claim_mismatch",
+    "expired",
+    "not_yet_valid",
+    // 401: sessions
+    "session_invalid",
+    "session_revoked",
+    // 403
+    "csrf_origin_not_allowed",
+    "csrf_referer_not_allowed",
+    "csrf_no_origin",
+    "csrf_cross_site",
+    "csrf_missing_token",
+    "csrf_token_mismatch",
+    // 431
+    "headers_too_large",
+    // 503
+    "jwks_not_ready",
+    "refresh_unavailable",
+    "refresh_timeout",
+    "refreshed_token_rejected",
+    "busy",
+    "no_randomness",
+    // login, callback, logout and userinfo paths
+    "login_idp_error",
+    "login_bad_callback",
+    "login_wrong_issuer",
+    "login_flow_missing",
+    "login_flow_invalid",
+    "login_flow_expired",
+    "login_state_mismatch",
+    "login_code_rejected",
+    "login_idp_unavailable",
+    "login_exchange_failed",
+    "login_id_token_missing",
+    "login_id_token_invalid",
+    "login_nonce_mismatch",
+    "login_access_token_invalid",
+    "login_keys_not_ready",
+    "login_not_configured",
+    "login_method_not_allowed",
+    "userinfo_no_session",
+    "userinfo_no_id_token",
+];
+
 pub(crate) struct Metrics {
     forwarded: Option<u32>,
     forwarded_pending: Cell<i64>,
@@ -34,6 +97,8 @@ pub(crate) struct Metrics {
     login_succeeded: Option<u32>,
     login_failed: Option<u32>,
     logout: Option<u32>,
+    /// One counter per entry of [`DENIED_REASONS`], in the same order.
+    denied_by_reason: Vec<Option<u32>>,
 }
 
 fn add(host: &impl Host, id: Option<u32>, n: i64) {
@@ -76,6 +141,10 @@ impl Metrics {
             login_succeeded: counter("edge_token_relay_login_succeeded_total"),
             login_failed: counter("edge_token_relay_login_failed_total"),
             logout: counter("edge_token_relay_logout_total"),
+            denied_by_reason: DENIED_REASONS
+                .iter()
+                .map(|r| counter(&format!("edge_token_relay_denied_{r}_total")))
+                .collect(),
         }
     }
 
@@ -122,6 +191,19 @@ impl Metrics {
         if matches!(reply.reason, "session_invalid" | "session_revoked") {
             inc(host, self.sessions_refused);
         }
+        self.denied_reason(host, reply);
+    }
+
+    /// The per-reason counter of a 4xx or 5xx answer (a scan of a short list, on refusals only).
+    fn denied_reason(&self, host: &impl Host, reply: &Reply) {
+        if reply.status < 400 {
+            return;
+        }
+        let id = DENIED_REASONS
+            .iter()
+            .position(|r| *r == reply.reason)
+            .and_then(|i| self.denied_by_reason.get(i).copied().flatten());
+        inc(host, id);
     }
 
     pub(crate) fn refresh_dispatched(&self, host: &impl Host) {
@@ -162,6 +244,7 @@ impl Metrics {
                 _ => None,
             },
         );
+        self.denied_reason(host, reply);
     }
 
     pub(crate) fn jwks_fetch(&self, host: &impl Host, ok: bool) {

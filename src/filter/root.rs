@@ -12,7 +12,7 @@ use super::host::{self, Envoy, Host};
 use super::http::Http;
 use super::jwks_sync::fnv1a;
 use super::vm::{SharedVm, Vm, TICK};
-use crate::config::Config;
+use crate::config::{startup_line, Config};
 
 pub(crate) struct Root {
     id: u32,
@@ -42,10 +42,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        // Per-request debug lines cost more than the filter's work: ask Envoy what it will keep.
-        if let Ok(level) = hostcalls::get_log_level() {
-            proxy_wasm::set_log_level(level);
-        }
+        sync_log_level();
         let raw = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
             .flatten()
@@ -58,6 +55,7 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let line = startup_line(&config, &raw);
         // Shared records are named by configuration, so two filter instances never mix.
         let vm = Vm::new(Envoy, config, fnv1a(&raw));
         if let Some(flights) = &vm.flights {
@@ -66,11 +64,14 @@ impl RootContext for Root {
         self.vm = Some(Rc::new(RefCell::new(vm)));
         // Every VM ticks: key sync, refresh dispatch and metric flushes run there.
         Envoy.set_tick_period(TICK);
-        log::info!("edge-token-relay configured (root context {})", self.id);
+        log::info!("{line} (root context {})", self.id);
         true
     }
 
     fn on_tick(&mut self) {
+        // One host call per tick, none per request: `POST /logging?wasm=debug` reaches the
+        // relay within a tick.
+        sync_log_level();
         if let Some(vm) = &self.vm {
             events::on_tick(vm);
         }
@@ -83,5 +84,12 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Per-request debug lines cost more than the filter's work: ask Envoy what it will keep.
+fn sync_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        proxy_wasm::set_log_level(level);
     }
 }

@@ -411,3 +411,114 @@ fn forged_claim_headers_are_removed_from_every_request() {
         .iter()
         .any(|(c, n, v)| *c == 2 && n == "X_User_Sub" && v.is_none()));
 }
+
+#[test]
+fn forwarded_requests_record_how_their_token_was_trusted() {
+    let host = Fake::at(NOW);
+    let vm = worker(&host, json!({}));
+    let cookie = format!("__Host-relay-at={}", access_token());
+    let get = || request("GET", "/api/orders", Some(cookie.as_bytes()), &[]);
+    assert!(matches!(arrive(&vm, 1, get()), Outcome::Continue));
+    assert!(matches!(arrive(&vm, 2, get()), Outcome::Continue));
+    assert_eq!(host.reasons_of(1), vec!["forwarded"]);
+    assert_eq!(host.reasons_of(2), vec!["cache_hit"]);
+    // Unprotected paths record nothing.
+    let public = request("GET", "/api/public/x", Some(cookie.as_bytes()), &[]);
+    assert!(matches!(arrive(&vm, 3, public), Outcome::Pass));
+    assert!(host.reasons_of(3).is_empty());
+
+    // A session-only request is forwarded after the refresh it waited for.
+    assert!(is_wait(&arrive(&vm, 4, session_request(&vm, "rt-r"))));
+    assert!(host.reasons_of(4).is_empty());
+    on_tick(&vm);
+    let calls = host.calls();
+    assert_eq!(calls.len(), 1);
+    answer(&vm, calls[0].token, 200, token_answer("rt-r2"));
+    assert_eq!(host.resumed(), vec![4]);
+    assert_eq!(host.reasons_of(4), vec!["refreshed"]);
+}
+
+#[test]
+fn a_parked_request_answered_later_records_its_reason_and_counter() {
+    let host = Fake::at(NOW);
+    let vm = worker(&host, json!({}));
+    assert!(is_wait(&arrive(&vm, 1, session_request(&vm, "rt-g"))));
+    on_tick(&vm);
+    let calls = host.calls();
+    answer(
+        &vm,
+        calls[0].token,
+        400,
+        br#"{"error":"invalid_grant"}"#.to_vec(),
+    );
+    assert_eq!(host.replies_to(1), vec![(401, "session_revoked")]);
+    assert_eq!(host.reasons_of(1), vec!["session_revoked"]);
+    assert_eq!(
+        host.metric("edge_token_relay_denied_session_revoked_total"),
+        1
+    );
+    assert_eq!(host.metric("edge_token_relay_requests_denied_401_total"), 1);
+}
+
+#[test]
+fn every_denied_reason_has_its_own_counter() {
+    use super::metrics::{Metrics, DENIED_REASONS};
+    use crate::http::Reply;
+    let host = Fake::at(NOW);
+    let m = Metrics::define(&host);
+    let mut seen = std::collections::BTreeSet::new();
+    for r in DENIED_REASONS {
+        assert!(seen.insert(*r), "{r} listed twice");
+        assert!(
+            r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "{r}"
+        );
+        m.refused(&host, &Reply::error(401, r, "x", "y"));
+        assert_eq!(
+            host.metric(&format!("edge_token_relay_denied_{r}_total")),
+            1
+        );
+    }
+    // The core's reason codes are all in the list.
+    use crate::csrf::CsrfError;
+    use crate::jwt::token::TokenError;
+    for e in [
+        TokenError::Malformed,
+        TokenError::UnsupportedAlg,
+        TokenError::MissingKid,
+        TokenError::UnknownKid,
+        TokenError::RejectedKey,
+        TokenError::RejectedKey,
+        TokenError::BadSignature,
+        TokenError::BadType,
+        TokenError::BadIssuer,
+        TokenError::BadAudience,
+        TokenError::ClaimMismatch,
+        TokenError::Expired,
+        TokenError::NotYetValid,
+        TokenError::MissingExp,
+        TokenError::TooLarge,
+    ] {
+        assert!(DENIED_REASONS.contains(&e.code()), "{}", e.code());
+    }
+    for e in [
+        CsrfError::CrossSite,
+        CsrfError::OriginNotAllowed,
+        CsrfError::RefererNotAllowed,
+        CsrfError::NoOrigin,
+        CsrfError::MissingToken,
+        CsrfError::TokenMismatch,
+    ] {
+        assert!(DENIED_REASONS.contains(&e.code()), "{}", e.code());
+    }
+    // Answers that are not refusals count nowhere, and unknown reasons make no new name.
+    m.refused(&host, &Reply::redirect("/auth/login", "login_redirect"));
+    m.refused(&host, &Reply::error(401, "not_a_listed_reason", "x", "y"));
+    assert!(host
+        .0
+        .metrics
+        .borrow()
+        .keys()
+        .all(|k| !k.contains("login_redirect") && !k.contains("not_a_listed")));
+}

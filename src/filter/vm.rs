@@ -156,6 +156,7 @@ impl<H: Host> Vm<H> {
             Step::Forward(f) => {
                 self.strip_forged_claims(req);
                 self.host.apply_forward(&f);
+                self.host.set_reason(f.via.code());
                 self.metrics.forwarded();
                 Outcome::Continue
             }
@@ -212,6 +213,7 @@ impl<H: Host> Vm<H> {
                     Step::Forward(f) => {
                         self.strip_forged_claims(req);
                         self.host.apply_forward(&f);
+                        self.host.set_reason(f.via.code());
                         self.metrics.forwarded();
                         if !done.set_cookies.is_empty() {
                             self.response_cookies.insert(ctx, done.set_cookies);
@@ -308,6 +310,7 @@ pub(crate) fn finish_waiters<H: Host>(
                     r.status,
                     r.reason
                 );
+                host.set_reason(r.reason);
                 host.send_reply(&r);
             }
         }

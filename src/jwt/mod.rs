@@ -16,6 +16,8 @@ use token_cache::{Cached, TokenCache};
 pub struct Valid {
     pub forwarded: Rc<[(String, String)]>,
     pub exp: u64,
+    /// Found in the verified-token cache (no signature check ran); reported per request.
+    pub(crate) cached: bool,
 }
 
 /// Why [`verify_cached`] did not verify a token.
@@ -60,6 +62,7 @@ pub fn verify_cached(
         return Ok(Valid {
             forwarded: Rc::clone(&hit.forwarded),
             exp: hit.exp,
+            cached: true,
         });
     }
     let keys = keys.ok_or(VerifyError::KeysNotReady)?;
@@ -77,5 +80,6 @@ pub fn verify_cached(
     Ok(Valid {
         forwarded,
         exp: v.exp,
+        cached: false,
     })
 }

@@ -1,7 +1,7 @@
 //! The second half of a refresh: turning its outcome into the request's fate and the browser's
 //! cookies; and the tokens an upstream rotated itself.
 
-use super::decide::{forward, over_budget, within_budget, RefreshNeed, Step};
+use super::decide::{forward, over_budget, within_budget, RefreshNeed, Step, Via};
 use super::flight::RefreshOutcome;
 use crate::config::{Config, RefreshConfig};
 use crate::http::{cookie, Reply, RequestView};
@@ -86,7 +86,7 @@ pub fn complete_refresh<'a>(
                 now,
             ));
             let remainder = jar::scan(config, cookie_header).remainder();
-            let f = forward(config, at, remainder, v.forwarded);
+            let f = forward(config, at, remainder, v.forwarded, Via::Refreshed);
             match over_budget(config, req, &f) {
                 Some(mut reply) => {
                     // Still hand the browser its rotated session: the refresh token is spent.

@@ -46,6 +46,38 @@ pub struct Forward<'a> {
     headers: &'a [(String, String)],
     /// The token's forwarded values, by header name.
     values: Rc<[(String, String)]>,
+    /// How the token came to be trusted (the request's reason in filter state).
+    pub(crate) via: Via,
+}
+
+/// How a forwarded request's token came to be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// Its signature was verified for this request (a token-cache miss).
+    Verified,
+    /// Found in the verified-token cache.
+    Cached,
+    /// Issued by a silent refresh for this request.
+    Refreshed,
+}
+
+impl Via {
+    /// The stable reason code an access log prints for a forwarded request.
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Via::Verified => "forwarded",
+            Via::Cached => "cache_hit",
+            Via::Refreshed => "refreshed",
+        }
+    }
+
+    pub(crate) fn of(v: &Valid) -> Via {
+        if v.cached {
+            Via::Cached
+        } else {
+            Via::Verified
+        }
+    }
 }
 
 impl Forward<'_> {
@@ -152,8 +184,17 @@ pub fn decide<'a>(
         },
     };
 
-    let forward_current =
-        |v: &Valid| token.map(|t| forward(config, t, scan.remainder(), Rc::clone(&v.forwarded)));
+    let forward_current = |v: &Valid| {
+        token.map(|t| {
+            forward(
+                config,
+                t,
+                scan.remainder(),
+                Rc::clone(&v.forwarded),
+                Via::of(v),
+            )
+        })
+    };
     let checked = |f: Forward<'a>| within_budget(config, req, f);
     let Some(refresh) = &config.refresh else {
         return match verified {
@@ -206,6 +247,7 @@ pub(crate) fn forward<'a>(
     token: &str,
     cookie: Option<String>,
     values: Rc<[(String, String)]>,
+    via: Via,
 ) -> Forward<'a> {
     let mut authorization = String::with_capacity(7 + token.len());
     authorization.push_str("Bearer ");
@@ -215,6 +257,7 @@ pub(crate) fn forward<'a>(
         cookie,
         headers: &config.rules.forward_claims,
         values,
+        via,
     }
 }
 

@@ -1,0 +1,146 @@
+//! The start-up line: which build runs with which configuration, without a secret in it.
+
+use serde_json::Value;
+
+use super::{Config, JwksSource};
+
+/// Field names whose values never reach the log, not even hashed: a short hash of a low-entropy
+/// secret could be brute-forced, and rotating a key is not a configuration change to report.
+fn is_secret(name: &str) -> bool {
+    name == "session_keys" || name.contains("secret")
+}
+
+fn strip_secrets(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.retain(|k, _| !is_secret(k));
+            map.values_mut().for_each(strip_secrets);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_secrets),
+        _ => {}
+    }
+}
+
+/// FNV-1a: stable across builds and platforms (std's hasher is not).
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A short digest of the configuration JSON with its secrets removed. Keys are re-serialized
+/// in sorted order, so the same settings give the same hash however the JSON was written.
+pub(crate) fn config_hash(raw: &[u8]) -> String {
+    let canonical = match serde_json::from_slice::<Value>(raw) {
+        Ok(mut v) => {
+            strip_secrets(&mut v);
+            v.to_string()
+        }
+        // Parse accepted it, so this is unreachable; hash nothing rather than the raw bytes.
+        Err(_) => String::new(),
+    };
+    let h = fnv1a(canonical.as_bytes());
+    format!("{:08x}", (h >> 32) ^ (h & 0xffff_ffff))
+}
+
+/// `edge-token-relay 0.4.0 configured: config=1a2b3c4d protected_prefixes=2 features=refresh,csrf`
+pub(crate) fn startup_line(config: &Config, raw: &[u8]) -> String {
+    let refresh = config.refresh.as_ref();
+    let features: Vec<&str> = [
+        ("refresh", refresh.is_some()),
+        ("login", config.login.is_some()),
+        ("csrf", config.csrf.is_some()),
+        (
+            "double_submit",
+            config.csrf.as_ref().is_some_and(|c| c.double_submit),
+        ),
+        (
+            "remote_jwks",
+            matches!(config.jwks, JwksSource::Remote { .. }),
+        ),
+        (
+            "upstream_token_headers",
+            refresh.is_some_and(|r| r.upstream_token_headers.is_some()),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| name)
+    .collect();
+    format!(
+        "edge-token-relay {} configured: config={} protected_prefixes={} features={}",
+        env!("CARGO_PKG_VERSION"),
+        config_hash(raw),
+        config.paths.protected.len(),
+        if features.is_empty() {
+            "none".to_string()
+        } else {
+            features.join(",")
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{self, ISS};
+    use serde_json::json;
+
+    fn raw(v: &Value) -> Vec<u8> {
+        v.to_string().into_bytes()
+    }
+
+    #[test]
+    fn the_line_names_version_hash_prefixes_and_features() {
+        let c = testkit::config(json!({"protected_prefixes": ["/api/", "/admin/"]}));
+        let line = startup_line(&c, b"{\"a\":1}");
+        assert_eq!(
+            line,
+            format!(
+                "edge-token-relay {} configured: config={} protected_prefixes=2 features=none",
+                env!("CARGO_PKG_VERSION"),
+                config_hash(b"{\"a\":1}")
+            )
+        );
+        let c = testkit::refresh_config(json!({
+            "csrf": {"allowed_origins": ["https://app.example.com"], "double_submit": true},
+            "upstream_token_headers": {"access_token": "x-new-at"},
+        }));
+        let line = startup_line(&c, b"{}");
+        assert!(
+            line.ends_with(
+                "protected_prefixes=1 features=refresh,csrf,double_submit,upstream_token_headers"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_hash_ignores_secrets_and_key_order_but_not_settings() {
+        let a = json!({"issuer": ISS, "client_secret": "one", "session_keys": [{"kid": "a", "key": "k1"}],
+                       "login": {"client_secret": "x"}});
+        let b = json!({"login": {"client_secret": "y"}, "session_keys": [{"kid": "b", "key": "k2"}],
+                       "client_secret": "two", "issuer": ISS});
+        assert_eq!(config_hash(&raw(&a)), config_hash(&raw(&b)));
+        assert_eq!(
+            config_hash(&raw(&a)),
+            config_hash(&raw(&json!({"issuer": ISS, "login": {}})))
+        );
+        let c = json!({"issuer": "https://other.example"});
+        assert_ne!(config_hash(&raw(&a)), config_hash(&raw(&c)));
+        let h = config_hash(&raw(&a));
+        assert_eq!(h.len(), 8);
+        assert!(h.chars().all(|ch| ch.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn no_secret_reaches_the_line() {
+        let c = testkit::refresh_config(json!({"client_secret": "hunter2-secret"}));
+        let body = json!({"client_secret": "hunter2-secret", "session_keys": "BwcHBw"});
+        let line = startup_line(&c, &raw(&body));
+        assert!(
+            !line.contains("hunter2") && !line.contains("BwcHBw"),
+            "{line}"
+        );
+    }
+}
