@@ -489,7 +489,6 @@ fn every_denied_reason_has_its_own_counter() {
         TokenError::MissingKid,
         TokenError::UnknownKid,
         TokenError::RejectedKey,
-        TokenError::RejectedKey,
         TokenError::BadSignature,
         TokenError::BadType,
         TokenError::BadIssuer,
