@@ -29,6 +29,8 @@ pub(crate) struct Http {
     protected: bool,
     /// The request's Cookie header, kept only when an upstream may rotate tokens itself.
     cookie: Option<Vec<u8>>,
+    /// `upstream_token_headers` is configured: those headers never reach the browser.
+    rotating: bool,
 }
 
 impl Http {
@@ -40,6 +42,7 @@ impl Http {
             pending_logout: None,
             protected: false,
             cookie: None,
+            rotating: false,
         }
     }
 }
@@ -102,6 +105,7 @@ impl HttpContext for Http {
                 .refresh
                 .as_ref()
                 .is_some_and(|r| r.upstream_token_headers.is_some());
+            self.rotating = rotating;
             let cookie = if rotating {
                 view.cookie().map(|c| c.into_owned())
             } else {
@@ -142,6 +146,10 @@ impl HttpContext for Http {
         };
         if self.cookie.is_some() {
             cookies.extend(self.upstream_rotation());
+        } else if self.rotating {
+            // Not a session the relay owns (a public path, an unprotected one, a refusal):
+            // tokens an upstream sends there must not reach the browser's JavaScript.
+            self.drop_rotated_headers();
         }
         if !self.protected {
             return Action::Continue;
@@ -296,6 +304,27 @@ impl Http {
                     )
                 }
             }
+        }
+    }
+
+    /// Removes the `upstream_token_headers` from a response the relay does not turn into cookies.
+    fn drop_rotated_headers(&self) {
+        let Ok(st) = self.vm.try_borrow() else {
+            return;
+        };
+        let Some(names) = st
+            .config
+            .refresh
+            .as_ref()
+            .and_then(|r| r.upstream_token_headers.as_ref())
+        else {
+            return;
+        };
+        for name in [&names.access_token, &names.refresh_token]
+            .into_iter()
+            .flatten()
+        {
+            host::set_response_header(name, None);
         }
     }
 

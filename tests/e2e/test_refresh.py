@@ -989,6 +989,22 @@ def test_upstream_token_headers_become_cookies(basic, session_keys, signer):
     assert fake.count == n0
 
 
+@pytest.mark.parametrize("path", ["/api/public/step", "/static/step", "/api/refused-step"])
+def test_upstream_token_headers_never_reach_the_browser_elsewhere(basic, path):
+    """On a public or unprotected path (and on a refused request) the relay owns no session:
+    the headers are removed, and no cookie is made of them."""
+    relay = basic.relay
+    query = "?_header=x-new-access-token:at-from-upstream&_header=x-new-refresh-token:rt-secret"
+    resp = relay.get(path + query, None)
+    if path == "/api/refused-step":
+        assert resp.status_code == 401, describe(resp)
+    else:
+        assert resp.status_code == 200, describe(resp)
+    names = {k.lower() for k in resp.headers}
+    assert "x-new-access-token" not in names and "x-new-refresh-token" not in names, resp.headers
+    assert not set_cookies(resp)
+
+
 # --------------------------------------------------------------------------------------------
 # 9. Metrics, and no VM failure anywhere
 # --------------------------------------------------------------------------------------------
