@@ -133,6 +133,11 @@ struct RawJwks {
 // ---- parsing and validation ---------------------------------------------------------------
 
 impl Config {
+    /// The response headers an upstream rotates tokens in, when configured.
+    pub fn upstream_token_headers(&self) -> Option<&UpstreamTokenHeaders> {
+        self.refresh.as_ref()?.upstream_token_headers.as_ref()
+    }
+
     /// Parses and validates the plugin configuration (a JSON object).
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(json);

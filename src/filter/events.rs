@@ -18,7 +18,7 @@ pub(crate) fn on_call_response<H: Host>(
     status: Option<u32>,
     read_body: impl Fn(usize) -> Option<Vec<u8>>,
 ) {
-    let settled: Option<WaitOn> = {
+    let (now, settled): (u64, Option<WaitOn>) = {
         // Busy means re-entered from a context that holds the VM: the answer cannot be lost
         // that way in practice (the host calls back only from its event loop), but never panic.
         let Ok(mut guard) = vm.try_borrow_mut() else {
@@ -27,7 +27,7 @@ pub(crate) fn on_call_response<H: Host>(
         };
         let st = &mut *guard;
         let now = st.host.now_s();
-        if let Some(jwks) = st.jwks.as_mut().filter(|j| j.owns(token)) {
+        let settled = if let Some(jwks) = st.jwks.as_mut().filter(|j| j.owns(token)) {
             let body = read_body(MAX_JWKS_RESPONSE_BYTES);
             let fetched = jwks.on_response(&st.host, status, body, now);
             st.metrics
@@ -54,11 +54,8 @@ pub(crate) fn on_call_response<H: Host>(
             }
         } else {
             None
-        }
-    };
-    let now = match vm.try_borrow() {
-        Ok(st) => st.host.now_s(),
-        Err(_) => return,
+        };
+        (now, settled)
     };
     match settled {
         // Keys changed or the fetch failed: everyone parked on keys is decided again.

@@ -59,6 +59,18 @@ pub(crate) trait Host: Clone {
         self.now_ms() / 1000
     }
 
+    /// Answers stream `ctx` with a reply the relay made itself: the debug line with its reason,
+    /// the reason in filter state, then the reply.
+    fn answer(&self, ctx: u32, reply: &Reply) {
+        log::debug!(
+            "[ctx {ctx}] refused: status={} reason={}",
+            reply.status,
+            reply.reason
+        );
+        self.set_reason(reply.reason);
+        self.send_reply(reply);
+    }
+
     /// Applies the header mutations of a verified request.
     fn apply_forward(&self, f: &Forward<'_>) {
         self.set_request_header("authorization", Some(&f.authorization));

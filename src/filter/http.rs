@@ -100,11 +100,7 @@ impl HttpContext for Http {
                 return self.send(&busy());
             };
             let st = &mut *guard;
-            let rotating = st
-                .config
-                .refresh
-                .as_ref()
-                .is_some_and(|r| r.upstream_token_headers.is_some());
+            let rotating = st.config.upstream_token_headers().is_some();
             self.rotating = rotating;
             let cookie = if rotating {
                 view.cookie().map(|c| c.into_owned())
@@ -181,14 +177,7 @@ impl HttpContext for Http {
 impl Http {
     /// Sends a locally generated answer; the stream waits for nothing more.
     fn send(&self, reply: &Reply) -> Action {
-        log::debug!(
-            "[ctx {}] refused: status={} reason={}",
-            self.id,
-            reply.status,
-            reply.reason
-        );
-        Envoy.set_reason(reply.reason);
-        Envoy.send_reply(reply);
+        Envoy.answer(self.id, reply);
         Action::Pause
     }
 
@@ -312,12 +301,7 @@ impl Http {
         let Ok(st) = self.vm.try_borrow() else {
             return;
         };
-        let Some(names) = st
-            .config
-            .refresh
-            .as_ref()
-            .and_then(|r| r.upstream_token_headers.as_ref())
-        else {
+        let Some(names) = st.config.upstream_token_headers() else {
             return;
         };
         for name in [&names.access_token, &names.refresh_token]
@@ -334,12 +318,7 @@ impl Http {
             return Vec::new();
         };
         let st = &mut *guard;
-        let Some(names) = st
-            .config
-            .refresh
-            .as_ref()
-            .and_then(|r| r.upstream_token_headers.clone())
-        else {
+        let Some(names) = st.config.upstream_token_headers().cloned() else {
             return Vec::new();
         };
         let read = |name: &Option<String>| -> Option<String> {

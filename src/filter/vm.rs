@@ -305,13 +305,7 @@ pub(crate) fn finish_waiters<H: Host>(
                 if let Ok(st) = vm.try_borrow() {
                     st.metrics.refused(&host, &r);
                 }
-                log::debug!(
-                    "[ctx {id}] refused: status={} reason={}",
-                    r.status,
-                    r.reason
-                );
-                host.set_reason(r.reason);
-                host.send_reply(&r);
+                host.answer(id, &r);
             }
         }
     }

@@ -17,6 +17,11 @@ pub struct Reply {
 impl Reply {
     fn json(status: u32, reason: &'static str, error: &str, description: &str) -> Reply {
         let body = json!({ "error": error, "error_description": description }).to_string();
+        Reply::json_body(status, reason, body)
+    }
+
+    /// A JSON answer (`body` is JSON), `no-store`.
+    fn json_body(status: u32, reason: &'static str, body: String) -> Reply {
         Reply {
             status,
             headers: vec![
@@ -69,15 +74,7 @@ impl Reply {
             "largest_bytes": bytes,
         })
         .to_string();
-        Reply {
-            status: 431,
-            headers: vec![
-                ("content-type", "application/json".to_string()),
-                ("cache-control", "no-store".to_string()),
-            ],
-            body,
-            reason: "headers_too_large",
-        }
+        Reply::json_body(431, "headers_too_large", body)
     }
 
     /// 400 for a request the filter cannot read at all (e.g. a Cookie header that is not UTF-8).
@@ -92,18 +89,9 @@ impl Reply {
 
     /// A 200 JSON answer the relay makes itself (`body` is JSON), `no-store`.
     pub fn json_ok(reason: &'static str, body: String) -> Reply {
-        Reply {
-            status: 200,
-            headers: vec![
-                ("content-type", "application/json".to_string()),
-                ("cache-control", "no-store".to_string()),
-            ],
-            body,
-            reason,
-        }
+        Reply::json_body(200, reason, body)
     }
 
-    /// A `302 Found` to `location` (which the caller has validated), no body, `no-store`.
     /// The same reply with `Referrer-Policy: no-referrer` (login answers carry codes and state
     /// in their URLs).
     pub fn no_referrer(mut self) -> Reply {
@@ -112,6 +100,7 @@ impl Reply {
         self
     }
 
+    /// A `302 Found` to `location` (which the caller has validated), no body, `no-store`.
     pub fn redirect(location: &str, reason: &'static str) -> Reply {
         Reply {
             status: 302,

@@ -1,5 +1,5 @@
 //! Tokens: the key set (JWKS), JWS verification and claim checks, the per-VM cache of verified
-//! tokens, and the one way the rest of the relay gets a token checked: [`verify_cached`].
+//! tokens, and the one way the rest of the relay gets a token checked: [`Verifier`].
 
 pub mod jwks;
 pub mod token;
@@ -20,7 +20,7 @@ pub struct Valid {
     pub(crate) cached: bool,
 }
 
-/// Why [`verify_cached`] did not verify a token.
+/// Why [`Verifier::verify`] did not verify a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyError {
     /// Not in the cache, and no key set has been loaded yet.
@@ -45,41 +45,29 @@ impl Verifier<'_> {
         token: &str,
         now: u64,
     ) -> Result<Valid, VerifyError> {
-        verify_cached(self.cache, self.keys, rules, token, now)
-    }
-}
-
-/// The token from the cache when it was verified before and is still alive, else verified
-/// against `keys` and cached.
-pub fn verify_cached(
-    cache: &mut TokenCache,
-    keys: Option<&KeySet>,
-    rules: &ClaimRules,
-    token: &str,
-    now: u64,
-) -> Result<Valid, VerifyError> {
-    if let Some(hit) = cache.get(token, now) {
-        return Ok(Valid {
-            forwarded: Rc::clone(&hit.forwarded),
-            exp: hit.exp,
-            cached: true,
-        });
-    }
-    let keys = keys.ok_or(VerifyError::KeysNotReady)?;
-    let v = token::verify(token, keys, rules, now).map_err(VerifyError::Token)?;
-    let forwarded: Rc<[(String, String)]> = v.forwarded.into();
-    cache.insert(
-        token,
-        Cached {
-            valid_until: v.exp.saturating_add(rules.clock_skew_s),
+        if let Some(hit) = self.cache.get(token, now) {
+            return Ok(Valid {
+                forwarded: Rc::clone(&hit.forwarded),
+                exp: hit.exp,
+                cached: true,
+            });
+        }
+        let keys = self.keys.ok_or(VerifyError::KeysNotReady)?;
+        let v = token::verify(token, keys, rules, now).map_err(VerifyError::Token)?;
+        let forwarded: Rc<[(String, String)]> = v.forwarded.into();
+        self.cache.insert(
+            token,
+            Cached {
+                valid_until: v.exp.saturating_add(rules.clock_skew_s),
+                exp: v.exp,
+                forwarded: Rc::clone(&forwarded),
+            },
+            now,
+        );
+        Ok(Valid {
+            forwarded,
             exp: v.exp,
-            forwarded: Rc::clone(&forwarded),
-        },
-        now,
-    );
-    Ok(Valid {
-        forwarded,
-        exp: v.exp,
-        cached: false,
-    })
+            cached: false,
+        })
+    }
 }

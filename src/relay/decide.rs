@@ -16,7 +16,7 @@ use crate::jar;
 use crate::jwt::jwks::KeySet;
 use crate::jwt::token::TokenError;
 use crate::jwt::token_cache::TokenCache;
-use crate::jwt::{verify_cached, Valid, VerifyError};
+use crate::jwt::{Valid, Verifier, VerifyError};
 use crate::session::{self, Session};
 
 /// What to do with a request.
@@ -174,7 +174,7 @@ pub fn decide<'a>(
     // The access token, if it verifies: its forwarded claims and exp.
     let verified: Result<Valid, Reply> = match token {
         None => Err(Reply::missing_token()),
-        Some(token) => match verify_cached(cache, keys, &config.rules, token, now) {
+        Some(token) => match (Verifier { keys, cache }).verify(&config.rules, token, now) {
             Ok(v) => Ok(v),
             Err(VerifyError::KeysNotReady) => return Step::Respond(keys_not_ready()),
             Err(VerifyError::Token(TokenError::UnknownKid)) if allow_kid_refetch => {
