@@ -4,6 +4,7 @@
 
 use super::host::Host;
 use super::jwks_sync::{Fetched, FETCH_TIMEOUT_S};
+use super::loud::Callout;
 use super::vm::{finish_waiters, SharedVm, WaitOn, FAST_TICK, TICK};
 use crate::idp::{RefreshError, MAX_RESPONSE_BYTES};
 
@@ -80,19 +81,30 @@ pub(crate) fn on_tick<H: Host>(vm: &SharedVm<H>) {
         let mut keys_settled = false;
         if let Some(jwks) = st.jwks.as_mut() {
             let fresh = jwks.sync(&st.host);
-            jwks.tick(&st.host, now);
+            if let Err(why) = jwks.tick(&st.host, now) {
+                // A fetch that cannot leave is a failed fetch, and loud (an unknown cluster).
+                st.metrics.jwks_fetch(&st.host, false);
+                st.alarms.failed(Callout::Jwks, jwks.cluster(), &why, now);
+            }
             keys_settled = fresh.is_some() || !jwks.in_flight();
             if let Some((keys, digest)) = fresh {
                 st.install_keys(keys, digest);
             }
         }
+        st.metrics
+            .jwks_keys(&st.host, st.keys.as_ref().map_or(0, |k| k.len()));
         if let (Some(flights), Some(cfg)) = (st.flights.as_mut(), st.config.refresh.as_ref()) {
             // Failed dispatches and expired calls are settled in the flights' records; their
             // waiters learn it below like everyone else's.
-            let sent = flights.dispatch_queued(&st.host, cfg, now);
+            let (sent, undispatched) = flights.dispatch_queued(&st.host, cfg, now);
             flights.expire(&st.host, now, cfg);
+            flights.sweep(&st.host, now, cfg.grace_s);
             for _ in 0..sent {
                 st.metrics.refresh_dispatched(&st.host);
+            }
+            for u in undispatched {
+                st.metrics.refresh_result(&st.host, false, false);
+                st.alarms.failed(Callout::Refresh, &u.cluster, &u.why, now);
             }
         }
         // Requests parked on another VM's refresh are polled on every tick.

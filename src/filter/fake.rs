@@ -34,13 +34,15 @@ pub(crate) struct State {
     pub(crate) calls: RefCell<Vec<Call>>,
     next_token: Cell<u32>,
     pub(crate) refuse_dispatch: Cell<bool>,
+    /// Clusters Envoy does not know: a dispatch to one fails as Envoy's does (BadArgument).
+    pub(crate) unknown_clusters: RefCell<BTreeSet<String>>,
     effective: Cell<u32>,
     pub(crate) gone: RefCell<BTreeSet<u32>>,
     /// (context, header, value) writes to request headers.
     pub(crate) request_headers: RefCell<Vec<(u32, String, Option<String>)>>,
     pub(crate) replies: RefCell<Vec<(u32, Reply)>>,
     pub(crate) resumed: RefCell<Vec<u32>>,
-    metric_names: RefCell<Vec<String>>,
+    metric_names: RefCell<Vec<(String, MetricType)>>,
     pub(crate) metrics: RefCell<BTreeMap<String, i64>>,
     pub(crate) tick: Cell<Option<Duration>>,
     /// (context, reason) filter-state writes.
@@ -110,6 +112,16 @@ impl Fake {
             .and_then(|(_, _, v)| v.clone())
     }
 
+    /// The bytes stored under `key` (empty when absent).
+    pub(crate) fn shared_value(&self, key: &str) -> Vec<u8> {
+        self.0
+            .shared
+            .borrow()
+            .get(key)
+            .map(|(v, _)| v.clone())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn shared_keys(&self, prefix: &str) -> usize {
         self.0
             .shared
@@ -159,7 +171,7 @@ impl Host for Fake {
         body: Option<&[u8]>,
         _timeout: Duration,
     ) -> Result<u32, String> {
-        if self.0.refuse_dispatch.get() {
+        if self.0.refuse_dispatch.get() || self.0.unknown_clusters.borrow().contains(cluster) {
             return Err("BadArgument".to_string());
         }
         let token = self.0.next_token.get() + 1;
@@ -184,19 +196,28 @@ impl Host for Fake {
         ));
     }
 
-    fn define_metric(&self, _kind: MetricType, name: &str) -> Option<u32> {
+    fn define_metric(&self, kind: MetricType, name: &str) -> Option<u32> {
         let mut names = self.0.metric_names.borrow_mut();
-        names.push(name.to_string());
+        names.push((name.to_string(), kind));
         u32::try_from(names.len() - 1).ok()
     }
 
     fn increment_metric(&self, id: u32, by: i64) {
-        let name = self.0.metric_names.borrow()[id as usize].clone();
+        let name = self.0.metric_names.borrow()[id as usize].0.clone();
         *self.0.metrics.borrow_mut().entry(name).or_default() += by;
     }
 
-    fn record_metric(&self, id: u32, _value: u64) {
-        self.increment_metric(id, 1);
+    /// A gauge takes the value (as Envoy's does); a histogram counts its samples.
+    fn record_metric(&self, id: u32, value: u64) {
+        let (name, kind) = self.0.metric_names.borrow()[id as usize].clone();
+        if kind == MetricType::Gauge {
+            self.0
+                .metrics
+                .borrow_mut()
+                .insert(name, i64::try_from(value).unwrap_or(i64::MAX));
+        } else {
+            self.increment_metric(id, 1);
+        }
     }
 
     fn set_tick_period(&self, period: Duration) {

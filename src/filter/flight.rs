@@ -4,9 +4,11 @@
 //! context, so the call outlives any one client stream), `known` holds recent outcomes for the
 //! grace window. Across VMs: the slot table in Envoy's shared data (see `crate::relay::flight`).
 //! Every slot is created empty at start-up, because Envoy's compare-and-swap only protects
-//! keys that already exist.
+//! keys that already exist. A VM clears the new-token records it wrote once their grace window
+//! is over (`sweep`), so sealed tokens do not outlive their use even in sealed form.
 
 use super::host::Host;
+use super::loud::LogLimit;
 use crate::config::RefreshConfig;
 use crate::idp::{parse_token_response, refresh_request, RefreshError, Tokens, Transient};
 use crate::relay::flight::{
@@ -14,15 +16,18 @@ use crate::relay::flight::{
 };
 use std::collections::HashMap;
 
+/// At most one "no free slot" warning per this many seconds per VM.
+const FULL_LOG_EVERY_S: u64 = 60;
+
 /// A refresh this VM owns; `failures`: the session's consecutive failures before it.
 enum Local {
     Queued {
         rt: String,
-        slot: Option<u32>,
+        slot: u32,
         failures: u32,
     },
     Dispatched {
-        slot: Option<u32>,
+        slot: u32,
         deadline: u64,
         started_ms: u64,
         failures: u32,
@@ -34,6 +39,15 @@ pub(crate) struct Flights {
     local: HashMap<RefreshId, Local>,
     by_token: HashMap<u32, RefreshId>,
     known: HashMap<RefreshId, (RefreshOutcome, u64)>,
+    /// New-token records this VM wrote: (slot, id, end of grace), cleared by `sweep`.
+    written: Vec<(u32, RefreshId, u64)>,
+    full_log: LogLimit,
+}
+
+/// A refresh that could not even be dispatched: the cluster and the host's reason.
+pub(crate) struct Undispatched {
+    pub(crate) cluster: String,
+    pub(crate) why: String,
 }
 
 /// What a request should do about its session's refresh.
@@ -51,6 +65,8 @@ impl Flights {
             local: HashMap::new(),
             by_token: HashMap::new(),
             known: HashMap::new(),
+            written: Vec::new(),
+            full_log: LogLimit::default(),
         }
     }
 
@@ -68,8 +84,8 @@ impl Flights {
         }
     }
 
-    fn probe(&self, host: &impl Host, id: &RefreshId, now: u64, grace_s: u64) -> Probe {
-        probe(id, now, grace_s, |slot| {
+    fn probe(&self, host: &impl Host, id: &RefreshId, now: u64, cfg: &RefreshConfig) -> Probe {
+        probe(id, now, cfg.grace_s, &cfg.session_keys, |slot| {
             host.shared_get(&self.key(slot)).unwrap_or((None, None))
         })
     }
@@ -109,7 +125,7 @@ impl Flights {
             return Plan::Wait;
         }
         for _ in 0..3 {
-            let p = self.probe(host, &id, now, cfg.grace_s);
+            let p = self.probe(host, &id, now, cfg);
             match p.seen {
                 // A backoff is not remembered here: the shared record already carries it.
                 Seen::Settled(failed @ RefreshOutcome::Failed { .. }) => {
@@ -120,16 +136,19 @@ impl Flights {
                 Seen::Free => {}
             }
             let Some((slot, cas)) = p.slot else {
-                // Every probed slot is busy with other sessions: coordinate within this VM only.
-                self.local.insert(
-                    id,
-                    Local::Queued {
-                        rt: rt.to_string(),
-                        slot: None,
-                        failures: 0,
-                    },
-                );
-                return Plan::Wait;
+                // Every slot this session may use is held by other sessions' leases or new
+                // tokens (a flood). Refreshing without a record could spend the token twice
+                // (another worker would not see this refresh): answer 503 until one frees.
+                if let Some(suppressed) = self.full_log.allow(now, FULL_LOG_EVERY_S) {
+                    log::warn!(
+                        "refresh {id:?}: every shared slot it may use is held by other sessions; \
+                         answering 503 refresh_unavailable until one frees ({suppressed} more \
+                         since the last line)"
+                    );
+                }
+                return Plan::Known(RefreshOutcome::Failed {
+                    retry_at: p.free_at.max(now.saturating_add(1)),
+                });
             };
             let lease = Record {
                 id: id.hex(),
@@ -146,7 +165,7 @@ impl Flights {
                     id,
                     Local::Queued {
                         rt: rt.to_string(),
-                        slot: Some(slot),
+                        slot,
                         failures: p.failures,
                     },
                 );
@@ -175,14 +194,14 @@ impl Flights {
         known
     }
 
-    /// Dispatches every queued refresh (from the root context); returns how many went out.
-    /// One that cannot even be dispatched is recorded as a transient failure.
+    /// Dispatches every queued refresh (from the root context); returns how many went out and
+    /// those that could not even be dispatched (each recorded as a transient failure).
     pub(crate) fn dispatch_queued(
         &mut self,
         host: &impl Host,
         cfg: &RefreshConfig,
         now: u64,
-    ) -> usize {
+    ) -> (usize, Vec<Undispatched>) {
         let queued: Vec<RefreshId> = self
             .local
             .iter()
@@ -190,13 +209,14 @@ impl Flights {
             .map(|(id, _)| *id)
             .collect();
         let mut sent = 0;
+        let mut failed = Vec::new();
         for id in queued {
             let Some(Local::Queued { rt, slot, failures }) = self.local.remove(&id) else {
                 continue;
             };
             let req = refresh_request(cfg, &rt);
             match host.dispatch_post(&cfg.endpoint.cluster, &req, cfg.timeout_ms) {
-                Some(token) => {
+                Ok(token) => {
                     sent += 1;
                     log::debug!("refresh {id:?} dispatched");
                     self.by_token.insert(token, id);
@@ -210,7 +230,11 @@ impl Flights {
                         },
                     );
                 }
-                None => {
+                Err(why) => {
+                    failed.push(Undispatched {
+                        cluster: cfg.endpoint.cluster.clone(),
+                        why,
+                    });
                     self.record(
                         host,
                         id,
@@ -222,7 +246,7 @@ impl Flights {
                 }
             }
         }
-        sent
+        (sent, failed)
     }
 
     /// The answer to one of this VM's refresh calls; `None` when `token` is not one.
@@ -236,14 +260,15 @@ impl Flights {
         cfg: &RefreshConfig,
     ) -> Option<(RefreshId, Result<(), RefreshError>, u64)> {
         let id = self.by_token.remove(&token)?;
-        let (slot, started_ms, failures) = match self.local.remove(&id) {
-            Some(Local::Dispatched {
-                slot,
-                started_ms,
-                failures,
-                ..
-            }) => (slot, started_ms, failures),
-            _ => (None, 0, 0),
+        // `expire` forgets a call's token and its entry together: both are here or neither.
+        let Some(Local::Dispatched {
+            slot,
+            started_ms,
+            failures,
+            ..
+        }) = self.local.remove(&id)
+        else {
+            return None;
         };
         let result = parse_token_response(status, body);
         let summary = result.as_ref().map(|_| ()).map_err(Clone::clone);
@@ -261,7 +286,7 @@ impl Flights {
         now: u64,
         cfg: &RefreshConfig,
     ) -> Vec<RefreshId> {
-        let late: Vec<(RefreshId, (Option<u32>, u32))> = self
+        let late: Vec<(RefreshId, (u32, u32))> = self
             .local
             .iter()
             .filter_map(|(id, l)| match l {
@@ -294,40 +319,85 @@ impl Flights {
         &mut self,
         host: &impl Host,
         id: RefreshId,
-        (slot, failures): (Option<u32>, u32),
+        (slot, failures): (u32, u32),
         result: Result<Tokens, RefreshError>,
         now: u64,
         cfg: &RefreshConfig,
     ) {
-        let (known, state) = match result {
-            Ok(tokens) => (
-                RefreshOutcome::Tokens(tokens.clone()),
-                RecordState::Done { at: now, tokens },
-            ),
-            Err(RefreshError::InvalidGrant) => {
-                (RefreshOutcome::Invalid, RecordState::Invalid { at: now })
+        let (known, record) = match result {
+            Ok(tokens) => {
+                let record = match host.random() {
+                    Some(r) => Record::done(&id, now, &tokens, &cfg.session_keys, r.iv),
+                    // Nothing to seal with: the other workers wait the record out (an unreadable
+                    // outcome) rather than spend the old refresh token again.
+                    None => Record {
+                        id: id.hex(),
+                        state: RecordState::Done {
+                            at: now,
+                            sealed: String::new(),
+                        },
+                    },
+                };
+                self.written
+                    .push((slot, id, now.saturating_add(cfg.grace_s)));
+                (RefreshOutcome::Tokens(tokens), record)
             }
+            Err(RefreshError::InvalidGrant) => (
+                RefreshOutcome::Invalid,
+                Record {
+                    id: id.hex(),
+                    state: RecordState::Invalid { at: now },
+                },
+            ),
             Err(RefreshError::Transient(reason)) => {
                 // Doubling with each failure in a row; the clock has whole seconds, so +1 keeps
                 // the wait from being shorter than the backoff.
                 let retry_at = now + backoff_s(cfg.backoff_s, failures) + 1;
                 (
                     RefreshOutcome::Failed { retry_at },
-                    RecordState::Failed {
-                        retry_at,
-                        reason: reason.code().to_string(),
-                        failures: failures.saturating_add(1),
+                    Record {
+                        id: id.hex(),
+                        state: RecordState::Failed {
+                            retry_at,
+                            reason: reason.code().to_string(),
+                            failures: failures.saturating_add(1),
+                        },
                     },
                 )
             }
         };
-        if let Some(slot) = slot {
-            let record = Record {
-                id: id.hex(),
-                state,
-            };
-            let _ = host.shared_set(&self.key(slot), &record.encode(), None);
-        }
+        let _ = host.shared_set(&self.key(slot), &record.encode(), None);
         self.remember(id, known, now, cfg);
+    }
+
+    /// Clears the new-token records this VM wrote whose grace window is over (a slot another
+    /// session has taken since is left alone; the CAS keeps a concurrent writer's record), and
+    /// forgets outcomes this VM no longer needs. Called on every tick.
+    pub(crate) fn sweep(&mut self, host: &impl Host, now: u64, grace_s: u64) {
+        if !self.known.is_empty() {
+            self.known.retain(|_, (_, until)| now < *until);
+        }
+        if self.written.iter().all(|(_, _, until)| now < *until) {
+            return;
+        }
+        let (due, keep): (Vec<_>, Vec<_>) = self
+            .written
+            .drain(..)
+            .partition(|(_, _, until)| now >= *until);
+        self.written = keep;
+        for (slot, id, _) in due {
+            let key = self.key(slot);
+            let Some((Some(bytes), cas)) = host.shared_get(&key) else {
+                continue;
+            };
+            let ours = Record::decode(&bytes).is_some_and(|r| {
+                r.id == id.hex()
+                    && matches!(r.state, RecordState::Done { .. })
+                    && !r.live(now, grace_s)
+            });
+            if ours {
+                let _ = host.shared_set(&key, b"", cas);
+            }
+        }
     }
 }

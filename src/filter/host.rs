@@ -80,22 +80,22 @@ pub(crate) trait Host: Clone {
         }
     }
 
-    /// Dispatches a POST built by the core (token exchange, revocation, refresh).
-    fn dispatch_post(&self, cluster: &str, req: &TokenRequest, timeout_ms: u64) -> Option<u32> {
+    /// Dispatches a POST built by the core (token exchange, revocation, refresh). The error is
+    /// the host's reason; the caller logs it (rate-limited, see `filter::loud`).
+    fn dispatch_post(
+        &self,
+        cluster: &str,
+        req: &TokenRequest,
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
         let headers: Vec<(&str, &str)> =
             req.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        match self.dispatch(
+        self.dispatch(
             cluster,
             &headers,
             Some(req.body.as_bytes()),
             Duration::from_millis(timeout_ms),
-        ) {
-            Ok(token) => Some(token),
-            Err(why) => {
-                log::warn!("call to cluster {cluster:?} could not be dispatched ({why})");
-                None
-            }
-        }
+        )
     }
 }
 

@@ -4,11 +4,12 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::host::{self, Envoy, Host};
+use super::loud::Callout;
 use super::vm::{Outcome, SharedVm};
 use crate::config::Route;
 use crate::csrf;
 use crate::http::{cache_policy, cookie, Reply, RequestView};
-use crate::idp::MAX_RESPONSE_BYTES;
+use crate::idp::{TokenRequest, MAX_RESPONSE_BYTES};
 use crate::jwt::Verifier;
 use crate::oidc::{self, CallbackOutcome, LoginContext, LoginStep, PendingCallback};
 use crate::relay;
@@ -227,18 +228,18 @@ impl Http {
         let reply = match step {
             LoginStep::Respond(r) => r,
             LoginStep::Exchange { request, pending } => {
-                match timeout.and_then(|(cluster, ms)| Envoy.dispatch_post(&cluster, &request, ms))
-                {
-                    Some(_) => {
-                        self.pending_login = Some(pending);
-                        return Some(Action::Pause);
-                    }
-                    None => self.finish_login(&pending, None, b""),
+                let sent = timeout.is_some_and(|(cluster, ms)| {
+                    self.post(Callout::CodeExchange, &cluster, &request, ms, now)
+                });
+                if sent {
+                    self.pending_login = Some(pending);
+                    return Some(Action::Pause);
                 }
+                self.finish_login(&pending, None, b"")
             }
             LoginStep::Logout(l) => match (l.revocation, timeout) {
                 (Some(rev), Some((cluster, ms)))
-                    if Envoy.dispatch_post(&cluster, &rev, ms).is_some() =>
+                    if self.post(Callout::Revocation, &cluster, &rev, ms, now) =>
                 {
                     self.pending_logout = Some(l.reply);
                     return Some(Action::Pause);
@@ -247,6 +248,27 @@ impl Http {
             },
         };
         Some(self.answer(&reply))
+    }
+
+    /// Dispatches a login-path call to the token endpoint; one that cannot even be dispatched
+    /// is logged at error level (rate-limited per worker), and the caller answers without it.
+    fn post(
+        &self,
+        kind: Callout,
+        cluster: &str,
+        req: &TokenRequest,
+        timeout_ms: u64,
+        now: u64,
+    ) -> bool {
+        match Envoy.dispatch_post(cluster, req, timeout_ms) {
+            Ok(_) => true,
+            Err(why) => {
+                if let Ok(mut st) = self.vm.try_borrow_mut() {
+                    st.alarms.failed(kind, cluster, &why, now);
+                }
+                false
+            }
+        }
     }
 
     /// Finishes a callback with the token endpoint's answer (`status` None: no answer).

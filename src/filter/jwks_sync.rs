@@ -97,10 +97,12 @@ impl JwksSync {
     }
 
     /// Called on every tick: dispatches a fetch when one is due and this VM may make it.
-    pub(crate) fn tick(&mut self, host: &impl Host, now: u64) {
+    /// `Err`: the host's reason when a fetch could not even be dispatched (a failed fetch for
+    /// the backoff and the counters; the caller logs it).
+    pub(crate) fn tick(&mut self, host: &impl Host, now: u64) -> Result<(), String> {
         if let Some((_, deadline)) = self.in_flight {
             if now < deadline {
-                return;
+                return Ok(());
             }
             // The host never called back; forget the call.
             self.in_flight = None;
@@ -108,13 +110,17 @@ impl JwksSync {
         if self.kid_refetch_wanted {
             self.kid_refetch_wanted = false;
             self.last_kid_refetch = now;
-            self.dispatch(host, now);
-            return;
+            return self.dispatch(host, now);
         }
         let due = self.fetched_at == 0 || now >= self.fetched_at.saturating_add(self.refresh_s);
         if due && self.try_lease(host, now) {
-            self.dispatch(host, now);
+            return self.dispatch(host, now);
         }
+        Ok(())
+    }
+
+    pub(crate) fn cluster(&self) -> &str {
+        &self.upstream.cluster
     }
 
     /// A stream met an unknown `kid`.
@@ -133,7 +139,7 @@ impl JwksSync {
         self.in_flight.is_some() || self.kid_refetch_wanted
     }
 
-    fn dispatch(&mut self, host: &impl Host, now: u64) {
+    fn dispatch(&mut self, host: &impl Host, now: u64) -> Result<(), String> {
         let headers = [
             (":method", "GET"),
             (":path", self.upstream.path.as_str()),
@@ -149,13 +155,13 @@ impl JwksSync {
             Ok(token) => {
                 log::debug!("JWKS fetch dispatched to cluster {}", self.upstream.cluster);
                 self.in_flight = Some((token, now + FETCH_TIMEOUT_S + 2));
+                Ok(())
             }
             Err(why) => {
-                log::warn!(
-                    "JWKS fetch could not be dispatched to cluster {:?} ({why}): is the cluster defined?",
-                    self.upstream.cluster
-                );
+                // Backs off like any failed fetch, so the whole Envoy tries about once per
+                // backoff interval (the failure counter moves at that pace).
                 self.release_lease(host, now, false);
+                Err(why)
             }
         }
     }

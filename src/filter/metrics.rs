@@ -1,4 +1,4 @@
-//! Counters through proxy-wasm metrics; Envoy shows them as `wasmcustom.<name>` in `/stats`
+//! Counters (and one gauge, `jwks_keys`) through proxy-wasm metrics; Envoy shows them as `wasmcustom.<name>` in `/stats`
 //! and in `/stats/prometheus`. Defined once per VM (Envoy shares a metric across VMs by name).
 //! The per-request counter is added up in the VM and flushed on each tick: one host call per
 //! request saved on the hot path.
@@ -93,6 +93,9 @@ pub(crate) struct Metrics {
     refresh_reused: Option<u32>,
     jwks_fetches: Option<u32>,
     jwks_failures: Option<u32>,
+    jwks_keys: Option<u32>,
+    /// The key count last written to `jwks_keys` by this VM.
+    jwks_keys_written: Cell<Option<u64>>,
     login_started: Option<u32>,
     login_succeeded: Option<u32>,
     login_failed: Option<u32>,
@@ -137,6 +140,8 @@ impl Metrics {
             refresh_reused: counter("edge_token_relay_refresh_reused_total"),
             jwks_fetches: counter("edge_token_relay_jwks_fetches_total"),
             jwks_failures: counter("edge_token_relay_jwks_failures_total"),
+            jwks_keys: host.define_metric(MetricType::Gauge, "edge_token_relay_jwks_keys"),
+            jwks_keys_written: Cell::new(None),
             login_started: counter("edge_token_relay_login_started_total"),
             login_succeeded: counter("edge_token_relay_login_succeeded_total"),
             login_failed: counter("edge_token_relay_login_failed_total"),
@@ -247,6 +252,21 @@ impl Metrics {
         self.denied_reason(host, reply);
     }
 
+    /// The number of keys this VM verifies with now (0 before the first key set). Written on
+    /// a change only; every VM holds the same set within a tick, so the shared gauge settles.
+    pub(crate) fn jwks_keys(&self, host: &impl Host, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        if self.jwks_keys_written.get() == Some(n) {
+            return;
+        }
+        if let Some(id) = self.jwks_keys {
+            host.record_metric(id, n);
+            self.jwks_keys_written.set(Some(n));
+        }
+    }
+
+    /// A JWKS fetch answered (or not); `ok`: it brought a usable key set. A fetch that could
+    /// not even be dispatched counts here too, as a failed fetch.
     pub(crate) fn jwks_fetch(&self, host: &impl Host, ok: bool) {
         inc(host, self.jwks_fetches);
         if !ok {

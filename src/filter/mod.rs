@@ -9,7 +9,8 @@
 //! vm.rs      per-worker state and Vm::process (decide, refresh, park), finish_waiters
 //! flight.rs  single-flight refresh: local queue + shared-data slot table
 //! jwks_sync.rs  one JWKS fetch for every worker, via shared data and a CAS lease
-//! metrics.rs counters and the refresh latency histogram
+//! metrics.rs counters, the key-count gauge and the refresh latency histogram
+//! loud.rs   rate-limited error lines for callouts that cannot be dispatched
 //! host.rs    the Host trait and the real Envoy host
 //! ```
 
@@ -23,6 +24,7 @@ mod flight;
 mod host;
 mod http;
 mod jwks_sync;
+mod loud;
 mod metrics;
 mod root;
 #[cfg(test)]

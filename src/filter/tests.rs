@@ -12,6 +12,7 @@ use super::fake::Fake;
 use super::host::Host;
 use super::jwks_sync::FETCH_TIMEOUT_S;
 use super::vm::{Outcome, SharedVm, Vm, WaitOn, FAST_TICK};
+use crate::relay::flight::SLOTS;
 use crate::relay::RefreshId;
 use crate::testkit::{claims, jwks, refresh_config, request, sealed, sign, NOW};
 
@@ -520,4 +521,251 @@ fn every_denied_reason_has_its_own_counter() {
         .borrow()
         .keys()
         .all(|k| !k.contains("login_redirect") && !k.contains("not_a_listed")));
+}
+
+// ---- Callouts that cannot be dispatched ------------------------------------------------------
+
+#[test]
+fn a_jwks_fetch_to_an_unknown_cluster_is_a_failure_every_backoff_and_keys_stay_at_zero() {
+    let host = Fake::at(NOW);
+    host.0.unknown_clusters.borrow_mut().insert("idp".into());
+    let (a, b) = (worker(&host, remote_jwks()), worker(&host, remote_jwks()));
+    on_tick(&a);
+    on_tick(&b);
+    assert_eq!(host.metric("edge_token_relay_jwks_failures_total"), 1);
+    assert_eq!(host.metric("edge_token_relay_jwks_fetches_total"), 1);
+    assert_eq!(host.metric("edge_token_relay_jwks_keys"), 0);
+    // The counter keeps moving at the pace of the shared backoff (at most 4 s with no keys),
+    // not once per tick and not once per worker.
+    let mut failures = Vec::new();
+    for t in 1..=20 {
+        host.set_now(NOW + t);
+        for _ in 0..10 {
+            on_tick(&a);
+            on_tick(&b);
+        }
+        failures.push(host.metric("edge_token_relay_jwks_failures_total"));
+    }
+    assert!(host.calls().is_empty());
+    // 20 s at one attempt per (at most) 4 s, for two workers ticking 10 times a second.
+    let last = failures.last().copied().unwrap_or(0);
+    assert!((5..=8).contains(&last), "{failures:?}");
+    assert!(
+        failures.windows(2).all(|w| w[1] - w[0] <= 1),
+        "{failures:?}"
+    );
+    assert_eq!(
+        host.metric("edge_token_relay_jwks_fetches_total"),
+        host.metric("edge_token_relay_jwks_failures_total")
+    );
+    // Protected requests meanwhile: 503 jwks_not_ready (or a bounded wait), never a pass.
+    match arrive(&a, 1, token_request()) {
+        Outcome::Reply(r) => assert_eq!((r.status, r.reason), (503, "jwks_not_ready")),
+        Outcome::Wait(WaitOn::Keys) => {}
+        _ => panic!("no keys: wait or 503"),
+    }
+    // The cluster is fixed: keys arrive and the gauge shows them.
+    host.0.unknown_clusters.borrow_mut().clear();
+    host.set_now(NOW + 30);
+    on_tick(&a);
+    on_tick(&b);
+    let calls = host.calls();
+    assert_eq!(calls.len(), 1);
+    answer(&a, calls[0].token, 200, jwks().to_string().into_bytes());
+    on_tick(&a);
+    on_tick(&b);
+    let served = i64::try_from(jwks()["keys"].as_array().map_or(0, Vec::len)).unwrap();
+    assert!(served > 0);
+    assert_eq!(host.metric("edge_token_relay_jwks_keys"), served);
+    assert_eq!(host.metric("edge_token_relay_jwks_failures_total"), last);
+}
+
+#[test]
+fn a_refresh_to_an_unknown_cluster_counts_as_failed() {
+    let host = Fake::at(NOW);
+    host.0.unknown_clusters.borrow_mut().insert("idp".into());
+    let a = worker(&host, json!({}));
+    for (i, ctx) in (1..=3).enumerate() {
+        host.set_now(NOW + 100 * i as u64); // past each backoff
+        assert!(is_wait(&arrive(&a, ctx, session_request(&a, "rt-1"))));
+        on_tick(&a);
+        assert_eq!(host.replies_to(ctx), vec![(503, "refresh_unavailable")]);
+    }
+    assert!(host.calls().is_empty());
+    assert_eq!(host.metric("edge_token_relay_refresh_failed_total"), 3);
+    assert_eq!(host.metric("edge_token_relay_refresh_total"), 0);
+}
+
+// ---- A flooded single-flight table -----------------------------------------------------------
+
+fn slot_key(slot: u32) -> String {
+    format!("{SLOT_PREFIX}{INSTANCE:016x}.{slot}")
+}
+
+/// Fills every slot with the leases of distinct sealed sessions (alternating workers), as an
+/// attacker driving refreshes would; returns the next free context id.
+fn flood(host: &Fake, a: &SharedVm<Fake>, b: &SharedVm<Fake>) -> u32 {
+    let mut ctx = 1000;
+    let mut i = 0u32;
+    while host.shared_keys(SLOT_PREFIX) < SLOTS as usize {
+        let vm = if i % 2 == 0 { a } else { b };
+        let _ = arrive(vm, ctx, session_request(vm, &format!("flood-{i}")));
+        i += 1;
+        ctx += 1;
+        assert!(i < 200_000, "the table does not fill");
+    }
+    // Some flood sessions found all their slots held: they were refused, not refreshed.
+    assert!(i > SLOTS);
+    on_tick(a);
+    on_tick(b);
+    ctx
+}
+
+fn calls_for(host: &Fake, rt: &str) -> usize {
+    let needle = format!("refresh_token={rt}&");
+    host.calls()
+        .iter()
+        .filter(|c| {
+            let body = String::from_utf8_lossy(&c.body).to_string() + "&";
+            body.contains(&needle)
+        })
+        .count()
+}
+
+#[test]
+fn a_full_table_answers_503_and_never_refreshes_without_a_record() {
+    let host = Fake::at(NOW);
+    let (a, b) = (worker(&host, json!({})), worker(&host, json!({})));
+    let ctx = flood(&host, &a, &b);
+    // Every slot the legitimate session may use holds a live lease of another session: both
+    // workers answer 503 with a Retry-After, and nobody calls the token endpoint for it.
+    for (vm, ctx) in [(&a, ctx), (&b, ctx + 1)] {
+        match arrive(vm, ctx, session_request(vm, "rt-legit")) {
+            Outcome::Reply(r) => {
+                assert_eq!((r.status, r.reason), (503, "refresh_unavailable"));
+                assert!(r.headers.contains(&("retry-after", "5".to_string())));
+            }
+            _ => panic!("a full table must not refresh uncoordinated"),
+        }
+    }
+    on_tick(&a);
+    on_tick(&b);
+    assert_eq!(calls_for(&host, "rt-legit"), 0);
+    // The flood's calls never answer: their leases die, the slots are reclaimed, and the
+    // session's parallel requests on both workers make exactly one call.
+    host.set_now(NOW + 5);
+    on_tick(&a);
+    on_tick(&b);
+    for (vm, c) in [(&a, ctx + 2), (&b, ctx + 3), (&a, ctx + 4), (&b, ctx + 5)] {
+        assert!(is_wait(&arrive(vm, c, session_request(vm, "rt-legit"))));
+    }
+    for _ in 0..3 {
+        on_tick(&a);
+        on_tick(&b);
+    }
+    assert_eq!(calls_for(&host, "rt-legit"), 1);
+}
+
+#[test]
+fn flood_records_that_failed_give_way_to_a_legitimate_session_once() {
+    let host = Fake::at(NOW);
+    let (a, b) = (worker(&host, json!({})), worker(&host, json!({})));
+    let ctx = flood(&host, &a, &b);
+    // The IdP refuses the flood (forged-looking or replayed refresh tokens): half invalid_grant,
+    // half server errors. Those records are live (grace, backoff) but hold no slot.
+    for (n, call) in host.calls().iter().enumerate() {
+        let (status, body) = if n % 2 == 0 {
+            (400, br#"{"error":"invalid_grant"}"#.to_vec())
+        } else {
+            (503, Vec::new())
+        };
+        answer(&a, call.token, status, body.clone());
+        answer(&b, call.token, status, body);
+    }
+    assert_eq!(host.shared_keys(SLOT_PREFIX), SLOTS as usize);
+    let flood_calls = host.calls().len();
+    for (vm, c) in [(&a, ctx), (&b, ctx + 1), (&a, ctx + 2), (&b, ctx + 3)] {
+        assert!(is_wait(&arrive(vm, c, session_request(vm, "rt-legit"))));
+    }
+    for _ in 0..3 {
+        on_tick(&a);
+        on_tick(&b);
+    }
+    assert_eq!(host.calls().len(), flood_calls + 1);
+    assert_eq!(calls_for(&host, "rt-legit"), 1);
+    let token = host.calls().last().map(|c| c.token).unwrap();
+    answer(&a, token, 200, token_answer("rt-legit-2"));
+    answer(&b, token, 200, token_answer("rt-legit-2"));
+    on_tick(&a);
+    on_tick(&b);
+    let mut resumed = host.resumed();
+    resumed.sort_unstable();
+    assert_eq!(resumed, vec![ctx, ctx + 1, ctx + 2, ctx + 3]);
+    assert_eq!(calls_for(&host, "rt-legit"), 1);
+}
+
+// ---- Outcomes in shared data -----------------------------------------------------------------
+
+fn slot_of(host: &Fake, rt: &str) -> Option<u32> {
+    let hex = RefreshId::of(rt).hex();
+    RefreshId::of(rt)
+        .slots()
+        .find(|s| String::from_utf8_lossy(&host.shared_value(&slot_key(*s))).contains(&hex))
+}
+
+#[test]
+fn new_tokens_in_shared_data_are_sealed_and_cleared_after_the_grace_window() {
+    let host = Fake::at(NOW);
+    let (a, b) = (worker(&host, json!({})), worker(&host, json!({})));
+    assert!(is_wait(&arrive(&a, 1, session_request(&a, "rt-1"))));
+    assert!(is_wait(&arrive(&b, 2, session_request(&b, "rt-1"))));
+    on_tick(&a);
+    let token = host.calls()[0].token;
+    answer(&a, token, 200, token_answer("rt-2"));
+    let slot = slot_of(&host, "rt-1").unwrap();
+    let stored = String::from_utf8_lossy(&host.shared_value(&slot_key(slot))).to_string();
+    for secret in [
+        access_token().as_str(),
+        "rt-2",
+        "access_token",
+        "refresh_token",
+    ] {
+        assert!(!stored.contains(secret), "{secret} readable in shared data");
+    }
+    // The other worker still opens it (same session key) and serves its request.
+    on_tick(&b);
+    assert_eq!(host.resumed(), vec![1, 2]);
+    assert_eq!(
+        host.request_header(2, "authorization"),
+        Some(format!("Bearer {}", access_token()))
+    );
+    // Grace (60 s) over: the writer clears the record.
+    host.set_now(NOW + 59);
+    on_tick(&a);
+    assert_eq!(host.shared_keys(SLOT_PREFIX), 1);
+    host.set_now(NOW + 60);
+    on_tick(&a);
+    assert_eq!(host.shared_keys(SLOT_PREFIX), 0);
+}
+
+#[test]
+fn an_expired_outcome_is_not_used_and_its_slot_is_reused() {
+    let host = Fake::at(NOW);
+    let a = worker(&host, json!({}));
+    assert!(is_wait(&arrive(&a, 1, session_request(&a, "rt-1"))));
+    on_tick(&a);
+    answer(&a, host.calls()[0].token, 200, token_answer("rt-2"));
+    let slot = slot_of(&host, "rt-1").unwrap();
+    // The writer is gone before it could clear the record; past the grace window another
+    // worker does not reuse the stale tokens: the old token is refreshed again (the IdP then
+    // decides), in the same slot.
+    drop(a);
+    host.set_now(NOW + 61);
+    let b = worker(&host, json!({}));
+    assert!(is_wait(&arrive(&b, 2, session_request(&b, "rt-1"))));
+    assert_eq!(slot_of(&host, "rt-1"), Some(slot));
+    let rec = String::from_utf8_lossy(&host.shared_value(&slot_key(slot))).to_string();
+    assert!(rec.contains("\"k\":\"lease\""), "{rec}");
+    on_tick(&b);
+    assert_eq!(calls_for(&host, "rt-1"), 2);
 }

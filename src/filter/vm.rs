@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::flight::{Flights, Plan};
 use super::host::Host;
 use super::jwks_sync::{JwksSync, KidRefetch};
+use super::loud::DispatchAlarms;
 use super::metrics::Metrics;
 use crate::config::{Config, JwksSource};
 use crate::csrf::add_cors;
@@ -69,6 +70,8 @@ pub(crate) struct Vm<H> {
     /// Set-Cookie values for the response of a forwarded stream, by context id.
     pub(crate) response_cookies: HashMap<u32, Vec<String>>,
     pub(crate) metrics: Metrics,
+    /// Rate limits for the error lines of callouts that cannot be dispatched.
+    pub(crate) alarms: DispatchAlarms,
 }
 
 impl<H: Host> Vm<H> {
@@ -94,6 +97,7 @@ impl<H: Host> Vm<H> {
             waiters: BTreeMap::new(),
             response_cookies: HashMap::new(),
             metrics,
+            alarms: DispatchAlarms::default(),
         }
     }
 

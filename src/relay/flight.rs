@@ -10,16 +10,32 @@
 //! spending that token again, which an IdP with reuse detection answers by revoking the whole
 //! session), a transient failure (back off), or a definitive `invalid_grant`.
 
+//!
+//! Exhaustion. A session's record lives in one of [`PROBES`] slots chosen by the hash of its
+//! refresh token, so one session always lands on the same small set and cannot be pointed at
+//! another's. Only the records that guard against a second spend of a refresh token hold their
+//! slot while live: a lease (for the call's timeout) and new tokens (for the grace window).
+//! A live failure or `invalid_grant` gives way to another session (losing it costs at most one
+//! early retry, which the IdP answers the same way). When every slot of a session is held, the
+//! session does not refresh at all: its request is answered 503 `refresh_unavailable` with
+//! Retry-After until the first of those slots frees ([`Probe::slot`] `None`, [`Probe::free_at`]).
+//! A 503 that is retried costs a second; an uncoordinated refresh can cost the session.
+//!
+//! Confidentiality. Other Wasm plugins in the same Envoy can read shared data by key, so the
+//! new tokens in a record are sealed with the session key (the same AES-256-GCM JWE as the
+//! session cookie, bound to the record's id) and the record is cleared after the grace window.
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2_11::Digest;
 
 use crate::idp::Tokens;
+use crate::session::{seal_json, unseal_json, SessionKeys};
 
 /// Slots in the shared refresh table (each holds at most one live record).
 pub const SLOTS: u32 = 4096;
-/// Slots probed for one session before giving up on cross-VM coordination.
+/// Slots probed for one session: the only slots its record may occupy.
 pub const PROBES: u32 = 8;
 
 /// Identifies one refresh token without holding it: the first 16 bytes of its SHA-256.
@@ -86,8 +102,9 @@ pub enum RecordState {
         #[serde(default)]
         failures: u32,
     },
-    /// The refresh succeeded at `at`; reused until `at + grace`.
-    Done { at: u64, tokens: Tokens },
+    /// The refresh succeeded at `at`; reused until `at + grace`. `sealed`: the new tokens,
+    /// sealed with the session key (see [`Record::done`]).
+    Done { at: u64, sealed: String },
     /// A transient failure, the `failures`-th in a row; no new attempt before `retry_at`.
     Failed {
         retry_at: u64,
@@ -99,6 +116,15 @@ pub enum RecordState {
     Invalid { at: u64 },
 }
 
+/// The plaintext of a sealed outcome. `rid` binds it to its record, so a sealed value moved
+/// to another session's record does not open there. It has no `rt` member, so it never opens
+/// as a session cookie, and a session never opens as this.
+#[derive(Serialize, Deserialize)]
+struct SealedTokens {
+    rid: String,
+    tokens: Tokens,
+}
+
 /// What became of a refresh: the one name for it, wherever it was learned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshOutcome {
@@ -106,7 +132,8 @@ pub enum RefreshOutcome {
     Tokens(Tokens),
     /// `invalid_grant`: the session is over.
     Invalid,
-    /// The token endpoint failed; no new attempt before `retry_at` (unix seconds).
+    /// The token endpoint failed (or no slot could be had); no new attempt before `retry_at`
+    /// (unix seconds).
     Failed { retry_at: u64 },
 }
 
@@ -122,6 +149,30 @@ pub enum Seen {
 }
 
 impl Record {
+    /// A success record: `tokens` sealed under the current session key with the caller's fresh
+    /// random `iv`.
+    pub fn done(
+        id: &RefreshId,
+        at: u64,
+        tokens: &Tokens,
+        keys: &SessionKeys,
+        iv: [u8; 12],
+    ) -> Record {
+        let rid = id.hex();
+        let sealed = seal_json(
+            keys,
+            &SealedTokens {
+                rid: rid.clone(),
+                tokens: tokens.clone(),
+            },
+            iv,
+        );
+        Record {
+            id: rid,
+            state: RecordState::Done { at, sealed },
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
@@ -138,24 +189,48 @@ impl Record {
         }
     }
 
-    /// Whether the record still matters at `now` (a dead one may be overwritten).
-    pub fn live(&self, now: u64, grace_s: u64) -> bool {
+    /// When the record stops mattering (from then on it may be overwritten).
+    pub fn dies_at(&self, grace_s: u64) -> u64 {
         match &self.state {
-            RecordState::Lease { until, .. } => now < *until,
-            RecordState::Done { at, .. } => now < at.saturating_add(grace_s),
-            RecordState::Failed { retry_at, .. } => now < *retry_at,
-            RecordState::Invalid { at } => now < at.saturating_add(grace_s),
+            RecordState::Lease { until, .. } => *until,
+            RecordState::Done { at, .. } | RecordState::Invalid { at } => {
+                at.saturating_add(grace_s)
+            }
+            RecordState::Failed { retry_at, .. } => *retry_at,
         }
     }
 
-    pub fn seen(&self, now: u64, grace_s: u64) -> Seen {
+    /// Whether the record still matters at `now`.
+    pub fn live(&self, now: u64, grace_s: u64) -> bool {
+        now < self.dies_at(grace_s)
+    }
+
+    /// Whether the record keeps its slot against another session at `now`: a live lease or
+    /// live new tokens (losing either could let a refresh token be spent twice).
+    pub fn holds(&self, now: u64, grace_s: u64) -> bool {
+        matches!(
+            self.state,
+            RecordState::Lease { .. } | RecordState::Done { .. }
+        ) && self.live(now, grace_s)
+    }
+
+    pub fn seen(&self, now: u64, grace_s: u64, keys: &SessionKeys) -> Seen {
         if !self.live(now, grace_s) {
             return Seen::Free;
         }
         match &self.state {
             RecordState::Lease { .. } => Seen::InFlight,
-            RecordState::Done { tokens, .. } => {
-                Seen::Settled(RefreshOutcome::Tokens(tokens.clone()))
+            RecordState::Done { at, sealed } => {
+                match unseal_json::<SealedTokens>(keys, sealed) {
+                    Ok((s, _)) if s.rid == self.id => {
+                        Seen::Settled(RefreshOutcome::Tokens(s.tokens))
+                    }
+                    // Not ours or tampered with: the tokens were issued but cannot be had, and
+                    // refreshing again would spend the old token twice. Wait the record out.
+                    _ => Seen::Settled(RefreshOutcome::Failed {
+                        retry_at: at.saturating_add(grace_s),
+                    }),
+                }
             }
             RecordState::Failed { retry_at, .. } => Seen::Settled(RefreshOutcome::Failed {
                 retry_at: *retry_at,
@@ -169,11 +244,14 @@ impl Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     pub seen: Seen,
-    /// The slot holding this session's record, or the first free one; `None` when all probed
-    /// slots hold live records of other sessions.
+    /// The slot holding this session's record; else the first empty or dead one; else the
+    /// first holding a record that gives way (see [`Record::holds`]). `None` when every probed
+    /// slot is held by another session.
     pub slot: Option<(u32, Option<u32>)>,
     /// The session's consecutive failures so far, from its own record (live or not).
     pub failures: u32,
+    /// When `slot` is `None`: the earliest time one of the probed slots frees.
+    pub free_at: u64,
 }
 
 /// Scans the probe sequence. `read(slot)` returns the slot's bytes and CAS.
@@ -181,33 +259,38 @@ pub fn probe(
     id: &RefreshId,
     now: u64,
     grace_s: u64,
+    keys: &SessionKeys,
     mut read: impl FnMut(u32) -> (Option<Vec<u8>>, Option<u32>),
 ) -> Probe {
     let hex = id.hex();
     let mut free: Option<(u32, Option<u32>)> = None;
+    let mut yields: Option<(u32, Option<u32>)> = None;
+    let mut free_at = u64::MAX;
     for slot in id.slots() {
         let (bytes, cas) = read(slot);
         let record = bytes.as_deref().and_then(Record::decode);
         match record {
             Some(r) if r.id == hex => {
                 return Probe {
-                    seen: r.seen(now, grace_s),
+                    seen: r.seen(now, grace_s, keys),
                     slot: Some((slot, cas)),
                     failures: r.failures(),
+                    free_at: now,
                 }
             }
-            Some(r) if r.live(now, grace_s) => {}
-            _ => {
-                if free.is_none() {
-                    free = Some((slot, cas));
-                }
+            Some(r) if r.holds(now, grace_s) => free_at = free_at.min(r.dies_at(grace_s)),
+            Some(r) if r.live(now, grace_s) => {
+                yields = yields.or(Some((slot, cas)));
             }
+            _ => free = free.or(Some((slot, cas))),
         }
     }
+    let slot = free.or(yields);
     Probe {
         seen: Seen::Free,
-        slot: free,
+        slot,
         failures: 0,
+        free_at: if slot.is_some() { now } else { free_at },
     }
 }
 
@@ -226,81 +309,119 @@ pub const MAX_BACKOFF_S: u64 = 300;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::refresh_config;
 
     fn tokens() -> Tokens {
         Tokens {
-            access_token: "at".into(),
-            refresh_token: Some("rt2".into()),
+            access_token: "at-secret-text".into(),
+            refresh_token: Some("rt2-secret-text".into()),
             id_token: None,
         }
+    }
+
+    fn keys() -> SessionKeys {
+        refresh_config(serde_json::json!({}))
+            .refresh
+            .map(|r| r.session_keys)
+            .unwrap()
+    }
+
+    fn done(id: &RefreshId, at: u64) -> Record {
+        Record::done(id, at, &tokens(), &keys(), [7; 12])
     }
 
     #[test]
     fn records_round_trip_and_expire() {
         let id = RefreshId::of("rt");
+        let k = keys();
         let cases = [
             (
-                RecordState::Lease {
-                    until: 100,
-                    failures: 0,
+                Record {
+                    id: id.hex(),
+                    state: RecordState::Lease {
+                        until: 100,
+                        failures: 0,
+                    },
                 },
                 99,
                 Seen::InFlight,
                 100,
             ),
             (
-                RecordState::Done {
-                    at: 50,
-                    tokens: tokens(),
-                },
+                done(&id, 50),
                 109,
                 Seen::Settled(RefreshOutcome::Tokens(tokens())),
                 110,
             ),
             (
-                RecordState::Failed {
-                    retry_at: 70,
-                    reason: "x".into(),
-                    failures: 1,
+                Record {
+                    id: id.hex(),
+                    state: RecordState::Failed {
+                        retry_at: 70,
+                        reason: "x".into(),
+                        failures: 1,
+                    },
                 },
                 69,
                 Seen::Settled(RefreshOutcome::Failed { retry_at: 70 }),
                 70,
             ),
             (
-                RecordState::Invalid { at: 50 },
+                Record {
+                    id: id.hex(),
+                    state: RecordState::Invalid { at: 50 },
+                },
                 109,
                 Seen::Settled(RefreshOutcome::Invalid),
                 110,
             ),
         ];
-        for (state, live_at, seen, dead_at) in cases {
-            let r = Record {
-                id: id.hex(),
-                state,
-            };
+        for (r, live_at, seen, dead_at) in cases {
             let back = Record::decode(&r.encode()).unwrap();
             assert_eq!(back, r);
-            assert_eq!(r.seen(live_at, 60), seen);
-            assert_eq!(r.seen(dead_at, 60), Seen::Free);
+            assert_eq!(r.seen(live_at, 60, &k), seen);
+            assert_eq!(r.seen(dead_at, 60, &k), Seen::Free);
         }
-        assert!(!format!(
-            "{:?}",
-            Record {
-                id: id.hex(),
-                state: RecordState::Done {
-                    at: 1,
-                    tokens: tokens()
-                }
-            }
-        )
-        .contains("rt2"));
+        assert!(!format!("{:?}", done(&id, 1)).contains("rt2"));
         assert_eq!(Record::decode(b"garbage"), None);
+    }
+
+    #[test]
+    fn stored_outcomes_are_sealed_and_bound_to_their_record() {
+        let id = RefreshId::of("rt");
+        let bytes = done(&id, 50).encode();
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in ["at-secret-text", "rt2-secret-text", "access_token"] {
+            assert!(!text.contains(secret), "{secret} readable in {text}");
+        }
+        // Sealed for one session, moved into another's record: not opened there, and the
+        // other session waits the record out instead of refreshing again.
+        let Record { state, .. } = done(&id, 50);
+        let moved = Record {
+            id: RefreshId::of("other").hex(),
+            state,
+        };
+        assert_eq!(
+            moved.seen(60, 60, &keys()),
+            Seen::Settled(RefreshOutcome::Failed { retry_at: 110 })
+        );
+        // Another key (another configuration) cannot open it either.
+        let other_keys = refresh_config(serde_json::json!({
+            "session_keys": [{"kid": "z", "key": crate::testkit::b64(&[5u8; 32])}]
+        }))
+        .refresh
+        .map(|r| r.session_keys)
+        .unwrap();
+        assert_eq!(
+            done(&id, 50).seen(60, 60, &other_keys),
+            Seen::Settled(RefreshOutcome::Failed { retry_at: 110 })
+        );
     }
 
     #[test]
     fn probe_finds_own_record_and_skips_live_foreign_ones() {
         let id = RefreshId::of("rt");
+        let k = keys();
         let slots: Vec<u32> = id.slots().collect();
         assert_eq!(slots.len(), PROBES as usize);
         let other = Record {
@@ -310,13 +431,7 @@ mod tests {
                 failures: 2,
             },
         };
-        let mine = Record {
-            id: id.hex(),
-            state: RecordState::Done {
-                at: 10,
-                tokens: tokens(),
-            },
-        };
+        let mine = done(&id, 10);
         let table = |s: u32| -> (Option<Vec<u8>>, Option<u32>) {
             if s == slots[0] {
                 (Some(other.encode()), Some(1))
@@ -326,11 +441,11 @@ mod tests {
                 (Some(Vec::new()), Some(3))
             }
         };
-        let p = probe(&id, 20, 60, table);
+        let p = probe(&id, 20, 60, &k, table);
         assert_eq!(p.seen, Seen::Settled(RefreshOutcome::Tokens(tokens())));
         assert_eq!(p.slot, Some((slots[2], Some(7))));
         // Without its record, the first slot not held by a live foreign record is offered.
-        let p = probe(&RefreshId::of("rt"), 20, 60, |s| {
+        let p = probe(&RefreshId::of("rt"), 20, 60, &k, |s| {
             if s == slots[0] {
                 (Some(other.encode()), Some(1))
             } else {
@@ -339,9 +454,75 @@ mod tests {
         });
         assert_eq!(p.seen, Seen::Free);
         assert_eq!(p.slot, Some((slots[1], None)));
-        // All slots busy with other sessions: no slot.
-        let p = probe(&id, 20, 60, |_| (Some(other.encode()), Some(1)));
-        assert_eq!(p.slot, None);
+        // All slots held by other sessions: no slot, and the time the first one frees.
+        let p = probe(&id, 20, 60, &k, |_| (Some(other.encode()), Some(1)));
+        assert_eq!((p.slot, p.free_at), (None, 1000));
+    }
+
+    #[test]
+    fn failures_and_invalid_grants_give_way_leases_and_tokens_do_not() {
+        let id = RefreshId::of("rt");
+        let k = keys();
+        let slots: Vec<u32> = id.slots().collect();
+        let foreign = |state: RecordState| Record {
+            id: RefreshId::of("other").hex(),
+            state,
+        };
+        let lease = foreign(RecordState::Lease {
+            until: 30,
+            failures: 0,
+        });
+        let tokens_rec = Record {
+            id: RefreshId::of("other").hex(),
+            ..done(&RefreshId::of("other"), 15)
+        };
+        let failed = foreign(RecordState::Failed {
+            retry_at: 300,
+            reason: "timeout".into(),
+            failures: 3,
+        });
+        let invalid = foreign(RecordState::Invalid { at: 19 });
+        // Every slot held by a lease or new tokens except one live failure: that one is taken.
+        let p = probe(&id, 20, 60, &k, |s| {
+            if s == slots[5] {
+                (Some(failed.encode()), Some(55))
+            } else if s % 2 == 0 {
+                (Some(lease.encode()), Some(1))
+            } else {
+                (Some(tokens_rec.encode()), Some(2))
+            }
+        });
+        assert_eq!((p.seen, p.slot), (Seen::Free, Some((slots[5], Some(55)))));
+        // An empty or dead slot is preferred to one that gives way.
+        let p = probe(&id, 20, 60, &k, |s| {
+            if s == slots[1] {
+                (Some(invalid.encode()), Some(9))
+            } else if s == slots[6] {
+                (Some(lease.encode()), Some(1)) // dead at 30
+            } else {
+                (Some(tokens_rec.encode()), Some(2))
+            }
+        });
+        assert_eq!(p.slot, Some((slots[1], Some(9))));
+        let p = probe(&id, 30, 60, &k, |s| {
+            if s == slots[1] {
+                (Some(invalid.encode()), Some(9))
+            } else if s == slots[6] {
+                (Some(lease.encode()), Some(1))
+            } else {
+                (Some(tokens_rec.encode()), Some(2))
+            }
+        });
+        assert_eq!(p.slot, Some((slots[6], Some(1))));
+        // Only leases and tokens: none, until the first of them dies.
+        let p = probe(&id, 20, 60, &k, |s| {
+            if s % 2 == 0 {
+                (Some(lease.encode()), Some(1))
+            } else {
+                (Some(tokens_rec.encode()), Some(2))
+            }
+        });
+        assert_eq!((p.slot, p.free_at), (None, 30));
     }
 
     #[test]
