@@ -41,6 +41,8 @@ pub(crate) struct Flights {
     known: HashMap<RefreshId, (RefreshOutcome, u64)>,
     /// New-token records this VM wrote: (slot, id, end of grace), cleared by `sweep`.
     written: Vec<(u32, RefreshId, u64)>,
+    /// The second `sweep` last ran in (it runs at most once per clock second).
+    swept_at: u64,
     full_log: LogLimit,
 }
 
@@ -66,6 +68,7 @@ impl Flights {
             by_token: HashMap::new(),
             known: HashMap::new(),
             written: Vec::new(),
+            swept_at: 0,
             full_log: LogLimit::default(),
         }
     }
@@ -372,8 +375,12 @@ impl Flights {
 
     /// Clears the new-token records this VM wrote whose grace window is over (a slot another
     /// session has taken since is left alone; the CAS keeps a concurrent writer's record), and
-    /// forgets outcomes this VM no longer needs. Called on every tick.
+    /// forgets outcomes this VM no longer needs. Called on every tick; works once a second.
     pub(crate) fn sweep(&mut self, host: &impl Host, now: u64, grace_s: u64) {
+        if now == self.swept_at {
+            return;
+        }
+        self.swept_at = now;
         if !self.known.is_empty() {
             self.known.retain(|_, (_, until)| now < *until);
         }

@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fake_token_endpoint import FakeTokenEndpoint
+from login_support import NAV_ACCEPT, Jar, LoginRelay, login_plugin_config, query_params
 from refresh_support import METRIC_PREFIX, SessionKeys, refresh_plugin_config
-from support import (AT_COOKIE, SESSION_COOKIE, Envoy, JwksServer, KeyPair, Upstream,
-                     default_plugin_config, make_claims, new_http_session, relay_config,
-                     validate_config, wait_until, wasm_failure_evidence)
+from support import (AT_COOKIE, AUDIENCE, ISSUER, JWKS_PATH, SESSION_COOKIE, Envoy,
+                     JwksServer, KeyPair, Upstream, default_plugin_config, free_port,
+                     make_claims, new_http_session, relay_config, validate_config, wait_until,
+                     wasm_failure_evidence)
 
 MISSPELLED = "idp-jwsk"
 ERROR_LINE = "cannot be dispatched to cluster"
@@ -152,3 +154,43 @@ def test_jwks_keys_is_zero_until_the_first_key_set_then_the_number_served(stack)
 @pytest.fixture
 def session_keys_fresh() -> SessionKeys:
     return SessionKeys.generate()
+
+
+def test_a_misspelled_token_endpoint_cluster_is_loud_on_the_login_path(wasm_file):
+    signer = KeyPair.generate("RS256")
+    keys = SessionKeys.generate()
+    port = free_port()
+    with FakeTokenEndpoint(signer) as fake:
+        pc = login_plugin_config(
+            keys, issuer=ISSUER, audiences=[AUDIENCE], token_path="/token",
+            authority="idp.example.com", jwks_path=JWKS_PATH, client_id="relay-client",
+            client_secret="relay-secret",
+            login={"authorization_endpoint": "https://idp.example.com/authorize",
+                   "redirect_uri": f"http://127.0.0.1:{port}/auth/callback",
+                   "login_path": "/auth/login", "logout_path": "/auth/logout",
+                   "scopes": ["openid", "offline_access"]})
+        pc["token_endpoint"] = dict(pc["token_endpoint"], cluster="idp-tokn")
+        relay = LoginRelay("loud-login", fake.port, pc, port).start()
+        try:
+            env = relay.envoy
+            assert env is not None
+            statuses = []
+            for _ in range(12):
+                jar = Jar()
+                start = relay.request("GET", "/auth/login", jar, {"Accept": NAV_ACCEPT})
+                assert start.status_code in (302, 303), start.status_code
+                jar.absorb(start)
+                state = query_params(start.headers["Location"])["state"]
+                cb = relay.request("GET", f"/auth/callback?code=c0de&state={state}", jar,
+                                   {"Accept": NAV_ACCEPT})
+                statuses.append(cb.status_code)
+            assert set(statuses) == {503}, statuses
+            assert stat(env, "denied_login_idp_unavailable_total") == 12
+            assert stat(env, "login_failed_total") == 12
+            assert fake.count == 0
+            lines = error_lines(env, "idp-tokn")
+            assert len(lines) == 1, "\n".join(lines) or env.log_tail(80)
+            assert "login code exchange" in lines[0] and "token_endpoint.cluster" in lines[0]
+            assert "relay-secret" not in lines[0] and "c0de" not in lines[0]
+        finally:
+            relay.stop()
