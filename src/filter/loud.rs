@@ -1,7 +1,8 @@
 //! Callouts that cannot even be dispatched (an unknown cluster, a bad authority) are a broken
 //! deployment, not a bad moment: they are logged at error level, but at most once per
-//! [`LOG_EVERY_S`] per callout kind per worker, with the number of failures left unlogged in
-//! between, so a misspelled cluster is loud without a line per request.
+//! [`LOG_EVERY_S`] per callout kind per VM (each worker's, and the main thread's), with the
+//! number of failures left unlogged in between, so a misspelled cluster is loud without a line
+//! per request.
 
 use std::collections::HashMap;
 

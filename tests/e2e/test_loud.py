@@ -90,8 +90,9 @@ def test_a_misspelled_jwks_cluster_is_counted_and_logged_not_per_request(stack, 
         assert set(statuses) == {503}
 
         lines = error_lines(env, MISSPELLED)
-        # One line per worker within the minute, whatever the traffic.
-        assert 1 <= len(lines) <= 2, "\n".join(lines) or env.log_tail(80)
+        # At most one line per Wasm VM within the minute, whatever the traffic: one VM per
+        # worker, plus the one Envoy runs on its main thread (it ticks too).
+        assert 1 <= len(lines) <= 3, "\n".join(lines) or env.log_tail(80)
         for line in lines:
             assert "[error]" in line, line
             assert "jwks.cluster" in line and "JWKS fetch" in line, line
