@@ -76,7 +76,8 @@ CLASS_WEIGHTS = (("valid", 35), ("expiring", 35), ("login", 5), ("hostile", 25))
 # the relay should grow with the number of requests (a fixed-size token cache, a 4,096-slot
 # refresh table, per-request state freed at the end of the stream), and runs of 30-60 s measured
 # +0.0-0.3 MiB after warm-up, so 8 MiB leaves room for V8's heap to breathe between collections
-# while a leak of ~300 bytes per request or more fails a 10-minute run at ~50 requests/s.
+# while a leak of ~200 bytes per request or more fails a 10-minute run (~40,000 requests on a
+# 2-core machine).
 MEMORY_BOUND_MIB = 8
 WARMUP_FRACTION = 0.2
 DELIBERATE_503_ERRORS = ("temporarily_unavailable",)
