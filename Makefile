@@ -26,7 +26,7 @@ SHA256    := $(shell command -v sha256sum >/dev/null 2>&1 && echo sha256sum || e
 VERSION   := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DIST      ?= dist
 
-.PHONY: help wasm dist test unit e2e run bench lint fmt fmt-check toolchain envoy pydeps idp browser clean
+.PHONY: help wasm dist test unit e2e soak run bench lint fmt fmt-check toolchain envoy pydeps idp browser clean
 
 help: ## print this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -125,6 +125,12 @@ unit: ## host unit and property tests (cargo test)
 
 e2e: wasm envoy idp browser nextjs ## end-to-end tests: the built .wasm inside the real Envoy
 	$(PY) -m pytest -q tests/e2e
+
+# SOAK_S: duration in seconds (`make soak SOAK_S=60`); the e2e suite runs a 60-second soak.
+SOAK_S ?= 600
+
+soak: wasm envoy idp ## soak test: mixed traffic, failing token endpoint, 2 workers, SOAK_S seconds (default 600)
+	SOAK_S=$(SOAK_S) nice $(PY) tests/e2e/soak.py
 
 test: unit e2e ## everything CI runs: unit tests, then the e2e suite in the real Envoy
 

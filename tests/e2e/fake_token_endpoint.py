@@ -94,7 +94,10 @@ class FakeTokenEndpoint:
     """See the module docstring. Settable at any time: `mode`, `expires_in`, `rotate`,
     `reject_reuse`, `slow_s`, `hold_timeout_s`, `then`, `claims` (overrides for the minted access
     tokens, as for support.make_claims; `None` removes a claim), `claims_fn(record) -> dict`
-    (full claims, wins over `claims`), `extra_response` (merged into `ok` answers)."""
+    (full claims, wins over `claims`), `extra_response` (merged into `ok` answers),
+    `mode_fn(form) -> mode` (picks the mode of each request from its parsed form when no script
+    is pending; wins over `mode`), `extra_response_fn(record) -> dict` (merged into `ok`
+    answers after `extra_response`)."""
 
     def __init__(self, signer: KeyPair, port: int = 0, *, token_path: str = "/token",
                  expires_in: int = 300, rotate: bool = True, sub: str = "alice"):
@@ -115,6 +118,8 @@ class FakeTokenEndpoint:
         self.claims: dict[str, Any] = {}
         self.claims_fn: Callable[[dict], dict] | None = None
         self.extra_response: dict[str, Any] = {}
+        self.mode_fn: Callable[[dict], str] | None = None
+        self.extra_response_fn: Callable[[dict], dict] | None = None
         self.requests: list[dict] = []
         self.jwks_requests: list[dict] = []
         self.issued: list[dict] = []  # every `ok` answer body
@@ -228,11 +233,15 @@ class FakeTokenEndpoint:
 
     # -- serving -----------------------------------------------------------------------------
 
-    def _next_mode(self) -> str:
+    def _next_mode(self, form: dict | None = None) -> str:
         with self.lock:
             if self._script:
                 return self._script.pop(0)
-            return self.mode
+        if self.mode_fn is not None:
+            mode = self.mode_fn(form or {})
+            _check_mode(mode)
+            return mode
+        return self.mode
 
     def _answer_ok(self, record: dict) -> tuple[int, bytes]:
         form = record["form"]
@@ -251,6 +260,8 @@ class FakeTokenEndpoint:
                 self._current_rts.add(rt)
             body["refresh_token"] = rt
         body.update(self.extra_response)
+        if self.extra_response_fn is not None:
+            body.update(self.extra_response_fn(record))
         with self.lock:
             self.issued.append(body)
         return 200, json.dumps(body).encode()
@@ -326,7 +337,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except UnicodeDecodeError:
                 form = {}
         headers = dict(self.headers.items())
-        mode = fake._next_mode()
+        mode = fake._next_mode(form)
         record = {"method": method, "path": self.path, "query": split.query,
                   "headers": headers, "body": body, "form": form,
                   "client_auth": parse_client_auth(headers, form), "mode": mode,
