@@ -133,6 +133,9 @@ pub fn passed_cookie(config: &Config, req: &RequestView<'_>) -> Option<Option<St
     }
     let header = req.cookie()?;
     let text = String::from_utf8_lossy(&header);
+    if !jar::may_hold_relay_cookie(config, &text) {
+        return None;
+    }
     let scan = jar::scan(config, &text);
     scan.any_found.then(|| scan.remainder())
 }
@@ -665,8 +668,17 @@ mod tests {
                 Some(Some("theme=dark; sid=app".into())),
                 "{path}"
             );
-            // Nothing to remove: the header is left alone (no write).
+            // Nothing to remove: the header is left alone (no write), also when a name only
+            // looks like a relay cookie's.
             assert_eq!(passed(&c, path, Some(b"theme=dark; sid=app")), None);
+            assert_eq!(
+                passed(
+                    &c,
+                    path,
+                    Some(b"x__Host-relay-at=1; __Host-relay-session.x=2")
+                ),
+                None
+            );
             assert_eq!(passed(&c, path, None), None);
             // Only relay cookies: the header goes.
             assert_eq!(
