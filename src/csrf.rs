@@ -33,7 +33,8 @@ use std::fmt;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use subtle::ConstantTimeEq;
 
-use crate::http::url::{referer_origin, Origin};
+use crate::http::authority;
+use crate::http::url::{referer_origin, scheme_allowed, Origin};
 use crate::http::{Reply, RequestView};
 
 /// The compiled `csrf` configuration.
@@ -248,7 +249,10 @@ fn is_ws(c: char) -> bool {
 }
 
 /// Checks a request against `policy`, or, without a `csrf` section, against the request's own
-/// host (same-origin requests only, by either scheme). Safe methods pass at once.
+/// host: its `https` origin, and its `http` origin only for `localhost`, `127.0.0.1` and `[::1]`
+/// (a page served over plain http elsewhere can be rewritten by anyone on the path, so its
+/// requests are not trusted). `X-Forwarded-Proto` and `:scheme` are not consulted: the browser's
+/// `Origin` says which page sent the request. Safe methods pass at once.
 pub fn check_request(
     policy: Option<&CsrfPolicy>,
     req: &RequestView<'_>,
@@ -270,13 +274,13 @@ pub fn check_request(
         Some(policy) => check(policy, &input),
         None => {
             let authority = req.get_str(":authority").unwrap_or("");
-            match CsrfPolicy::new(
-                &[
-                    format!("https://{authority}"),
-                    format!("http://{authority}"),
-                ],
-                false,
-            ) {
+            let host = authority::host_of(authority.as_bytes()).unwrap_or("");
+            let own: Vec<String> = ["https", "http"]
+                .into_iter()
+                .filter(|scheme| scheme_allowed(scheme, host))
+                .map(|scheme| format!("{scheme}://{authority}"))
+                .collect();
+            match CsrfPolicy::new(&own, false) {
                 Ok(policy) => check(&policy, &input),
                 // A Host that is not a host cannot be anyone's origin.
                 Err(_) => Err(CsrfError::OriginNotAllowed),
@@ -390,6 +394,50 @@ mod tests {
         assert_eq!(err.field(), "csrf.allowed_origins");
         let long = format!("https://{}.test", "a".repeat(600));
         assert!(CsrfPolicy::new(&[long], false).is_err());
+    }
+
+    #[test]
+    fn without_a_policy_only_the_secure_own_origin_is_allowed() {
+        use CsrfError::OriginNotAllowed as Refused;
+        let cases: &[(&str, &str, Result<(), CsrfError>)] = &[
+            ("app.example.com", "https://app.example.com", Ok(())),
+            ("APP.example.com", "https://app.example.com", Ok(())),
+            (
+                "app.example.com:8443",
+                "https://app.example.com:8443",
+                Ok(()),
+            ),
+            ("app.example.com", "http://app.example.com", Err(Refused)),
+            (
+                "app.example.com:8080",
+                "http://app.example.com:8080",
+                Err(Refused),
+            ),
+            ("app.example.com", "https://evil.test", Err(Refused)),
+            ("localhost:3000", "http://localhost:3000", Ok(())),
+            ("127.0.0.1:10000", "http://127.0.0.1:10000", Ok(())),
+            ("[::1]:8080", "http://[::1]:8080", Ok(())),
+            ("[::1]:8080", "https://[::1]:8080", Ok(())),
+            (
+                "localhost.evil.test",
+                "http://localhost.evil.test",
+                Err(Refused),
+            ),
+            ("127.0.0.1.nip.io", "http://127.0.0.1.nip.io", Err(Refused)),
+            ("", "https://app.example.com", Err(Refused)),
+            ("a@b", "https://b", Err(Refused)),
+        ];
+        for (authority, origin, want) in cases {
+            let headers = vec![
+                (":method".to_string(), b"POST".to_vec()),
+                (":authority".to_string(), authority.as_bytes().to_vec()),
+                ("origin".to_string(), origin.as_bytes().to_vec()),
+                // Not consulted: the Origin says which page sent the request.
+                ("x-forwarded-proto".to_string(), b"https".to_vec()),
+            ];
+            let got = check_request(None, &RequestView { headers: &headers }, None);
+            assert_eq!(got, *want, "{authority:?} {origin:?}");
+        }
     }
 
     fn input<'a>(method: &'a str, origin: Option<&'a str>) -> CsrfInput<'a> {

@@ -94,6 +94,15 @@ fn plain_json_is_checked_as_the_filter_checks_it() {
         1,
     );
     refused("unknown login field", &login, "login.scope");
+    let scoped = MINIMAL.replacen(
+        '{',
+        r#"{"hosts": ["app.example.com", "*.apps.example.com"], "forward_relay_cookies_to_unprotected": true, "#,
+        1,
+    );
+    let out = run(&["-"], Some(scoped.as_bytes()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let port = MINIMAL.replacen('{', r#"{"hosts": ["app.example.com:443"], "#, 1);
+    refused("host with a port", &port, "hosts[0]");
 
     // Broken JSON: the filter's own parse error, line and column included.
     let out = run(&["-"], Some(b"{\"issuer\": "));

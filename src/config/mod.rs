@@ -28,8 +28,9 @@ use upstream::upstream;
 pub use upstream::Upstream;
 
 use crate::csrf::CsrfPolicy;
-use crate::http::cookie;
+use crate::http::authority::{self, HostPattern};
 use crate::http::path::PathPolicy;
+use crate::http::{cookie, RequestView};
 use crate::jwt::jwks::{Alg, AlgSet, KeySet};
 use crate::jwt::token::ClaimRules;
 
@@ -60,6 +61,12 @@ pub struct Config {
     pub max_request_headers_bytes: usize,
     /// The relay runs the OIDC login itself (authorization code + PKCE, callback, logout).
     pub login: Option<LoginConfig>,
+    /// The hosts the relay serves; `None`: every host. Never empty.
+    pub hosts: Option<Vec<HostPattern>>,
+    /// The relay's cookies still reach unprotected and public paths (off: removed there too).
+    pub forward_relay_cookies_to_unprotected: bool,
+    /// `required_claims.token_use` was pinned to `access` because the issuer is Cognito's.
+    pub token_use_pinned: bool,
 }
 
 // ---- raw serde shapes -------------------------------------------------------------------
@@ -98,6 +105,9 @@ struct RawConfig {
     csrf: Option<RawCsrf>,
     max_request_headers_bytes: Option<usize>,
     login: Option<RawLogin>,
+    hosts: Option<Vec<String>>,
+    #[serde(default)]
+    forward_relay_cookies_to_unprotected: bool,
 }
 
 #[derive(Deserialize)]
@@ -208,10 +218,18 @@ impl Config {
                 "must be at most 600 seconds",
             ));
         }
+        let mut required_claims = raw.required_claims;
+        // A Cognito ID token verifies like an access token (same keys, issuer and client id in
+        // `aud`): only `token_use` tells them apart, so it is pinned unless set explicitly.
+        let token_use_pinned =
+            is_cognito_issuer(&raw.issuer) && !required_claims.contains_key("token_use");
+        if token_use_pinned {
+            required_claims.insert("token_use".into(), Value::from("access"));
+        }
         let rules = ClaimRules {
             issuer: raw.issuer,
             audiences: raw.audiences,
-            required_claims: raw.required_claims.into_iter().collect(),
+            required_claims: required_claims.into_iter().collect(),
             algorithms,
             clock_skew_s: raw.clock_skew_s,
             forward_claims: forward_claims(raw.forward_claims)?,
@@ -248,6 +266,7 @@ impl Config {
             }
             Some(l) => Some(LoginConfig::new(l, &cookies)?),
         };
+        let hosts = raw.hosts.map(host_patterns).transpose()?;
         let token_cache_size = raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
         if !(1..=1_000_000).contains(&token_cache_size) {
             return Err(ConfigError::new(
@@ -266,8 +285,49 @@ impl Config {
             csrf,
             max_request_headers_bytes,
             login,
+            hosts,
+            forward_relay_cookies_to_unprotected: raw.forward_relay_cookies_to_unprotected,
+            token_use_pinned,
         })
     }
+
+    /// Whether the relay acts on this request at all: its `:authority` is one of `hosts`
+    /// (always, without `hosts`).
+    pub fn serves(&self, req: &RequestView<'_>) -> bool {
+        self.hosts
+            .as_deref()
+            .is_none_or(|patterns| authority::serves(patterns, req.get(":authority")))
+    }
+}
+
+/// `hosts`: a non-empty list of host patterns.
+fn host_patterns(list: Vec<String>) -> Result<Vec<HostPattern>, ConfigError> {
+    if list.is_empty() {
+        return Err(ConfigError::new(
+            "hosts",
+            "must list at least one host (leave the field out to serve every host)",
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, h)| HostPattern::parse(h).map_err(|e| ConfigError::new(format!("hosts[{i}]"), e)))
+        .collect()
+}
+
+/// `https://cognito-idp.<region>.amazonaws.com[.cn]/<user pool id>`.
+fn is_cognito_issuer(issuer: &str) -> bool {
+    let Some(rest) = issuer.strip_prefix("https://cognito-idp.") else {
+        return false;
+    };
+    let Some((host, pool)) = rest.split_once('/') else {
+        return false;
+    };
+    let region = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"));
+    region.is_some_and(|r| !r.is_empty() && !r.contains('.'))
+        && !pool.is_empty()
+        && !pool.contains('/')
 }
 
 fn path_policy(protected: Vec<String>, public: Vec<String>) -> Result<PathPolicy, ConfigError> {
@@ -668,6 +728,49 @@ mod tests {
                 with(base(), "/token_cache_size", Some(json!(10_000_000))),
                 "token_cache_size",
             ),
+            (
+                "empty hosts",
+                with(base(), "/hosts", Some(json!([]))),
+                "hosts",
+            ),
+            (
+                "host with a scheme",
+                with(
+                    base(),
+                    "/hosts",
+                    Some(json!(["app.example.com", "https://b.example.com"])),
+                ),
+                "hosts[1]",
+            ),
+            (
+                "host with a port",
+                with(base(), "/hosts", Some(json!(["app.example.com:443"]))),
+                "hosts[0]",
+            ),
+            (
+                "host with a path",
+                with(base(), "/hosts", Some(json!(["app.example.com/x"]))),
+                "hosts[0]",
+            ),
+            (
+                "inner wildcard",
+                with(base(), "/hosts", Some(json!(["a.*.example.com"]))),
+                "hosts[0]",
+            ),
+            (
+                "hosts not a list",
+                with(base(), "/hosts", Some(json!("app.example.com"))),
+                "hosts",
+            ),
+            (
+                "cookie opt-out not a boolean",
+                with(
+                    base(),
+                    "/forward_relay_cookies_to_unprotected",
+                    Some(json!("yes")),
+                ),
+                "forward_relay_cookies_to_unprotected",
+            ),
         ];
         for (what, v, field) in cases {
             match parse(&v) {
@@ -679,6 +782,89 @@ mod tests {
                     assert!(line.contains(field), "{what}: {line}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn hosts_and_cookie_forwarding_parse() {
+        let serves = |c: &Config, authority: Option<&[u8]>| {
+            let headers: Vec<(String, Vec<u8>)> = authority
+                .map(|a| (":authority".to_string(), a.to_vec()))
+                .into_iter()
+                .collect();
+            c.serves(&RequestView { headers: &headers })
+        };
+        let c = parse(&base()).unwrap();
+        assert!(c.hosts.is_none() && !c.forward_relay_cookies_to_unprotected);
+        assert!(serves(&c, None) && serves(&c, Some(b"anything")));
+        let v = with(
+            base(),
+            "/hosts",
+            Some(json!(["App.Example.com", "*.apps.example.com"])),
+        );
+        let v = with(
+            v,
+            "/forward_relay_cookies_to_unprotected",
+            Some(json!(true)),
+        );
+        let c = parse(&v).unwrap();
+        assert_eq!(
+            c.hosts,
+            Some(vec![
+                HostPattern::Exact("app.example.com".into()),
+                HostPattern::Subdomains(".apps.example.com".into()),
+            ])
+        );
+        assert!(c.forward_relay_cookies_to_unprotected);
+        assert!(serves(&c, Some(b"APP.example.com:8443")));
+        assert!(serves(&c, Some(b"x.apps.example.com")));
+        assert!(!serves(&c, Some(b"apps.example.com")));
+        assert!(!serves(&c, Some(b"other.example.com")));
+        assert!(!serves(&c, None));
+    }
+
+    #[test]
+    fn cognito_issuers_pin_token_use_unless_set() {
+        let token_use = |c: &Config| {
+            c.rules
+                .required_claims
+                .iter()
+                .find(|(k, _)| k == "token_use")
+                .map(|(_, v)| v.clone())
+        };
+        for iss in [
+            "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Example",
+            "https://cognito-idp.cn-north-1.amazonaws.com.cn/cn-north-1_Pool",
+        ] {
+            let v = with(base(), "/issuer", Some(json!(iss)));
+            let v = with(v, "/required_claims", None);
+            let c = parse(&v).unwrap();
+            assert!(c.token_use_pinned, "{iss}");
+            assert_eq!(token_use(&c), Some(json!("access")), "{iss}");
+            // Other required claims keep the pin.
+            let v = with(v, "/required_claims", Some(json!({"scope": "x"})));
+            let c = parse(&v).unwrap();
+            assert_eq!(token_use(&c), Some(json!("access")), "{iss}");
+            // An explicit token_use wins, whatever it says.
+            let v = with(v, "/required_claims", Some(json!({"token_use": "id"})));
+            let c = parse(&v).unwrap();
+            assert!(!c.token_use_pinned);
+            assert_eq!(token_use(&c), Some(json!("id")));
+        }
+        for iss in [
+            "https://idp.test",
+            "https://cognito-idp.us-east-1.amazonaws.com/",
+            "https://cognito-idp.us-east-1.amazonaws.com",
+            "https://cognito-idp..amazonaws.com/pool",
+            "https://cognito-idp.us-east-1.amazonaws.com.evil.test/pool",
+            "https://cognito-idp.us-east-1.amazonaws.com/pool/extra",
+            "http://cognito-idp.us-east-1.amazonaws.com/pool",
+        ] {
+            let v = with(base(), "/issuer", Some(json!(iss)));
+            let v = with(v, "/required_claims", None);
+            let c = parse(&v).unwrap();
+            assert!(!c.token_use_pinned, "{iss}");
+            assert_eq!(token_use(&c), None, "{iss}");
         }
     }
 

@@ -43,7 +43,8 @@ pub(crate) fn config_hash(raw: &[u8]) -> String {
     format!("{:08x}", (h >> 32) ^ (h & 0xffff_ffff))
 }
 
-/// `edge-token-relay 0.4.0 configured: config=1a2b3c4d protected_prefixes=2 features=refresh,csrf`
+/// `edge-token-relay 0.4.0 configured: config=1a2b3c4d protected_prefixes=2 features=refresh,csrf`,
+/// then ` token_use=access(default)` when a Cognito issuer had `token_use` pinned.
 pub(crate) fn startup_line(config: &Config, raw: &[u8]) -> String {
     let refresh = config.refresh.as_ref();
     let features: Vec<&str> = [
@@ -62,13 +63,18 @@ pub(crate) fn startup_line(config: &Config, raw: &[u8]) -> String {
             "upstream_token_headers",
             refresh.is_some_and(|r| r.upstream_token_headers.is_some()),
         ),
+        ("hosts", config.hosts.is_some()),
+        (
+            "forward_relay_cookies_to_unprotected",
+            config.forward_relay_cookies_to_unprotected,
+        ),
     ]
     .into_iter()
     .filter(|(_, on)| *on)
     .map(|(name, _)| name)
     .collect();
     format!(
-        "edge-token-relay {} configured: config={} protected_prefixes={} features={}",
+        "edge-token-relay {} configured: config={} protected_prefixes={} features={}{}",
         env!("CARGO_PKG_VERSION"),
         config_hash(raw),
         config.paths.protected.len(),
@@ -76,6 +82,11 @@ pub(crate) fn startup_line(config: &Config, raw: &[u8]) -> String {
             "none".to_string()
         } else {
             features.join(",")
+        },
+        if config.token_use_pinned {
+            " token_use=access(default)"
+        } else {
+            ""
         }
     )
 }
@@ -113,6 +124,25 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn the_line_shows_hosts_and_a_pinned_token_use() {
+        let cognito = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Pool";
+        let c = testkit::config(json!({
+            "issuer": cognito, "required_claims": {}, "hosts": ["app.example.com"],
+            "forward_relay_cookies_to_unprotected": true,
+        }));
+        let line = startup_line(&c, b"{}");
+        assert!(
+            line.ends_with(
+                "features=hosts,forward_relay_cookies_to_unprotected token_use=access(default)"
+            ),
+            "{line}"
+        );
+        let c = testkit::config(json!({"issuer": cognito, "required_claims": {"token_use": "id"}}));
+        let line = startup_line(&c, b"{}");
+        assert!(line.ends_with("features=none"), "{line}");
     }
 
     #[test]

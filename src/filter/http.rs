@@ -90,8 +90,11 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = host::request_headers();
-        let now = Envoy.now_s();
         let view = RequestView { headers: &headers };
+        if !self.serves(&view) {
+            return Action::Continue;
+        }
+        let now = Envoy.now_s();
         if let Some(action) = self.login(&view, now) {
             return action;
         }
@@ -188,6 +191,15 @@ impl Http {
             st.metrics.login(&st.host, reply);
         }
         self.send(reply)
+    }
+
+    /// Whether the request is for a host the relay serves (`hosts`). A request for another host
+    /// is left entirely alone: no check, no header change, no login path, nothing on its
+    /// response (the stream's flags stay off). Busy VM: served, so the next step answers 503.
+    fn serves(&self, view: &RequestView<'_>) -> bool {
+        self.vm
+            .try_borrow()
+            .map_or(true, |st| st.config.serves(view))
     }
 
     /// Login, callback and logout paths; `None` for every other request.

@@ -414,6 +414,43 @@ fn forged_claim_headers_are_removed_from_every_request() {
 }
 
 #[test]
+fn passed_requests_lose_relay_cookies_with_one_write_and_only_when_present() {
+    let host = Fake::at(NOW);
+    let vm = worker(&host, json!({}));
+    let cookie = b"theme=dark; __Host-relay-at=t; __Host-relay-session.0=s; __Host-relay-csrf=c";
+    let o = arrive(&vm, 1, request("GET", "/static/app.js", Some(cookie), &[]));
+    assert!(matches!(o, Outcome::Pass));
+    assert_eq!(
+        host.request_header(1, "cookie").as_deref(),
+        Some("theme=dark")
+    );
+    // No relay cookie: no header write at all.
+    let o = arrive(&vm, 2, request("GET", "/", Some(b"theme=dark"), &[]));
+    assert!(matches!(o, Outcome::Pass));
+    let writes = host.0.request_headers.borrow().clone();
+    assert!(writes.iter().all(|(ctx, _, _)| *ctx != 2), "{writes:?}");
+    // Only relay cookies: the header is removed.
+    let o = arrive(
+        &vm,
+        3,
+        request("GET", "/api/public/x", Some(b"__Host-relay-at=t"), &[]),
+    );
+    assert!(matches!(o, Outcome::Pass));
+    let writes = host.0.request_headers.borrow().clone();
+    assert!(
+        writes.contains(&(3, "cookie".to_string(), None)),
+        "{writes:?}"
+    );
+
+    // The opt-out: nothing is written.
+    let host = Fake::at(NOW);
+    let vm = worker(&host, json!({"forward_relay_cookies_to_unprotected": true}));
+    let o = arrive(&vm, 1, request("GET", "/static/app.js", Some(cookie), &[]));
+    assert!(matches!(o, Outcome::Pass));
+    assert!(host.0.request_headers.borrow().is_empty());
+}
+
+#[test]
 fn forwarded_requests_record_how_their_token_was_trusted() {
     let host = Fake::at(NOW);
     let vm = worker(&host, json!({}));

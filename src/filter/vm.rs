@@ -155,6 +155,9 @@ impl<H: Host> Vm<H> {
         let mut outcome = match step {
             Step::Pass => {
                 self.strip_forged_claims(req);
+                if let Some(cookie) = relay::passed_cookie(&self.config, req) {
+                    self.host.set_request_header("cookie", cookie.as_deref());
+                }
                 Outcome::Pass
             }
             Step::Forward(f) => {

@@ -1,7 +1,8 @@
-//! HTTP vocabulary with no knowledge of tokens or configuration: the request view, cookies,
+//! HTTP vocabulary with no knowledge of tokens or configuration: the request view, hosts, cookies,
 //! URL codecs, content negotiation, path matching, the header budget, cache policy and the
 //! relay's own replies. Imports nothing else from the crate.
 
+pub mod authority;
 pub(crate) mod cache_policy;
 pub mod cookie;
 pub mod header_budget;

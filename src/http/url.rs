@@ -249,7 +249,7 @@ pub fn parse_config_url(s: &str) -> Result<ConfigUrl<'_>, String> {
     if !host_ok {
         return Err(format!("{s:?}: not a valid host"));
     }
-    if scheme == "http" && !is_loopback(host) {
+    if !scheme_allowed(scheme, host) {
         return Err(format!(
             "{s:?}: must be https (http only for localhost, 127.0.0.1 and [::1])"
         ));
@@ -266,9 +266,19 @@ pub fn parse_config_url(s: &str) -> Result<ConfigUrl<'_>, String> {
     })
 }
 
-/// Whether `host` (without brackets or port) is the local machine by name or address.
+/// Whether `host` (without port; an IPv6 literal with or without brackets) is the local
+/// machine by name or address.
 pub fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host == "127.0.0.1" || host == "::1"
+    host.eq_ignore_ascii_case("localhost")
+        || host == "127.0.0.1"
+        || host == "::1"
+        || host == "[::1]"
+}
+
+/// The relay's one rule for origins it trusts: `https`, and `http` only for a loopback host
+/// (configured URLs, and a request's own origin when no `csrf` section is configured).
+pub fn scheme_allowed(scheme: &str, host: &str) -> bool {
+    scheme == "https" || (scheme == "http" && is_loopback(host))
 }
 
 /// A port: 1 to 5 digits, 1 to 65535.

@@ -119,6 +119,27 @@ pub fn forged_claim_headers<'r>(config: &Config, req: &RequestView<'r>) -> Vec<&
         .collect()
 }
 
+/// The Cookie header for a request the relay passes (an unprotected or public path): `None`
+/// leaves it as it is (no relay cookie in it, or `forward_relay_cookies_to_unprotected`, so
+/// ordinary requests cost no header write), `Some(None)` removes it, `Some(Some(rest))` keeps
+/// the application's cookies only. The relay's cookies are those a protected request loses
+/// (access token, session and their chunks, CSRF cookie, login flow cookies): whatever serves
+/// the other paths must not receive a credential the relay holds for the user.
+/// A Cookie header that is not UTF-8 is read with its bad bytes replaced; it is rewritten only
+/// when it holds a relay cookie.
+pub fn passed_cookie(config: &Config, req: &RequestView<'_>) -> Option<Option<String>> {
+    if config.forward_relay_cookies_to_unprotected {
+        return None;
+    }
+    let header = req.cookie()?;
+    let text = String::from_utf8_lossy(&header);
+    if !jar::may_hold_relay_cookie(config, &text) {
+        return None;
+    }
+    let scan = jar::scan(config, &text);
+    scan.any_found.then(|| scan.remainder())
+}
+
 /// A session that needs a refresh.
 #[derive(Debug)]
 pub struct RefreshNeed<'a> {
@@ -625,6 +646,69 @@ mod tests {
     }
 
     #[test]
+    fn passed_requests_lose_relay_cookies_only() {
+        let c = testkit::refresh_config(json!({
+            "csrf": {"allowed_origins": ["https://app.example.com"], "double_submit": true},
+        }));
+        let passed = |c: &Config, path: &str, cookie: Option<&[u8]>| {
+            let h = request("GET", path, cookie, &[]);
+            let req = RequestView { headers: &h };
+            let mut cache = TokenCache::new(4);
+            assert!(matches!(
+                decide(c, Some(keys(c)), &mut cache, &req, NOW, true),
+                Step::Pass
+            ));
+            passed_cookie(c, &req)
+        };
+        let all = "theme=dark; __Host-relay-at=t; __Host-relay-at.1=u; __Host-relay-session.0=s; \
+                   __Host-relay-session=s; __Host-relay-csrf=c; sid=app";
+        for path in ["/", "/static/app.js", "/api/public/info"] {
+            assert_eq!(
+                passed(&c, path, Some(all.as_bytes())),
+                Some(Some("theme=dark; sid=app".into())),
+                "{path}"
+            );
+            // Nothing to remove: the header is left alone (no write), also when a name only
+            // looks like a relay cookie's.
+            assert_eq!(passed(&c, path, Some(b"theme=dark; sid=app")), None);
+            assert_eq!(
+                passed(
+                    &c,
+                    path,
+                    Some(b"x__Host-relay-at=1; __Host-relay-session.x=2")
+                ),
+                None
+            );
+            assert_eq!(passed(&c, path, None), None);
+            // Only relay cookies: the header goes.
+            assert_eq!(
+                passed(&c, path, Some(b"__Host-relay-session=s")),
+                Some(None)
+            );
+        }
+        // Not UTF-8: rewritten only when a relay cookie is in it.
+        assert_eq!(passed(&c, "/", Some(b"a=\xff")), None);
+        assert_eq!(
+            passed(&c, "/", Some(b"a=1; __Host-relay-at=\xff")),
+            Some(Some("a=1".into()))
+        );
+        // Login flow cookies are relay cookies too.
+        let c = testkit::refresh_config(json!({"login": {
+            "authorization_endpoint": "https://auth.example.com/oauth2/authorize",
+            "redirect_uri": "https://app.example.com/auth/callback",
+        }}));
+        let flow = c.login.as_ref().unwrap().flow_cookie_name("st");
+        let cookie = format!("{flow}=x; a=1");
+        assert_eq!(
+            passed(&c, "/", Some(cookie.as_bytes())),
+            Some(Some("a=1".into()))
+        );
+        // The opt-out forwards everything as sent.
+        let c = testkit::config(json!({"forward_relay_cookies_to_unprotected": true}));
+        assert_eq!(passed(&c, "/", Some(all.as_bytes())), None);
+    }
+
+    #[test]
     fn csrf_default_is_same_host() {
         let c = testkit::config(json!({}));
         let t = sign(&claims());
@@ -633,9 +717,10 @@ mod tests {
             csrf_status(&c, "POST", &[("origin", "https://app.example.com")], &ck),
             None
         );
+        // Plain http is the request's own origin only on the local machine.
         assert_eq!(
             csrf_status(&c, "POST", &[("origin", "http://app.example.com")], &ck),
-            None
+            Some(403)
         );
         assert_eq!(
             csrf_status(&c, "POST", &[("origin", "https://other.example.com")], &ck),

@@ -9,6 +9,8 @@ pub mod flight;
 pub(crate) mod navigation;
 
 pub use complete::{complete_refresh, upstream_rotation, Completed};
-pub use decide::{decide, forged_claim_headers, unknown_kid_reply, Forward, RefreshNeed, Step};
+pub use decide::{
+    decide, forged_claim_headers, passed_cookie, unknown_kid_reply, Forward, RefreshNeed, Step,
+};
 pub use flight::{RefreshId, RefreshOutcome};
 pub(crate) use navigation::navigation_redirect;

@@ -524,9 +524,14 @@ class RawResponse:
 
 
 def raw_request(port: int, path: str = "/", headers: Iterable[tuple[str, bytes | str]] = (),
-                method: str = "GET", timeout: float = 10.0) -> RawResponse:
-    """Send one HTTP/1.1 request with header bytes exactly as given; read the full response."""
-    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+                method: str = "GET", timeout: float = 10.0,
+                host: bytes | str | None = "127.0.0.1") -> RawResponse:
+    """Send one HTTP/1.1 request with header bytes exactly as given; read the full response.
+    `host` is the Host line's value as bytes (None: no Host line at all)."""
+    lines = [f"{method} {path} HTTP/1.1".encode()]
+    if host is not None:
+        lines.append(b"Host: " + (host.encode("latin-1") if isinstance(host, str) else host))
+    lines.append(b"Connection: close")
     for name, value in headers:
         value_b = value.encode("latin-1") if isinstance(value, str) else value
         lines.append(name.encode() + b": " + value_b)
@@ -1030,11 +1035,12 @@ class RelayStack:
         return self.get(path, f"{AT_COOKIE}={token}", **kw)
 
     def raw(self, path: str, headers: Iterable[tuple[str, bytes | str]] = (),
-            method: str = "GET", fresh: bool = True) -> RawResponse:
+            method: str = "GET", fresh: bool = True,
+            host: bytes | str | None = "127.0.0.1") -> RawResponse:
         assert self.envoy is not None
         if fresh:
             self.upstream.clear()
-        return raw_request(self.envoy.port, path, headers, method)
+        return raw_request(self.envoy.port, path, headers, method, host=host)
 
     def wait_jwks_ready(self, token: str, path: str = "/api/ready-probe",
                         timeout: float = 20.0) -> requests.Response:

@@ -92,7 +92,7 @@ import re  # noqa: E402
 import yaml  # noqa: E402
 
 DOCS_WITH_ENVOY_YAML = ("README.md", "docs/delivery.md")
-DOCS_WITH_ISTIO_YAML = ("docs/delivery.md",)
+DOCS_WITH_ISTIO_YAML = ("docs/delivery.md", "docs/deploy.md")
 
 
 def marked_yaml_blocks(rel_path: str, marker: str) -> list[dict]:
