@@ -74,7 +74,9 @@ pub fn main() -> ExitCode {
     let mut failed = false;
     for f in &found {
         let result = match &f.bytes {
-            Ok(bytes) => Config::parse(bytes).map_err(|e| e.to_string()),
+            // `{"env": ...}` secrets are read from this process's environment.
+            Ok(bytes) => Config::parse_with_env(bytes, &|name| std::env::var(name).ok())
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
         if let Err(line) = result {
