@@ -756,8 +756,12 @@ class Envoy:
     def __init__(self, config: dict, *, concurrency: int = 1, log_level: str = "info",
                  component_log_level: str | None = "wasm:debug", name: str = "envoy",
                  extra_args: Iterable[str] = (), binary: str | None = None,
-                 ready_timeout: float = 20.0, workdir: str | Path | None = None):
+                 ready_timeout: float = 20.0, workdir: str | Path | None = None,
+                 env: dict[str, str] | None = None):
         self.config = config
+        # Added to (or, with a None value, removed from) the environment Envoy starts with:
+        # what `vm_config.environment_variables.host_env_keys` copies into the Wasm VM.
+        self.env = dict(env or {})
         self.concurrency = concurrency
         self.log_level = log_level
         self.component_log_level = component_log_level
@@ -794,7 +798,8 @@ class Envoy:
         self.started_at = time.time()
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                      stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     cwd=str(REPO_ROOT), preexec_fn=_die_with_parent)
+                                     cwd=str(REPO_ROOT), preexec_fn=_die_with_parent,
+                                     env=process_env(self.env))
         with Envoy._instances_lock:
             Envoy.instances.append(self)
         try:
@@ -920,14 +925,28 @@ def stop_all_envoys():
 atexit.register(stop_all_envoys)
 
 
+def process_env(changes: dict[str, str | None]) -> dict[str, str]:
+    """This process's environment with `changes` applied (None removes a variable)."""
+    env = dict(os.environ)
+    for k, v in changes.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
 def validate_config(path: str | Path, binary: str | None = None,
-                    cwd: str | Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    """`envoy --mode validate -c <path>` (run from the repo root: example configs use
-    repo-relative paths)."""
+                    cwd: str | Path = REPO_ROOT,
+                    env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """`envoy --mode validate -c <path>` from `cwd`, with `env` applied to its environment
+    (validate mode loads the Wasm module and runs the relay's configuration parser, so the
+    module must exist and the secrets' variables must be set)."""
     return subprocess.run([binary or find_envoy(), "--mode", "validate", "-c", str(path),
                            "--base-id", str((os.getpid() % 20000) * 50 + next(_base_ids) % 50 + 1000),
                            "-l", "warning"],
-                          cwd=str(cwd), capture_output=True, text=True, timeout=120)
+                          cwd=str(cwd), capture_output=True, text=True, timeout=120,
+                          env=process_env(env or {}))
 
 
 # --------------------------------------------------------------------------------------------
