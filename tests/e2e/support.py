@@ -599,8 +599,10 @@ def default_plugin_config(jwks: dict | None = None, **overrides: Any) -> dict:
 
 
 def wasm_filter(plugin_config: dict | str, wasm_path: str | Path = WASM_PATH,
-                vm_id: str = "edge_token_relay", fail_open: bool = False) -> dict:
-    """The `envoy.filters.http.wasm` HTTP filter entry for the relay."""
+                vm_id: str = "edge_token_relay", fail_open: bool = False,
+                vm_env: dict | None = None) -> dict:
+    """The `envoy.filters.http.wasm` HTTP filter entry for the relay. `vm_env` is the VM's
+    `environment_variables` (`host_env_keys`, `key_values`)."""
     value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
     cfg: dict[str, Any] = {
         "name": "edge_token_relay",
@@ -615,6 +617,8 @@ def wasm_filter(plugin_config: dict | str, wasm_path: str | Path = WASM_PATH,
     }
     if fail_open:
         cfg["fail_open"] = True
+    if vm_env:
+        cfg["vm_config"]["environment_variables"] = vm_env
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -706,8 +710,10 @@ def relay_config(upstream_port: int, jwks_port: int, plugin_config: dict | str |
     """Envoy config with the relay filter (plugin config defaults to `default_plugin_config()`)."""
     pc = plugin_config if plugin_config is not None else default_plugin_config()
     fail_open = kw.pop("fail_open", False)
+    vm_env = kw.pop("vm_env", None)
     return envoy_config(upstream_port, jwks_port,
-                        http_filters=[wasm_filter(pc, wasm_path, fail_open=fail_open)], **kw)
+                        http_filters=[wasm_filter(pc, wasm_path, fail_open=fail_open,
+                                                  vm_env=vm_env)], **kw)
 
 
 def baseline_config(upstream_port: int, jwks_port: int | None = None, **kw: Any) -> dict:
