@@ -16,6 +16,7 @@ configuration). The plugin configuration names them as `{"env": "VAR"}`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.parse
@@ -71,6 +72,12 @@ def assert_log_clean(envoy: Envoy, values: dict[str, str]) -> None:
         assert value not in log, f"the value of {var} is in Envoy's log"
 
 
+def assert_healthy_and_quiet(envoy: Envoy, values: dict[str, str]) -> None:
+    """No secret value in the log, and no sign of a failed Wasm VM."""
+    assert_log_clean(envoy, values)
+    assert not wasm_failure_evidence(envoy)
+
+
 def startup_line(envoy: Envoy) -> str:
     lines = [ln for ln in envoy.log_text().splitlines() if "edge-token-relay" in ln
              and " configured: " in ln]
@@ -89,12 +96,13 @@ def test_refresh_with_secrets_from_the_environment(wasm_file, mode):
     signer = KeyPair.generate("RS256", kid=f"secrets-{mode}")
     values = secret_values(keys, FAKE_SECRET)
     vm_env, env = delivery(mode, values)
-    fake = FakeTokenEndpoint(signer).start()
-    relay = None
-    try:
+    with contextlib.ExitStack() as stack:
+        fake = FakeTokenEndpoint(signer).start()
+        stack.callback(fake.stop)
         pc = env_refs(refresh_plugin_config(keys, client_secret="unused", client_auth="basic"),
                       keys, [KEY_VAR, OLD_KEY_VAR])
         relay = Relay(f"secrets-refresh-{mode}", fake.port, pc, vm_env=vm_env, env=env).start()
+        stack.callback(relay.stop)
         ready = relay.wait_ready(fake.mint_access_token())
         assert ready.status_code == 200, describe(ready)
 
@@ -120,12 +128,7 @@ def test_refresh_with_secrets_from_the_environment(wasm_file, mode):
         line = startup_line(relay.envoy)
         assert line.endswith(f"secrets_from_env={SECRET_VAR},{KEY_VAR},{OLD_KEY_VAR} "
                              f"(root context {line.rsplit('(root context ', 1)[1]}"), line
-        assert_log_clean(relay.envoy, values)
-        assert not wasm_failure_evidence(relay.envoy)
-    finally:
-        if relay is not None:
-            relay.stop()
-        fake.stop()
+        assert_healthy_and_quiet(relay.envoy, values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,11 +143,11 @@ def test_login_with_secrets_from_the_environment(wasm_file, mode):
     idp = Idp.start(access_token_ttl=60, name=f"idp-secrets-{mode}",
                     redirect_uris=[origin + "/auth/callback"],
                     post_logout_redirect_uris=[origin + "/"])
-    relay = None
     keys = SessionKeys.generate(("env-login",))
     values = secret_values(keys, IDP_CLIENT_SECRET)
     vm_env, env = delivery(mode, values)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(idp.stop)
         authority = f"127.0.0.1:{idp.port}"
         login = {"authorization_endpoint": idp.authorization_endpoint,
                  "redirect_uri": origin + "/auth/callback",
@@ -157,6 +160,7 @@ def test_login_with_secrets_from_the_environment(wasm_file, mode):
         pc = env_refs(pc, keys, [KEY_VAR])
         relay = LoginRelay(f"secrets-login-{mode}", idp.port, pc, port, vm_env=vm_env,
                            env=env).start()
+        stack.callback(relay.stop)
         ready = relay.wait_ready(idp.mint("ready-probe", access_token_ttl=60)["access_token"])
         assert ready.status_code == 200, describe(ready)
 
@@ -186,12 +190,7 @@ def test_login_with_secrets_from_the_environment(wasm_file, mode):
         assert upstream_headers(relay.upstream.only(), "authorization") == \
             [f"Bearer {written[AT_COOKIE].value}"]
         assert idp.refresh_token_active(plain["rt"])
-        assert_log_clean(relay.envoy, values)
-        assert not wasm_failure_evidence(relay.envoy)
-    finally:
-        if relay is not None:
-            relay.stop()
-        idp.stop()
+        assert_healthy_and_quiet(relay.envoy, values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,11 +272,12 @@ def test_a_started_relay_never_logs_its_secrets_later(wasm_file):
     signer = KeyPair.generate("RS256", kid="secrets-quiet")
     values = secret_values(keys, FAKE_SECRET)
     vm_env, env = delivery("host_env_keys", values)
-    fake = FakeTokenEndpoint(signer).start()
-    relay = None
-    try:
+    with contextlib.ExitStack() as stack:
+        fake = FakeTokenEndpoint(signer).start()
+        stack.callback(fake.stop)
         pc = env_refs(refresh_plugin_config(keys, client_secret="unused"), keys, [KEY_VAR])
         relay = Relay("secrets-quiet", fake.port, pc, vm_env=vm_env, env=env).start()
+        stack.callback(relay.stop)
         assert relay.wait_ready(fake.mint_access_token()).status_code == 200
         other = SessionKeys.generate(("k1",))
         assert relay.get("/api/x", f"{SESSION_COOKIE}={other.seal('rt-x')}").status_code == 401
@@ -287,8 +287,4 @@ def test_a_started_relay_never_logs_its_secrets_later(wasm_file):
         resp = relay.get("/api/x", f"{AT_COOKIE}={expired}; "
                                    f"{SESSION_COOKIE}={keys.seal(fake.new_refresh_token())}")
         assert resp.status_code == 401, describe(resp)
-        assert_log_clean(relay.envoy, values)
-    finally:
-        if relay is not None:
-            relay.stop()
-        fake.stop()
+        assert_healthy_and_quiet(relay.envoy, values)
