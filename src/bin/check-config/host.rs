@@ -24,7 +24,8 @@ const DEPLOYMENT_KEYS: &[&str] = &[
 ];
 
 const USAGE: &str = "usage: check-config [--root-id ID] FILE   (FILE: plugin configuration JSON, \
-Envoy YAML/JSON or Istio WasmPlugin YAML; - reads stdin)\n       check-config --schema";
+Envoy YAML/JSON or Istio WasmPlugin YAML; - reads stdin)\n       check-config --schema\n\
+Secrets written as {\"env\": \"VAR\"} are read from this process's environment.";
 
 /// One plugin configuration found in the input.
 struct Found {
