@@ -258,7 +258,7 @@ mod tests {
 
     fn cfg(auth: serde_json::Value) -> RefreshConfig {
         let mut extra = json!({
-            "session_keys": [{"kid": "k1", "key": testkit::b64(&[7u8; 32])}],
+            "session_keys": [{"kid": "k1", "key": testkit::b64(&testkit::SESSION_KEY)}],
             "token_endpoint": {"cluster": "idp", "authority": "idp.example.com", "path": "/oauth2/token"},
             "client_id": "my app",
         });

@@ -111,7 +111,7 @@ impl SessionKeys {
     /// `[A-Za-z0-9._-]`, unique. Each key: base64url (RFC 4648 §5; trailing `=` padding is
     /// tolerated, the standard `+`/`/` alphabet is not) of exactly 32 bytes, e.g.
     /// `openssl rand 32 | basenc --base64url`. Problems never quote key material.
-    pub fn from_config(entries: &[(String, String)]) -> Result<SessionKeys, KeyError> {
+    pub fn from_config<K: AsRef<str>>(entries: &[(String, K)]) -> Result<SessionKeys, KeyError> {
         let mut keys: Vec<SessionKey> = Vec::with_capacity(entries.len());
         for (i, (kid, key)) in entries.iter().enumerate() {
             let fail = |member, problem| KeyError {
@@ -123,7 +123,7 @@ impl SessionKeys {
             if keys.iter().any(|k| k.kid == *kid) {
                 return Err(fail("kid", format!("duplicate key id {kid:?}")));
             }
-            let cipher = compile_key(key).map_err(|p| fail("key", p))?;
+            let cipher = compile_key(key.as_ref()).map_err(|p| fail("key", p))?;
             keys.push(SessionKey {
                 kid: kid.clone(),
                 header_b64: URL_SAFE_NO_PAD
@@ -188,7 +188,46 @@ fn compile_key(key: &str) -> Result<Aes256Gcm, String> {
             bytes.len()
         ));
     }
+    if let Some(why) = weak_key(key, &bytes) {
+        return Err(format!(
+            "is not a random key ({why}); generate one with `openssl rand 32 | basenc --base64url`"
+        ));
+    }
     Aes256Gcm::new_from_slice(&bytes).map_err(|_| "must be exactly 32 bytes".to_owned())
+}
+
+/// Fewest distinct byte values a key may have (a random 32-byte key has about 30).
+const MIN_DISTINCT_BYTES: usize = 16;
+
+/// Why a 32-byte key is not random-looking, if it is not. Three rules, each of which a key
+/// drawn uniformly at random trips with a vanishing probability (worked out in
+/// the test `weak_key_rule_false_refusal_rate`), while typed-in keys trip them reliably:
+///
+/// - every byte is printable ASCII (0x20–0x7E): a password or a phrase, encoded (≈ 1.7e-14);
+/// - fewer than [`MIN_DISTINCT_BYTES`] distinct byte values: zeros, a repeated pattern (≈ 3.2e-17);
+/// - the base64url text has no lower-case letter, or no upper-case letter: a text typed as the
+///   key itself, such as `REPLACE-WITH-32-RANDOM-BYTES-BASE64URL-0000`, which happens to
+///   decode to 32 bytes (≈ 3.5e-10: about one freshly generated key in 2.9 billion is
+///   refused, and generating another fixes it).
+fn weak_key(text: &str, bytes: &[u8]) -> Option<&'static str> {
+    if bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return Some("its bytes are all printable text");
+    }
+    let mut seen = [false; 256];
+    for b in bytes {
+        if let Some(s) = seen.get_mut(usize::from(*b)) {
+            *s = true;
+        }
+    }
+    if seen.iter().filter(|s| **s).count() < MIN_DISTINCT_BYTES {
+        return Some("too few distinct byte values");
+    }
+    if !text.bytes().any(|c| c.is_ascii_lowercase())
+        || !text.bytes().any(|c| c.is_ascii_uppercase())
+    {
+        return Some("its text is all one letter case, as typed text is");
+    }
+    None
 }
 
 /// The session the cookie carries.
@@ -577,6 +616,109 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    /// SplitMix64: a small seeded generator, so the "random keys pass" test is reproducible.
+    fn splitmix64(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn weak(key: &str) -> Option<String> {
+        let entries = [("a".to_owned(), key.to_owned())];
+        SessionKeys::from_config(&entries).err().map(|e| e.problem)
+    }
+
+    #[test]
+    fn weak_keys_are_refused() {
+        let cases: &[(&str, String)] = &[
+            // The placeholders the examples and docs used to ship (both cases).
+            (
+                "placeholder",
+                "REPLACE-WITH-32-RANDOM-BYTES-BASE64URL-0000".to_owned(),
+            ),
+            (
+                "lower-case placeholder",
+                "replace-with-32-random-bytes-base64url-0000".to_owned(),
+            ),
+            ("all zero", URL_SAFE_NO_PAD.encode([0u8; 32])),
+            ("all sevens", URL_SAFE_NO_PAD.encode([7u8; 32])),
+            (
+                "repeated pattern",
+                URL_SAFE_NO_PAD.encode([0xde, 0xad, 0xbe, 0xef].repeat(8)),
+            ),
+            (
+                "15 distinct values",
+                URL_SAFE_NO_PAD.encode((0..32u8).map(|i| (i % 15) * 17 + 1).collect::<Vec<_>>()),
+            ),
+            (
+                "printable passphrase",
+                URL_SAFE_NO_PAD.encode("correct horse battery staple!!!!"),
+            ),
+            (
+                "printable edge bytes",
+                URL_SAFE_NO_PAD.encode([0x20, 0x7e].repeat(16)),
+            ),
+        ];
+        for (what, key) in cases {
+            let problem = weak(key).unwrap_or_else(|| panic!("{what}: {key} accepted"));
+            assert!(
+                problem.starts_with("is not a random key ("),
+                "{what}: {problem}"
+            );
+            assert!(!problem.contains(key.as_str()), "{what}: quotes the key");
+        }
+        // 16 distinct values, not all printable, mixed-case text: the rule lets it through.
+        let sixteen: Vec<u8> = (0..32u8).map(|i| (i % 16) * 16 + 3).collect();
+        assert_eq!(weak(&URL_SAFE_NO_PAD.encode(&sixteen)), None);
+        assert_eq!(weak(K1), None);
+        assert_eq!(weak(K2), None);
+    }
+
+    #[test]
+    fn random_keys_are_accepted() {
+        let mut state = 0x5eed_2026_u64;
+        for i in 0..10_000 {
+            let mut key = [0u8; 32];
+            for chunk in key.chunks_mut(8) {
+                chunk.copy_from_slice(&splitmix64(&mut state).to_le_bytes());
+            }
+            let text = URL_SAFE_NO_PAD.encode(key);
+            assert_eq!(weak(&text), None, "random key #{i} refused: {text}");
+        }
+    }
+
+    /// The documented false-refusal rates of [`weak_key`], computed exactly for a uniformly
+    /// random 32-byte key.
+    #[test]
+    fn weak_key_rule_false_refusal_rate() {
+        // All 32 bytes in 0x20..=0x7e: (95/256)^32.
+        let printable = (95.0f64 / 256.0).powi(32);
+        // Fewer than 16 distinct values: sum over k < 16 of C(256,k) * k! * S(32,k) / 256^32,
+        // with S the Stirling numbers of the second kind (in f64: the terms are far apart).
+        let mut stirling = vec![vec![0f64; 33]; 33];
+        stirling[0][0] = 1.0;
+        for n in 1..=32 {
+            for k in 1..=n {
+                stirling[n][k] = k as f64 * stirling[n - 1][k] + stirling[n - 1][k - 1];
+            }
+        }
+        let mut few = 0.0;
+        for (k, s) in stirling[32].iter().enumerate().take(16).skip(1) {
+            let falling: f64 = (0..k).map(|j| (256 - j) as f64).product();
+            few += falling * s / 256f64.powi(32);
+        }
+        // 43 characters: 42 carry 6 random bits, the last 2 bits (16 possible characters, of
+        // which 7 upper-case, 7 lower-case, 2 digits). No lower-case: (38/64)^42 * 9/16; no
+        // upper-case: the same; neither: (12/64)^42 * 2/16.
+        let one_case =
+            2.0 * (38.0f64 / 64.0).powi(42) * 9.0 / 16.0 - (12.0f64 / 64.0).powi(42) * 2.0 / 16.0;
+        assert!(printable < 2e-14, "{printable:e}");
+        assert!((3.0e-17..3.5e-17).contains(&few), "{few:e}");
+        assert!((3.4e-10..3.6e-10).contains(&one_case), "{one_case:e}");
     }
 
     #[test]

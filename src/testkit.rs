@@ -111,13 +111,21 @@ pub fn request(
     h
 }
 
-/// The current session key of [`refresh_config`]; `k0` ([9; 32]) is the retired one.
-pub const SESSION_KEY: [u8; 32] = [7u8; 32];
+/// The current session key of [`refresh_config`] (kid `k1`): fixed random bytes, a test key.
+pub const SESSION_KEY: [u8; 32] = [
+    224, 120, 184, 62, 204, 236, 173, 10, 12, 201, 117, 181, 159, 98, 255, 116, 99, 107, 222, 142,
+    17, 4, 8, 137, 32, 137, 234, 92, 212, 88, 49, 127,
+];
+/// The retired session key of [`refresh_config`] (kid `k0`).
+pub const RETIRED_SESSION_KEY: [u8; 32] = [
+    151, 68, 77, 34, 204, 62, 81, 128, 12, 232, 107, 168, 22, 28, 124, 167, 202, 139, 174, 171, 44,
+    157, 16, 221, 16, 184, 11, 152, 129, 183, 41, 114,
+];
 
 /// [`config`] with sessions and a token endpoint (cluster `idp`); `extra` is merged on top.
 pub fn refresh_config(extra: Value) -> Config {
     let mut v = json!({
-        "session_keys": [{"kid": "k1", "key": b64(&SESSION_KEY)}, {"kid": "k0", "key": b64(&[9u8; 32])}],
+        "session_keys": [{"kid": "k1", "key": b64(&SESSION_KEY)}, {"kid": "k0", "key": b64(&RETIRED_SESSION_KEY)}],
         "token_endpoint": {"cluster": "idp", "authority": "idp", "path": "/token"},
         "client_id": "relay",
     });
@@ -138,7 +146,7 @@ pub fn sealed(c: &Config, rt: &str, exp: Option<u64>, kid_index: usize) -> Strin
     let keys = if kid_index == 0 {
         r.session_keys.clone()
     } else {
-        SessionKeys::from_config(&[("k0".to_string(), b64(&[9u8; 32]))]).unwrap()
+        SessionKeys::from_config(&[("k0".to_string(), b64(&RETIRED_SESSION_KEY))]).unwrap()
     };
     let s = Session {
         rt: rt.into(),

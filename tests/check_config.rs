@@ -12,8 +12,28 @@ fn repo(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// The examples' secrets, as Envoy's environment would hold them (`host_env_keys`); the
+/// checker reads `{"env": ...}` secrets from its own environment. Test values only.
+const SECRET_ENV: &[(&str, &str)] = &[
+    (
+        "RELAY_SESSION_KEY",
+        "3ECRXkd9E3mBbmaqUc8uGq6IkA2X7N1wMVsP_4vNjVQ",
+    ),
+    ("RELAY_CLIENT_SECRET", "check-config-test-client-secret"),
+];
+
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_check-config"))
+    run_with(args, stdin, SECRET_ENV, &[])
+}
+
+/// `check-config ARGS` with `set` added to its environment and `unset` removed.
+fn run_with(args: &[&str], stdin: Option<&[u8]>, set: &[(&str, &str)], unset: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_check-config"));
+    cmd.envs(set.iter().copied());
+    for name in unset {
+        cmd.env_remove(name);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -71,6 +91,66 @@ fn every_shipped_example_is_valid() {
         );
         assert_eq!(stdout.lines().count(), 1, "{name}: {stdout}");
     }
+}
+
+#[test]
+fn secrets_are_read_from_the_environment_of_check_config() {
+    for (name, field, missing) in [
+        (
+            "envoy/cognito.yaml",
+            "session_keys[0].key",
+            "RELAY_SESSION_KEY",
+        ),
+        (
+            "envoy/oidc-generic.yaml",
+            "client_secret",
+            "RELAY_CLIENT_SECRET",
+        ),
+        (
+            "istio/wasmplugin.yaml",
+            "session_keys[0].key",
+            "RELAY_SESSION_KEY",
+        ),
+    ] {
+        let set: Vec<(&str, &str)> = SECRET_ENV
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != missing)
+            .collect();
+        let out = run_with(&[repo(name).to_str().unwrap()], None, &set, &[missing]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(
+            err.contains(&format!(
+                "field `{field}`: environment variable \"{missing}\" is not set"
+            )),
+            "{name}: {err}"
+        );
+        for (_, value) in SECRET_ENV {
+            assert!(!err.contains(value), "{name}: {err}");
+        }
+    }
+    // A weak key in the environment is refused like a weak key in the file.
+    let out = run_with(
+        &[repo("envoy/cognito.yaml").to_str().unwrap()],
+        None,
+        &[
+            (
+                "RELAY_SESSION_KEY",
+                "REPLACE-WITH-32-RANDOM-BYTES-BASE64URL-0000",
+            ),
+            ("RELAY_CLIENT_SECRET", "x"),
+        ],
+        &[],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("field `session_keys[0].key`: is not a random key")
+            && err.contains("(environment variable \"RELAY_SESSION_KEY\")"),
+        "{err}"
+    );
 }
 
 const MINIMAL: &str = r#"{"protected_prefixes": ["/api/"], "issuer": "https://idp.test",

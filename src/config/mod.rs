@@ -7,6 +7,7 @@ mod cookies;
 mod error;
 mod login;
 mod refresh;
+mod secret;
 mod summary;
 mod upstream;
 
@@ -23,6 +24,8 @@ pub use login::RawLogin;
 pub use login::{LoginConfig, Route, DEFAULT_SESSION_LIFETIME_S};
 use refresh::{refresh_config, RawEndpoint, RawRefresh, RawSessionKey, RawUpstreamTokenHeaders};
 pub use refresh::{ClientAuth, RefreshConfig, Secret, UpstreamTokenHeaders};
+pub use secret::EnvLookup;
+use secret::RawSecret;
 pub(crate) use summary::startup_line;
 use upstream::upstream;
 pub use upstream::Upstream;
@@ -96,7 +99,7 @@ struct RawConfig {
     session_keys: Option<Vec<RawSessionKey>>,
     token_endpoint: Option<RawEndpoint>,
     client_id: Option<String>,
-    client_secret: Option<String>,
+    client_secret: Option<RawSecret>,
     client_auth: Option<String>,
     refresh_margin_s: Option<u64>,
     refresh_grace_s: Option<u64>,
@@ -148,8 +151,15 @@ impl Config {
         self.refresh.as_ref()?.upstream_token_headers.as_ref()
     }
 
-    /// Parses and validates the plugin configuration (a JSON object).
+    /// Parses and validates a plugin configuration (a JSON object) with no environment: a
+    /// secret given as `{"env": ...}` is refused as not set. See [`Config::parse_with_env`].
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_with_env(json, &|_| None)
+    }
+
+    /// Parses and validates the plugin configuration (a JSON object). Secret fields written as
+    /// `{"env": "VAR"}` are read through `env`: the filter passes the Wasm VM's environment.
+    pub fn parse_with_env(json: &[u8], env: EnvLookup) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -175,7 +185,7 @@ impl Config {
             }
             ConfigError::new(field, problem)
         })?;
-        Config::validate(raw)
+        Config::validate(raw, env)
     }
 
     /// The JSON Schema of the configuration, derived from the same serde shapes `parse` reads
@@ -200,7 +210,7 @@ impl Config {
         schema
     }
 
-    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn validate(raw: RawConfig, env: EnvLookup) -> Result<Config, ConfigError> {
         let paths = path_policy(raw.protected_prefixes, raw.public_prefixes)?;
         if raw.issuer.trim().is_empty() {
             return Err(ConfigError::new("issuer", "must not be empty"));
@@ -234,17 +244,20 @@ impl Config {
             clock_skew_s: raw.clock_skew_s,
             forward_claims: forward_claims(raw.forward_claims)?,
         };
-        let refresh = refresh_config(RawRefresh {
-            session_keys: raw.session_keys,
-            token_endpoint: raw.token_endpoint,
-            client_id: raw.client_id,
-            client_secret: raw.client_secret,
-            client_auth: raw.client_auth,
-            margin_s: raw.refresh_margin_s,
-            grace_s: raw.refresh_grace_s,
-            backoff_s: raw.refresh_backoff_s,
-            upstream_token_headers: raw.upstream_token_headers,
-        })?;
+        let refresh = refresh_config(
+            RawRefresh {
+                session_keys: raw.session_keys,
+                token_endpoint: raw.token_endpoint,
+                client_id: raw.client_id,
+                client_secret: raw.client_secret,
+                client_auth: raw.client_auth,
+                margin_s: raw.refresh_margin_s,
+                grace_s: raw.refresh_grace_s,
+                backoff_s: raw.refresh_backoff_s,
+                upstream_token_headers: raw.upstream_token_headers,
+            },
+            env,
+        )?;
         let csrf = raw.csrf.map(csrf_policy).transpose()?;
         let max_request_headers_bytes = raw.max_request_headers_bytes.unwrap_or(8192);
         if max_request_headers_bytes != 0 && !(1024..=1 << 20).contains(&max_request_headers_bytes)
@@ -494,7 +507,8 @@ mod tests {
         v
     }
 
-    const KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc";
+    // testkit::SESSION_KEY, a fixed random test key.
+    const KEY: &str = "4Hi4PszsrQoMyXW1n2L_dGNr3o4RBAiJIInqXNRYMX8";
 
     /// The base config with refresh configured, then `extra` merged (null removes a field).
     fn refresh(extra: Value) -> Value {
@@ -544,6 +558,160 @@ mod tests {
 
     fn parse(v: &Value) -> Result<Config, ConfigError> {
         Config::parse(v.to_string().as_bytes())
+    }
+
+    fn parse_env(v: &Value, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let lookup = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        Config::parse_with_env(v.to_string().as_bytes(), &lookup)
+    }
+
+    const SECRET: &str = "client-secret-from-env-8d0f";
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let v = refresh(json!({
+            "session_keys": [{"kid": "new", "key": {"env": "RELAY_SESSION_KEY"}},
+                             {"kid": "old", "key": KEY}],
+            "client_secret": {"env": "RELAY_CLIENT_SECRET"},
+        }));
+        let other = "l0RNIsw-UYAM6GuoFhx8p8qLrqssnRDdELgLmIG3KXI";
+        let vars = [
+            ("RELAY_SESSION_KEY", other),
+            ("RELAY_CLIENT_SECRET", SECRET),
+        ];
+        let c = parse_env(&v, &vars).unwrap();
+        let r = c.refresh.unwrap();
+        assert!(
+            matches!(&r.client_auth, ClientAuth::Basic { secret } if secret.expose() == SECRET)
+        );
+        // The key from the environment seals; the literal one still unseals.
+        assert_eq!(r.session_keys.current_kid(), "new");
+        let dbg = format!("{r:?}");
+        assert!(!dbg.contains(SECRET) && !dbg.contains(other), "{dbg}");
+        // Post takes its secret from the environment as well.
+        let v = with(v, "/client_auth", Some(json!("post")));
+        let r = parse_env(&v, &vars).unwrap().refresh.unwrap();
+        assert!(matches!(r.client_auth, ClientAuth::Post { secret } if secret.expose() == SECRET));
+    }
+
+    #[test]
+    fn a_missing_or_empty_variable_names_the_field_and_the_variable() {
+        let v = refresh(json!({
+            "session_keys": [{"kid": "a", "key": KEY}, {"kid": "b", "key": {"env": "K_B"}}],
+            "client_secret": {"env": "RELAY_CLIENT_SECRET"},
+        }));
+        type Vars<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Vars, &str, &str)] = &[
+            (
+                &[("RELAY_CLIENT_SECRET", SECRET)],
+                "session_keys[1].key",
+                "\"K_B\" is not set",
+            ),
+            (
+                &[("K_B", ""), ("RELAY_CLIENT_SECRET", SECRET)],
+                "session_keys[1].key",
+                "\"K_B\" is empty",
+            ),
+            (
+                &[("K_B", KEY)],
+                "client_secret",
+                "\"RELAY_CLIENT_SECRET\" is not set",
+            ),
+            (
+                &[("K_B", KEY), ("RELAY_CLIENT_SECRET", "")],
+                "client_secret",
+                "\"RELAY_CLIENT_SECRET\" is empty",
+            ),
+            // A weak key from the environment: named with its variable, never its value.
+            (
+                &[
+                    ("K_B", "REPLACE-WITH-32-RANDOM-BYTES-BASE64URL-0000"),
+                    ("RELAY_CLIENT_SECRET", SECRET),
+                ],
+                "session_keys[1].key",
+                "is not a random key",
+            ),
+        ];
+        for (vars, field, problem) in cases {
+            let e = parse_env(&v, vars).unwrap_err();
+            let line = e.to_string();
+            assert_eq!(e.field, *field, "{line}");
+            assert!(line.contains(problem), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+            for (_, value) in vars.iter() {
+                assert!(value.is_empty() || !line.contains(value), "{line}");
+            }
+        }
+        let e = parse_env(
+            &v,
+            &[
+                ("K_B", "REPLACE-WITH-32-RANDOM-BYTES-BASE64URL-0000"),
+                ("RELAY_CLIENT_SECRET", SECRET),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.problem.ends_with("(environment variable \"K_B\")"), "{e}");
+        // Without an environment (`Config::parse`), an env reference is not set.
+        let e = parse(&v).unwrap_err();
+        assert_eq!(e.field, "session_keys[1].key", "{e}");
+    }
+
+    #[test]
+    fn secret_fields_of_the_wrong_shape_are_refused() {
+        let shapes = [
+            json!({"env": 5}),
+            json!({"file": "/run/secrets/key"}),
+            json!({"env": "A", "default": "x"}),
+            json!({}),
+            json!({"env": ""}),
+            json!({"env": "1ABC"}),
+            json!({"env": "A B"}),
+            json!(5),
+            json!(["x"]),
+        ];
+        for shape in shapes {
+            for (v, field) in [
+                (
+                    refresh(json!({"client_secret": shape.clone()})),
+                    "client_secret",
+                ),
+                (
+                    refresh(json!({"session_keys": [{"kid": "a", "key": shape.clone()}]})),
+                    "session_keys[0].key",
+                ),
+            ] {
+                let e = parse_env(&v, &[("A", SECRET), ("1ABC", SECRET)]).unwrap_err();
+                let line = e.to_string();
+                assert_eq!(e.field, field, "{shape}: {line}");
+                assert!(
+                    line.contains("must be a string or {\"env\"") || line.contains("`env` must"),
+                    "{shape}: {line}"
+                );
+                assert!(!line.contains(SECRET), "{line}");
+            }
+        }
+        // A number is not quoted back (it could be a secret typed without quotes).
+        let e = parse(&refresh(json!({"client_secret": 123456789}))).unwrap_err();
+        assert!(!e.to_string().contains("123456789"), "{e}");
+    }
+
+    #[test]
+    fn weak_session_keys_are_refused_at_start() {
+        for key in [
+            "REPLACE-WITH-32-RANDOM-BYTES-BASE64URL-0000",
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            let v = refresh(json!({"session_keys": [{"kid": "a", "key": key}]}));
+            let e = parse(&v).unwrap_err();
+            assert_eq!(e.field, "session_keys[0].key");
+            assert!(e.problem.starts_with("is not a random key"), "{e}");
+            assert!(!e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -3,8 +3,10 @@
 use std::fmt;
 
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use super::error::ConfigError;
+use super::secret::{EnvLookup, RawSecret};
 use super::upstream::{upstream, Upstream};
 use crate::http::cookie;
 use crate::session::SessionKeys;
@@ -65,7 +67,7 @@ pub struct RefreshConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawSessionKey {
     pub kid: String,
-    pub key: String,
+    pub key: RawSecret,
 }
 
 #[derive(Deserialize)]
@@ -90,7 +92,7 @@ pub struct RawRefresh {
     pub session_keys: Option<Vec<RawSessionKey>>,
     pub token_endpoint: Option<RawEndpoint>,
     pub client_id: Option<String>,
-    pub client_secret: Option<String>,
+    pub client_secret: Option<RawSecret>,
     pub client_auth: Option<String>,
     pub margin_s: Option<u64>,
     pub grace_s: Option<u64>,
@@ -99,8 +101,12 @@ pub struct RawRefresh {
 }
 
 /// Validates the silent-refresh fields; `None` when neither `session_keys` nor
-/// `token_endpoint` is set (verification only).
-pub fn refresh_config(raw: RawRefresh) -> Result<Option<RefreshConfig>, ConfigError> {
+/// `token_endpoint` is set (verification only). Secrets given as `{"env": ...}` are read
+/// through `env`.
+pub fn refresh_config(
+    raw: RawRefresh,
+    env: EnvLookup,
+) -> Result<Option<RefreshConfig>, ConfigError> {
     let (keys, endpoint) = match (raw.session_keys, raw.token_endpoint) {
         (None, None) => {
             for (field, set) in [
@@ -138,9 +144,7 @@ pub fn refresh_config(raw: RawRefresh) -> Result<Option<RefreshConfig>, ConfigEr
         }
         (Some(k), Some(e)) => (k, e),
     };
-    let entries: Vec<(String, String)> = keys.into_iter().map(|k| (k.kid, k.key)).collect();
-    let session_keys =
-        SessionKeys::from_config(&entries).map_err(|e| ConfigError::new(e.field(), e.problem))?;
+    let session_keys = session_keys(keys, env)?;
     let timeout_ms = endpoint.timeout_ms.unwrap_or(3000);
     if !(100..=60_000).contains(&timeout_ms) {
         return Err(ConfigError::new(
@@ -158,7 +162,11 @@ pub fn refresh_config(raw: RawRefresh) -> Result<Option<RefreshConfig>, ConfigEr
         .client_id
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ConfigError::new("client_id", "is required with `token_endpoint`"))?;
-    let client_auth = client_auth(raw.client_auth, raw.client_secret)?;
+    let secret = match raw.client_secret {
+        Some(s) => Some(Secret(s.resolve("client_secret", env)?.to_string())),
+        None => None,
+    };
+    let client_auth = client_auth(raw.client_auth, secret)?;
     let margin_s = raw.margin_s.unwrap_or(10);
     let grace_s = raw.grace_s.unwrap_or(60);
     let backoff_s = raw.backoff_s.unwrap_or(5);
@@ -188,9 +196,34 @@ pub fn refresh_config(raw: RawRefresh) -> Result<Option<RefreshConfig>, ConfigEr
     }))
 }
 
+/// `session_keys`, each key read from the configuration or the environment. A refused key
+/// that came from the environment is named with its variable, never its value.
+fn session_keys(keys: Vec<RawSessionKey>, env: EnvLookup) -> Result<SessionKeys, ConfigError> {
+    let mut entries: Vec<(String, Zeroizing<String>)> = Vec::with_capacity(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        entries.push((
+            k.kid.clone(),
+            k.key.resolve(&format!("session_keys[{i}].key"), env)?,
+        ));
+    }
+    SessionKeys::from_config(&entries).map_err(|e| {
+        let from_env = e
+            .index
+            .and_then(|i| keys.get(i))
+            .filter(|_| e.member == "key")
+            .and_then(|k| k.key.env_name());
+        match from_env {
+            Some(name) => ConfigError::new(
+                e.field(),
+                format!("{} (environment variable {name:?})", e.problem),
+            ),
+            None => ConfigError::new(e.field(), e.problem),
+        }
+    })
+}
+
 /// `client_auth` and `client_secret`: basic when a secret is given, else none.
-fn client_auth(method: Option<String>, secret: Option<String>) -> Result<ClientAuth, ConfigError> {
-    let secret = secret.map(Secret);
+fn client_auth(method: Option<String>, secret: Option<Secret>) -> Result<ClientAuth, ConfigError> {
     let method =
         method.unwrap_or_else(|| if secret.is_some() { "basic" } else { "none" }.to_string());
     match (method.as_str(), secret) {

@@ -21,6 +21,24 @@ fn strip_secrets(v: &mut Value) {
     }
 }
 
+/// The names of the environment variables secrets are read from (`{"env": "VAR"}` under a
+/// secret field): naming them helps an operator, and a name is not a secret.
+fn env_names(v: &Value, in_secret: bool, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            if let (true, 1, Some(Value::String(name))) = (in_secret, map.len(), map.get("env")) {
+                out.push(name.clone());
+                return;
+            }
+            for (k, val) in map {
+                env_names(val, in_secret || is_secret(k), out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| env_names(i, in_secret, out)),
+        _ => {}
+    }
+}
+
 /// FNV-1a: stable across builds and platforms (std's hasher is not).
 fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -44,7 +62,8 @@ pub(crate) fn config_hash(raw: &[u8]) -> String {
 }
 
 /// `edge-token-relay 0.4.0 configured: config=1a2b3c4d protected_prefixes=2 features=refresh,csrf`,
-/// then ` token_use=access(default)` when a Cognito issuer had `token_use` pinned.
+/// then ` token_use=access(default)` when a Cognito issuer had `token_use` pinned, then
+/// ` secrets_from_env=VAR,...` when secrets are read from the environment (names only).
 pub(crate) fn startup_line(config: &Config, raw: &[u8]) -> String {
     let refresh = config.refresh.as_ref();
     let features: Vec<&str> = [
@@ -73,8 +92,19 @@ pub(crate) fn startup_line(config: &Config, raw: &[u8]) -> String {
     .filter(|(_, on)| *on)
     .map(|(name, _)| name)
     .collect();
+    let mut names = Vec::new();
+    if let Ok(v) = serde_json::from_slice::<Value>(raw) {
+        env_names(&v, false, &mut names);
+    }
+    names.sort();
+    names.dedup();
+    let from_env = if names.is_empty() {
+        String::new()
+    } else {
+        format!(" secrets_from_env={}", names.join(","))
+    };
     format!(
-        "edge-token-relay {} configured: config={} protected_prefixes={} features={}{}",
+        "edge-token-relay {} configured: config={} protected_prefixes={} features={}{}{from_env}",
         env!("CARGO_PKG_VERSION"),
         config_hash(raw),
         config.paths.protected.len(),
@@ -166,11 +196,50 @@ mod tests {
     #[test]
     fn no_secret_reaches_the_line() {
         let c = testkit::refresh_config(json!({"client_secret": "hunter2-secret"}));
-        let body = json!({"client_secret": "hunter2-secret", "session_keys": "BwcHBw"});
+        let body = json!({"client_secret": "hunter2-secret", "session_keys": "4Hi4PszsrQoMyXW1"});
         let line = startup_line(&c, &raw(&body));
         assert!(
-            !line.contains("hunter2") && !line.contains("BwcHBw"),
+            !line.contains("hunter2") && !line.contains("4Hi4PszsrQoMyXW1"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn secrets_from_env_are_named_never_shown() {
+        let session_key = "4Hi4PszsrQoMyXW1n2L_dGNr3o4RBAiJIInqXNRYMX8";
+        let body = json!({
+            "issuer": ISS,
+            "session_keys": [{"kid": "b", "key": {"env": "RELAY_SESSION_KEY"}},
+                             {"kid": "a", "key": {"env": "RELAY_SESSION_KEY_OLD"}}],
+            "client_secret": {"env": "RELAY_CLIENT_SECRET"},
+            "forward_claims": {"env": "sub"},
+        });
+        let lookup = |name: &str| match name {
+            "RELAY_CLIENT_SECRET" => Some("hunter2-secret".to_owned()),
+            _ => Some(session_key.to_owned()),
+        };
+        let pc = json!({
+            "protected_prefixes": ["/api/"], "issuer": ISS, "audiences": ["a"],
+            "jwks": {"cluster": "idp", "authority": "idp", "path": "/jwks"},
+            "session_keys": body["session_keys"], "client_secret": body["client_secret"],
+            "token_endpoint": {"cluster": "idp", "authority": "idp", "path": "/token"},
+            "client_id": "relay",
+        });
+        let c = Config::parse_with_env(&raw(&pc), &lookup).unwrap();
+        let line = startup_line(&c, &raw(&body));
+        assert!(
+            line.ends_with(
+                " secrets_from_env=RELAY_CLIENT_SECRET,RELAY_SESSION_KEY,RELAY_SESSION_KEY_OLD"
+            ),
+            "{line}"
+        );
+        assert!(
+            !line.contains("hunter2") && !line.contains(session_key),
+            "{line}"
+        );
+        assert!(
+            !line.contains("sub"),
+            "a non-secret `env` member is not a variable: {line}"
         );
     }
 }

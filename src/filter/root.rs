@@ -47,7 +47,8 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match Config::parse(&raw) {
+        // Secrets may come from the VM's environment (`vm_config.environment_variables`).
+        let config = match Config::parse_with_env(&raw, &|name| std::env::var(name).ok()) {
             Ok(c) => c,
             Err(e) => {
                 // One line naming the field; the plugin refuses to start.

@@ -35,7 +35,7 @@ fn merge(base: &mut Value, extra: Value) {
 /// A configuration with sessions, a confidential client and double-submit CSRF.
 fn config(extra: Value) -> Config {
     let mut v = json!({
-        "session_keys": [{"kid": "k1", "key": testkit::b64(&[7u8; 32])}],
+        "session_keys": [{"kid": "k1", "key": testkit::b64(&testkit::SESSION_KEY)}],
         "token_endpoint": {"cluster": "idp", "authority": "idp.example.com", "path": "/oauth2/token"},
         "client_id": AUD,
         "client_secret": "s3cret",

@@ -407,7 +407,7 @@ mod tests {
         );
         // Another key (another configuration) cannot open it either.
         let other_keys = refresh_config(serde_json::json!({
-            "session_keys": [{"kid": "z", "key": crate::testkit::b64(&[5u8; 32])}]
+            "session_keys": [{"kid": "z", "key": crate::testkit::b64(&crate::testkit::RETIRED_SESSION_KEY)}]
         }))
         .refresh
         .map(|r| r.session_keys)

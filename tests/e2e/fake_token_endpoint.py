@@ -346,8 +346,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             fake.requests.append(record)
 
         if mode == "slow":
+            # Decided on arrival: a late answer must not issue a token because a later test
+            # has reset `then` meanwhile.
+            then = fake.then
             time.sleep(fake.slow_s)
-            mode = fake.then
+            mode = then
         elif mode == "hold":
             fake._released.wait(fake.hold_timeout_s)
             mode = fake.then

@@ -125,8 +125,9 @@ def login_plugin_config(keys: SessionKeys, *, issuer: str, audiences: list[str],
 class LoginRelay(Relay):
     """Echo upstream + Envoy listening on the given port (cluster `idp` -> idp_port)."""
 
-    def __init__(self, name: str, idp_port: int, plugin_config: dict, listener_port: int):
-        super().__init__(name, idp_port, plugin_config)
+    def __init__(self, name: str, idp_port: int, plugin_config: dict, listener_port: int, *,
+                 vm_env: dict | None = None, env: dict[str, str | None] | None = None):
+        super().__init__(name, idp_port, plugin_config, vm_env=vm_env, env=env)
         self.listener_port = listener_port
         self.origin = f"http://127.0.0.1:{listener_port}"
         login = plugin_config["login"]
@@ -139,8 +140,8 @@ class LoginRelay(Relay):
         try:
             self.upstream.start()
             cfg = relay_config(self.upstream.port, self.idp_port, self.plugin_config,
-                               listener_port=self.listener_port)
-            self.envoy = Envoy(cfg, concurrency=1, name=self.name).start()
+                               listener_port=self.listener_port, vm_env=self.vm_env)
+            self.envoy = Envoy(cfg, concurrency=1, name=self.name, env=self.env).start()
             assert self.envoy.port == self.listener_port, \
                 f"{self.name}: Envoy listens on {self.envoy.port}, not {self.listener_port}"
         except BaseException:

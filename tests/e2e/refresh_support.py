@@ -323,9 +323,13 @@ class Relay:
     """
 
     def __init__(self, name: str, idp_port: int, plugin_config: dict, *,
-                 concurrency: int = 1):
+                 concurrency: int = 1, vm_env: dict | None = None,
+                 env: dict[str, str | None] | None = None):
         self.name = name
         self.plugin_config = plugin_config
+        # The VM's environment_variables, and Envoy's own environment (host_env_keys).
+        self.vm_env = vm_env
+        self.env = env
         self.concurrency = concurrency
         self.upstream = Upstream(name=f"{name}-upstream")
         self.envoy: Envoy | None = None
@@ -336,8 +340,10 @@ class Relay:
     def start(self) -> "Relay":
         try:
             self.upstream.start()
-            cfg = relay_config(self.upstream.port, self.idp_port, self.plugin_config)
-            self.envoy = Envoy(cfg, concurrency=self.concurrency, name=self.name).start()
+            cfg = relay_config(self.upstream.port, self.idp_port, self.plugin_config,
+                               vm_env=self.vm_env)
+            self.envoy = Envoy(cfg, concurrency=self.concurrency, name=self.name,
+                               env=self.env).start()
         except BaseException:
             self.stop()
             raise

@@ -604,8 +604,10 @@ def default_plugin_config(jwks: dict | None = None, **overrides: Any) -> dict:
 
 
 def wasm_filter(plugin_config: dict | str, wasm_path: str | Path = WASM_PATH,
-                vm_id: str = "edge_token_relay", fail_open: bool = False) -> dict:
-    """The `envoy.filters.http.wasm` HTTP filter entry for the relay."""
+                vm_id: str = "edge_token_relay", fail_open: bool = False,
+                vm_env: dict | None = None) -> dict:
+    """The `envoy.filters.http.wasm` HTTP filter entry for the relay. `vm_env` is the VM's
+    `environment_variables` (`host_env_keys`, `key_values`)."""
     value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
     cfg: dict[str, Any] = {
         "name": "edge_token_relay",
@@ -620,6 +622,8 @@ def wasm_filter(plugin_config: dict | str, wasm_path: str | Path = WASM_PATH,
     }
     if fail_open:
         cfg["fail_open"] = True
+    if vm_env:
+        cfg["vm_config"]["environment_variables"] = vm_env
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -711,8 +715,10 @@ def relay_config(upstream_port: int, jwks_port: int, plugin_config: dict | str |
     """Envoy config with the relay filter (plugin config defaults to `default_plugin_config()`)."""
     pc = plugin_config if plugin_config is not None else default_plugin_config()
     fail_open = kw.pop("fail_open", False)
+    vm_env = kw.pop("vm_env", None)
     return envoy_config(upstream_port, jwks_port,
-                        http_filters=[wasm_filter(pc, wasm_path, fail_open=fail_open)], **kw)
+                        http_filters=[wasm_filter(pc, wasm_path, fail_open=fail_open,
+                                                  vm_env=vm_env)], **kw)
 
 
 def baseline_config(upstream_port: int, jwks_port: int | None = None, **kw: Any) -> dict:
@@ -761,8 +767,12 @@ class Envoy:
     def __init__(self, config: dict, *, concurrency: int = 1, log_level: str = "info",
                  component_log_level: str | None = "wasm:debug", name: str = "envoy",
                  extra_args: Iterable[str] = (), binary: str | None = None,
-                 ready_timeout: float = 20.0, workdir: str | Path | None = None):
+                 ready_timeout: float = 20.0, workdir: str | Path | None = None,
+                 env: dict[str, str] | None = None):
         self.config = config
+        # Added to (or, with a None value, removed from) the environment Envoy starts with:
+        # what `vm_config.environment_variables.host_env_keys` copies into the Wasm VM.
+        self.env = dict(env or {})
         self.concurrency = concurrency
         self.log_level = log_level
         self.component_log_level = component_log_level
@@ -799,7 +809,8 @@ class Envoy:
         self.started_at = time.time()
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                      stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     cwd=str(REPO_ROOT), preexec_fn=_die_with_parent)
+                                     cwd=str(REPO_ROOT), preexec_fn=_die_with_parent,
+                                     env=process_env(self.env))
         with Envoy._instances_lock:
             Envoy.instances.append(self)
         try:
@@ -925,14 +936,28 @@ def stop_all_envoys():
 atexit.register(stop_all_envoys)
 
 
+def process_env(changes: dict[str, str | None]) -> dict[str, str]:
+    """This process's environment with `changes` applied (None removes a variable)."""
+    env = dict(os.environ)
+    for k, v in changes.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
 def validate_config(path: str | Path, binary: str | None = None,
-                    cwd: str | Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    """`envoy --mode validate -c <path>` (run from the repo root: example configs use
-    repo-relative paths)."""
+                    cwd: str | Path = REPO_ROOT,
+                    env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """`envoy --mode validate -c <path>` from `cwd`, with `env` applied to its environment
+    (validate mode loads the Wasm module and runs the relay's configuration parser, so the
+    module must exist and the secrets' variables must be set)."""
     return subprocess.run([binary or find_envoy(), "--mode", "validate", "-c", str(path),
                            "--base-id", str((os.getpid() % 20000) * 50 + next(_base_ids) % 50 + 1000),
                            "-l", "warning"],
-                          cwd=str(cwd), capture_output=True, text=True, timeout=120)
+                          cwd=str(cwd), capture_output=True, text=True, timeout=120,
+                          env=process_env(env or {}))
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,11 +7,41 @@ import json
 
 import pytest
 
-from support import (REPO_ROOT, EnvoyStartError, RelayStack, default_plugin_config,
-                     make_claims, relay_config, validate_config)
+import os
+from pathlib import Path
+
+import yaml
+
+from support import (REPO_ROOT, WASM_PATH, EnvoyStartError, RelayStack, b64url,
+                     default_plugin_config, make_claims, relay_config, validate_config)
 
 ENVOY_DIR = REPO_ROOT / "envoy"
 EXAMPLE_CONFIGS = sorted(ENVOY_DIR.glob("*.yaml"))
+# Where the examples expect the built module (README.md, "Using it in Envoy").
+INSTALLED_WASM = "/etc/envoy/edge_token_relay.wasm"
+# The variables the examples read their secrets from (vm_config.environment_variables).
+SECRET_VARS = ("RELAY_SESSION_KEY", "RELAY_CLIENT_SECRET")
+
+
+def example_secrets() -> dict[str, str]:
+    """Values for the examples' secret variables: a fresh random session key."""
+    return {"RELAY_SESSION_KEY": b64url(os.urandom(32)),
+            "RELAY_CLIENT_SECRET": "client-secret-" + os.urandom(8).hex()}
+
+
+def as_installed(path: Path, tmp_path: Path) -> Path:
+    """A copy of the example with the built module where the example expects it (the file
+    names INSTALLED_WASM, an absolute path; here the module is in target/)."""
+    out = tmp_path / path.name
+    out.write_text(path.read_text().replace(INSTALLED_WASM, str(WASM_PATH)))
+    return out
+
+
+def outside_the_repo(tmp_path: Path) -> Path:
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir(exist_ok=True)
+    assert REPO_ROOT not in cwd.resolve().parents
+    return cwd
 
 
 def test_there_are_example_configs():
@@ -20,11 +50,89 @@ def test_there_are_example_configs():
 
 
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.name)
-def test_example_config_validates(request, envoy_bin, path):
+def test_example_config_validates(request, envoy_bin, path, tmp_path):
+    """Every example validates from a directory outside the repository, with the module at
+    its installed path and the secrets in Envoy's environment (validate mode loads the module
+    and runs the relay's configuration parser, which reads the secrets)."""
     if ".wasm" in path.read_text():
         request.getfixturevalue("wasm_file")  # fails the test if the filter is not built
-    result = validate_config(path, envoy_bin, cwd=REPO_ROOT)
+    cfg = as_installed(path, tmp_path)
+    result = validate_config(cfg, envoy_bin, cwd=outside_the_repo(tmp_path),
+                             env=example_secrets())
     assert result.returncode == 0, f"{path.name}:\n{result.stdout}\n{result.stderr}"
+
+
+def wasm_filters(cfg: dict) -> list[tuple[dict, dict]]:
+    """(HTTP connection manager, relay filter config) pairs of an Envoy bootstrap."""
+    out = []
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                hcm = f.get("typed_config", {})
+                for hf in hcm.get("http_filters", []):
+                    if hf["name"] == "envoy.filters.http.wasm":
+                        out.append((hcm, hf["typed_config"]["config"]))
+    return out
+
+
+RELAY_EXAMPLES = [p for p in EXAMPLE_CONFIGS if wasm_filters(yaml.safe_load(p.read_text()))]
+
+
+def test_examples_name_the_module_by_an_absolute_path():
+    assert {p.name for p in RELAY_EXAMPLES} >= {"relay.yaml", "cognito.yaml", "oidc-generic.yaml"}
+    for path in RELAY_EXAMPLES:
+        for _, relay in wasm_filters(yaml.safe_load(path.read_text())):
+            assert relay["vm_config"]["code"]["local"]["filename"] == INSTALLED_WASM, path.name
+
+
+@pytest.mark.parametrize("path", RELAY_EXAMPLES, ids=lambda p: p.name)
+def test_examples_set_the_front_proxy_hardening(path):
+    """What the relay relies on from the HTTP connection manager: one spelling of each path
+    and no underscore spelling of a header it owns."""
+    for hcm, _ in wasm_filters(yaml.safe_load(path.read_text())):
+        assert hcm["normalize_path"] is True, path.name
+        assert hcm["merge_slashes"] is True, path.name
+        assert hcm["path_with_escaped_slashes_action"] == "UNESCAPE_AND_REDIRECT", path.name
+        assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == \
+            "REJECT_REQUEST", path.name
+
+
+@pytest.mark.parametrize("path", RELAY_EXAMPLES, ids=lambda p: p.name)
+def test_examples_hold_no_secret(path):
+    """Secret fields of the examples name environment variables that Envoy hands to the VM."""
+    for _, relay in wasm_filters(yaml.safe_load(path.read_text())):
+        pc = json.loads(relay["configuration"]["value"])
+        refs = [k["key"] for k in pc.get("session_keys", [])]
+        if "client_secret" in pc:
+            refs.append(pc["client_secret"])
+        for ref in refs:
+            assert isinstance(ref, dict) and set(ref) == {"env"}, f"{path.name}: {ref!r}"
+            assert ref["env"] in SECRET_VARS
+        if refs:
+            env = relay["vm_config"]["environment_variables"]
+            assert set(env["host_env_keys"]) == {r["env"] for r in refs}, path.name
+            assert "key_values" not in env, f"{path.name}: key_values would hold the secret"
+
+
+@pytest.mark.parametrize("name", ["cognito.yaml", "oidc-generic.yaml"])
+@pytest.mark.parametrize("missing", SECRET_VARS)
+def test_example_without_its_secret_variable_does_not_validate(wasm_file, envoy_bin, tmp_path,
+                                                                 name, missing):
+    """The relay refuses to start when a secret's variable is not set, with one line naming
+    the field and the variable, and never a value."""
+    secrets = example_secrets()
+    env: dict[str, str | None] = dict(secrets)
+    env[missing] = None
+    result = validate_config(as_installed(ENVOY_DIR / name, tmp_path), envoy_bin,
+                             cwd=outside_the_repo(tmp_path), env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    field = "session_keys[0].key" if missing == "RELAY_SESSION_KEY" else "client_secret"
+    lines = [ln for ln in out.splitlines() if "invalid configuration" in ln]
+    assert len(lines) == 1, out
+    assert f"field `{field}`: environment variable \"{missing}\" is not set" in lines[0], out
+    for value in secrets.values():
+        assert value not in out
 
 
 def test_generated_relay_config_validates(wasm_file, envoy_bin, tmp_path):

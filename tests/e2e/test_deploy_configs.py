@@ -47,6 +47,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from refresh_support import SessionKeys, set_cookies
 from support import (REPO_ROOT, WASM_PATH, Envoy, KeyPair, Upstream, b64url_decode, jwks_of,
                      new_http_session, relay_config, validate_config, wait_until)
+from test_configs import INSTALLED_WASM, SECRET_VARS, example_secrets
 
 ENVOY_DIR = REPO_ROOT / "envoy"
 ISTIO_DIR = REPO_ROOT / "istio"
@@ -209,9 +210,17 @@ class Reference:
         return True
 
 
+def is_env_ref(v: Any) -> bool:
+    """`{"env": "VAR"}`: a secret read from the environment (README.md documents the form for
+    every secret field)."""
+    return isinstance(v, dict) and set(v) == {"env"} and isinstance(v["env"], str)
+
+
 def config_paths(cfg: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every key path of a plugin configuration (list items share their list's path)."""
     out = []
+    if is_env_ref(cfg):
+        return out
     if isinstance(cfg, list):
         for item in cfg:
             out += config_paths(item, prefix)
@@ -242,6 +251,15 @@ def test_the_reference_parser_reads_the_readme(reference):
     assert not reference.documents(("jwks", "not_a_field"))
 
 
+def test_the_readme_documents_secrets_from_the_environment(reference):
+    """The deployment files write their secrets as {"env": ...}; the reference explains it."""
+    for name, pc in all_plugin_configs().items():
+        refs = [k["key"] for k in pc["session_keys"]] + [pc["client_secret"]]
+        assert all(is_env_ref(r) and r["env"] in SECRET_VARS for r in refs), (name, refs)
+    for field in ("session_keys", "client_secret"):
+        assert any('{"env"' in row for row in reference.rows[field]), field
+
+
 @pytest.mark.parametrize("name", list(all_plugin_configs()), ids=str)
 def test_plugin_config_fields_are_documented(reference, name):
     cfg = all_plugin_configs()[name]
@@ -259,12 +277,12 @@ def test_plugin_config_fields_are_documented(reference, name):
 def test_validate_mode_runs_the_plugin_configuration(wasm_file, envoy_bin, tmp_path):
     """`envoy --mode validate` (test_configs.py) also runs the filter's configuration parser:
     a deployment file with a field the filter does not know does not validate."""
-    text = (ENVOY_DIR / "cognito.yaml").read_text()
+    text = (ENVOY_DIR / "cognito.yaml").read_text().replace(INSTALLED_WASM, str(WASM_PATH))
     anchor = '"protected_prefixes": ["/api/"],'
     assert anchor in text
     broken = tmp_path / "cognito-broken.yaml"
     broken.write_text(text.replace(anchor, anchor + ' "zz_not_a_field": 1,', 1))
-    result = validate_config(broken, envoy_bin, cwd=REPO_ROOT)
+    result = validate_config(broken, envoy_bin, cwd=tmp_path, env=example_secrets())
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert "invalid configuration: field `zz_not_a_field`" in out, out
@@ -275,6 +293,11 @@ def test_istio_plugin_config_is_accepted_by_the_filter(wasm_file, envoy_bin, tmp
     configuration parser (in an Envoy that has clusters with Istio's names)."""
     pc = istio_plugin_config()
     cfg = relay_config(1, 1, plugin_config=json.dumps(pc))
+    # vmConfig.env with valueFrom: HOST is Envoy's host_env_keys.
+    (wp,) = [d for d in load_istio() if d["kind"] == "WasmPlugin"]
+    host_keys = [e["name"] for e in wp["spec"]["vmConfig"]["env"] if e["valueFrom"] == "HOST"]
+    assert sorted(host_keys) == sorted(SECRET_VARS)
+    relay_filter(cfg)["vm_config"]["environment_variables"] = {"host_env_keys": host_keys}
     for name in {pc["jwks"]["cluster"], pc["token_endpoint"]["cluster"]}:
         cfg["static_resources"]["clusters"].append({
             "name": name, "type": "STATIC", "connect_timeout": "1s",
@@ -283,7 +306,7 @@ def test_istio_plugin_config_is_accepted_by_the_filter(wasm_file, envoy_bin, tmp
                                                              "port_value": 1}}}}]}]}})
     path = tmp_path / "istio-plugin-config.yaml"
     path.write_text(json.dumps(cfg))
-    result = validate_config(path, envoy_bin, cwd=REPO_ROOT)
+    result = validate_config(path, envoy_bin, cwd=tmp_path, env=example_secrets())
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
 
 
@@ -479,6 +502,8 @@ class Deployment:
         self.now = int(time.time())
         self.access_claims, self.id_claims = TOKEN_SHAPES[name](self.pc, self.now)
         self.refresh_tokens_issued: list[str] = []
+        # The secrets the file reads from Envoy's environment (host_env_keys).
+        self.secrets = example_secrets()
         self.standins: dict[str, TlsStandin] = {}
         self.web = Upstream(name="web").start()
         self.envoy: Envoy | None = None
@@ -526,8 +551,22 @@ class Deployment:
             else:
                 ipaddress.ip_address(host)  # a plain local cluster (the web app)
                 lb["address"]["socket_address"]["port_value"] = self.web.port
-        self.envoy = Envoy(cfg, name=f"deploy-{self.name.split('.')[0]}").start()
+        self.relay_config(cfg)["vm_config"]["code"]["local"]["filename"] = str(WASM_PATH)
+        self.envoy = Envoy(cfg, name=f"deploy-{self.name.split('.')[0]}", env=self.secrets).start()
         return self
+
+    @staticmethod
+    def relay_config(cfg: dict) -> dict:
+        return relay_filter(cfg)
+
+    def secret(self, ref: Any) -> str:
+        """The value Envoy hands the plugin for a secret field written as {"env": VAR}."""
+        assert is_env_ref(ref), ref
+        return self.secrets[ref["env"]]
+
+    def session_key(self) -> tuple[str, bytes]:
+        first = self.pc["session_keys"][0]
+        return first["kid"], b64url_decode(self.secret(first["key"]))
 
     def stop(self) -> None:
         if self.envoy is not None:
@@ -617,7 +656,7 @@ def test_deployment_refuses_an_id_token(deployment):
 
 def test_deployment_refreshes_through_the_token_endpoint(deployment):
     dep, pc = deployment, deployment.pc
-    (kid, key), = [(k["kid"], b64url_decode(k["key"])) for k in pc["session_keys"][:1]]
+    kid, key = dep.session_key()
     sealed = SessionKeys([(kid, key)]).seal("initial-refresh-token",
                                             exp=int(time.time()) + 3600)
     expired = dep.signer.sign({**dep.access_claims, "iat": dep.now - 7200,
@@ -640,7 +679,7 @@ def test_deployment_refreshes_through_the_token_endpoint(deployment):
     assert scheme == "Basic"
     ident, _, secret = base64.b64decode(creds).decode().partition(":")
     assert (urllib.parse.unquote_plus(ident), urllib.parse.unquote_plus(secret)) == \
-        (pc["client_id"], pc["client_secret"])
+        (pc["client_id"], dep.secret(pc["client_secret"]))
     assert "client_secret" not in call["form"]
 
     api = dep.standins[dep.api_cluster()]
@@ -674,7 +713,7 @@ def test_deployment_logout_revokes_and_leaves_through_the_provider(deployment):
     logout endpoint."""
     dep, pc = deployment, deployment.pc
     login = pc["login"]
-    (kid, key), = [(k["kid"], b64url_decode(k["key"])) for k in pc["session_keys"][:1]]
+    kid, key = dep.session_key()
     sealed = SessionKeys([(kid, key)]).seal("logout-refresh-token", exp=int(time.time()) + 3600)
     csrf = "c" * 43
     cookies = "; ".join([cookie(pc["cookies"]["session"], sealed),
@@ -785,6 +824,8 @@ CEL_RULES: dict[str, Callable[[Any], bool]] = {
     "self.all(l1, self.exists_one(l2, l1.number == l2.number))":
         lambda ports: all(sum(p["number"] == q["number"] for q in ports) == 1 for p in ports),
     "0 < self && self <= 65535": lambda n: 0 < n <= 65535,
+    '(has(self.valueFrom) ? self.valueFrom : "") != "HOST" || !has(self.value)':
+        lambda e: e.get("valueFrom", "") != "HOST" or "value" not in e,
 }
 
 

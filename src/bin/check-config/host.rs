@@ -24,7 +24,8 @@ const DEPLOYMENT_KEYS: &[&str] = &[
 ];
 
 const USAGE: &str = "usage: check-config [--root-id ID] FILE   (FILE: plugin configuration JSON, \
-Envoy YAML/JSON or Istio WasmPlugin YAML; - reads stdin)\n       check-config --schema";
+Envoy YAML/JSON or Istio WasmPlugin YAML; - reads stdin)\n       check-config --schema\n\
+Secrets written as {\"env\": \"VAR\"} are read from this process's environment.";
 
 /// One plugin configuration found in the input.
 struct Found {
@@ -74,7 +75,9 @@ pub fn main() -> ExitCode {
     let mut failed = false;
     for f in &found {
         let result = match &f.bytes {
-            Ok(bytes) => Config::parse(bytes).map_err(|e| e.to_string()),
+            // `{"env": ...}` secrets are read from this process's environment.
+            Ok(bytes) => Config::parse_with_env(bytes, &|name| std::env::var(name).ok())
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
         if let Err(line) = result {

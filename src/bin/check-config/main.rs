@@ -7,6 +7,9 @@
 //! check-config --schema              print the JSON Schema (schema/config.schema.json)
 //! ```
 //!
+//! Secrets written as `{"env": "VAR"}` are read from this process's environment, as the filter
+//! reads them from its VM's: a variable that is not set is refused with the filter's line.
+//!
 //! Exit status: 0 valid, 1 invalid (or no relay configuration found), 2 unreadable input or
 //! bad usage.
 
