@@ -157,10 +157,17 @@ class Soak:
         self.envoy = Envoy(cfg, concurrency=2, log_level="warning", component_log_level=None,
                            name="soak").start()
         self.long_at = self.signer.sign(make_claims(exp=int(time.time()) + 7 * 86400))
-        with new_http_session() as s:
-            wait_until(lambda: s.get(self.envoy.url("/api/ready"),
-                                     headers={"Cookie": f"{AT_COOKIE}={self.long_at}"},
-                                     timeout=5).status_code == 200, 20, 0.1, "JWKS loaded")
+        # Every worker must hold the keys before traffic starts: a new connection may land on
+        # either worker, so 12 fresh connections in a row must all pass (2^-12 to miss one).
+        def all_workers_ready() -> bool:
+            for _ in range(12):
+                with new_http_session() as s:
+                    if s.get(self.envoy.url("/api/ready"),
+                             headers={"Cookie": f"{AT_COOKIE}={self.long_at}"},
+                             timeout=5).status_code != 200:
+                        return False
+            return True
+        wait_until(all_workers_ready, 20, 0.1, "JWKS loaded on every worker")
         self.valid_cookie = (f"{AT_COOKIE}={self.long_at}; "
                              f"{SESSION_COOKIE}={self.keys.seal(self.fake.new_refresh_token())}")
         for _ in range(EXPIRING_BROWSERS):
