@@ -208,7 +208,9 @@ extern "C" {
 
 /// The one `unsafe` of the filter: the SDK's `get_map_bytes` makes the same call, then copies
 /// every name and value into its own `String`/`Vec` (two allocations per header); this keeps
-/// the host's buffer as it is. The SDK offers no safe call that returns it.
+/// the host's buffer as it is. The SDK offers no safe call that returns it. It needs the host, so
+/// the real-Envoy test `test_header_map_read_in_place_sees_every_header` (tests/e2e/test_relay.py)
+/// covers it; the walk over the buffer has unit and property tests in `http::request`.
 #[cfg(target_arch = "wasm32")]
 fn header_map_in_place(map: MapType) -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
