@@ -126,59 +126,55 @@ impl<'a> Iterator for HeaderIter<'a> {
 /// Walks a wire-format header map without copying it.
 #[derive(Debug, Clone)]
 pub struct WireIter<'a> {
-    map: &'a [u8],
-    /// Headers left to read.
-    left: usize,
-    /// Where the next header's two lengths are.
-    lengths: usize,
-    /// Where the next header's name starts.
-    data: usize,
+    /// The length pairs of the headers not read yet (8 bytes each).
+    lengths: &'a [u8],
+    /// The names and values not read yet.
+    data: &'a [u8],
 }
 
 impl<'a> WireIter<'a> {
     fn new(map: &'a [u8]) -> WireIter<'a> {
-        let count = u32_at(map, 0).unwrap_or(0);
-        WireIter {
-            map,
-            left: count,
-            lengths: 4,
-            data: count.saturating_mul(8).saturating_add(4),
+        let count = map
+            .first_chunk::<4>()
+            .and_then(|c| usize::try_from(u32::from_le_bytes(*c)).ok())
+            .unwrap_or(0);
+        // A count the map cannot hold reads as no header at all.
+        let table_end = count.checked_mul(8).and_then(|t| t.checked_add(4));
+        match table_end.and_then(|end| Some((map.get(4..end)?, map.get(end..)?))) {
+            Some((lengths, data)) => WireIter { lengths, data },
+            None => WireIter {
+                lengths: &[],
+                data: &[],
+            },
         }
     }
 }
 
-fn u32_at(map: &[u8], at: usize) -> Option<usize> {
-    let bytes = map.get(at..at.checked_add(4)?)?;
-    let word = u32::from_le_bytes(bytes.try_into().ok()?);
-    usize::try_from(word).ok()
+fn len_at(chunk: &[u8; 4]) -> Option<usize> {
+    usize::try_from(u32::from_le_bytes(*chunk)).ok()
 }
 
 impl<'a> Iterator for WireIter<'a> {
     type Item = (&'a [u8], &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        let read = || {
-            let name_len = u32_at(self.map, self.lengths)?;
-            let value_len = u32_at(self.map, self.lengths.checked_add(4)?)?;
-            let name_end = self.data.checked_add(name_len)?;
-            let name = self.map.get(self.data..name_end)?;
-            let value_start = name_end.checked_add(1)?;
-            let value_end = value_start.checked_add(value_len)?;
-            let value = self.map.get(value_start..value_end)?;
-            Some((name, value, value_end.checked_add(1)?))
+        let read = |lengths: &'a [u8], data: &'a [u8]| {
+            let (name_len, lengths) = lengths.split_first_chunk::<4>()?;
+            let (value_len, lengths) = lengths.split_first_chunk::<4>()?;
+            let (name, data) = data.split_at_checked(len_at(name_len)?)?;
+            let (value, data) = data.get(1..)?.split_at_checked(len_at(value_len)?)?;
+            // Past the value's NUL (the last one may be cut off: nothing follows it).
+            Some((name, value, lengths, data.get(1..).unwrap_or_default()))
         };
-        match read() {
-            Some((name, value, next)) => {
-                self.left -= 1;
-                self.lengths += 8;
-                self.data = next;
+        match read(self.lengths, self.data) {
+            Some((name, value, lengths, data)) => {
+                self.lengths = lengths;
+                self.data = data;
                 Some((name, value))
             }
             None => {
-                self.left = 0;
+                // A malformed map ends where the fault is.
+                self.lengths = &[];
                 None
             }
         }
