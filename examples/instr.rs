@@ -16,6 +16,7 @@
 //! - `cold-rs256 N`, `cold-es256 N`, `cold-eddsa N`: `jwt::token::verify` of one token (no
 //!   cache), the work of a cache miss;
 //! - `rsa-crate N`: the RS256 signature check alone through rsa 0.10's `verify_prehash`;
+//! - `session N`: sealing and unsealing a session cookie (AES-256-GCM), the refresh path;
 //! - `jwks N`: parsing the benchmark's RS256 key set.
 //!
 //! A third argument `R` repeats the `N` steps R times and prints the fastest batch's time per
@@ -38,6 +39,7 @@ use edge_token_relay::jwt::jwks::KeySet;
 use edge_token_relay::jwt::token::{self, ClaimRules};
 use edge_token_relay::jwt::token_cache::TokenCache;
 use edge_token_relay::relay::{self, Step};
+use edge_token_relay::session::{self, Session, SessionKeys};
 use serde_json::{json, Value};
 
 // Pre-signed tokens (RFC 7515 style compact JWS) over the benchmark's claims, made once with
@@ -294,6 +296,25 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
         }
         "cold-es256" => cold(&k.es256),
         "cold-eddsa" => cold(&k.eddsa),
+        "session" => {
+            // The refresh path's AES-GCM work: seal a session (refresh token and ID token) and
+            // unseal it again.
+            let key = URL_SAFE_NO_PAD.encode([7u8; 32]);
+            let Ok(keys) = SessionKeys::from_config(&[("k1".to_string(), key)]) else {
+                return;
+            };
+            let session = Session {
+                rt: "r".repeat(900),
+                exp: Some(NOW + 86_400),
+                id_token: Some(k.rs256.clone()),
+            };
+            for i in 0..n {
+                let mut iv = [0u8; 12];
+                iv[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let sealed = session::seal(&keys, black_box(&session), iv);
+                assert!(session::unseal(&keys, black_box(&sealed), NOW).is_ok());
+            }
+        }
         "jwks" => {
             let text = k.jwks.to_string();
             for _ in 0..n {
