@@ -26,7 +26,7 @@ SHA256    := $(shell command -v sha256sum >/dev/null 2>&1 && echo sha256sum || e
 VERSION   := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DIST      ?= dist
 
-.PHONY: help wasm dist test unit e2e soak run bench lint fmt fmt-check toolchain envoy pydeps idp browser clean
+.PHONY: help wasm dist test unit e2e soak run bench bench-quick wrk lint fmt fmt-check toolchain envoy pydeps idp browser clean
 
 help: ## print this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -132,7 +132,7 @@ SOAK_S ?= 600
 soak: wasm envoy idp ## soak test: mixed traffic, failing token endpoint, 2 workers, SOAK_S seconds (default 600)
 	SOAK_S=$(SOAK_S) nice $(PY) tests/e2e/soak.py
 
-test: unit e2e ## everything CI runs: unit tests, then the e2e suite in the real Envoy
+test: unit e2e bench-quick ## everything CI runs: unit tests, the e2e suite in the real Envoy, the hot-path guard
 
 # check-config is a host binary of this crate: it runs the filter's own configuration parser.
 .PHONY: check-config schema
@@ -164,9 +164,14 @@ dev: wasm envoy idp nextjs-deps ## the same with `next dev` (hot reload through 
 run-plain: wasm envoy idp ## the relay's own demo page (no Next.js): Envoy + filter + IdP + gateway
 	$(PY) tests/e2e/demo.py
 
-bench: wasm envoy ## load benchmark (wrk) against bare Envoy, jwt_authn and this filter; see bench/README.md
+wrk: ## install wrk (the load generator of the benchmarks) when it is missing
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
+bench: wasm envoy wrk ## load benchmark (wrk) against bare Envoy, jwt_authn, oauth2 and this filter; see bench/README.md
 	$(PY) bench/run.py
+
+bench-quick: wasm envoy wrk ## hot-path regression guard (under a minute): a, n, p, b; fails when b/n drops below bench/guard.json
+	$(PY) bench/run.py --guard
 
 clean: ## remove build outputs (target/ and dist/)
 	cargo clean

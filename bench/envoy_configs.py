@@ -1,16 +1,21 @@
-"""Envoy bootstraps for the six benchmark configurations (used by run.py).
+"""Envoy bootstraps for the benchmark configurations (used by run.py).
 
 Every configuration is the same front proxy: one listener on 127.0.0.1, one HTTP connection
 manager, and routes that answer with `direct_response` (200, a 3-byte body), so no upstream
 takes part and only Envoy's own cost plus the filter under test is measured. They differ in
 the HTTP filters placed before the router:
 
-  a  none (bare Envoy)
-  n  a proxy-wasm filter that does nothing (bench/nop/): the floor of any Wasm filter
-  b  this filter (envoy.filters.http.wasm, V8), same token on every request -> cache hits
-  c  Envoy's native jwt_authn with its verified-JWT cache
-  d  jwt_authn without the cache
-  e  this filter, a different token on every request -> cache misses
+  a        none (bare Envoy)
+  n        a proxy-wasm filter that does nothing (bench/nop/): the floor of any Wasm filter
+  p        a proxy-wasm filter that makes the relay's cache-hit host calls and nothing else
+           (bench/probe/): the floor of a filter that does the relay's job
+  b        this filter (envoy.filters.http.wasm, V8), same token on every request -> cache hits
+  c        Envoy's native jwt_authn with its verified-JWT cache
+  d        jwt_authn without the cache
+  e        this filter, a different RS256 token on every request -> cache misses
+  e-ES256  as (e) with ES256 tokens (the key set holds the P-256 key)
+  e-EdDSA  as (e) with EdDSA (Ed25519) tokens
+  f        Envoy's native oauth2 filter with valid signed cookies, forward_bearer_token: true
 
 The builders here are written out for the benchmark instead of reusing the e2e helpers on
 purpose: the benchmark's configurations are fixed by the benchmark's definition (see
@@ -33,24 +38,43 @@ PROBE_PATH = "/api/__bench_probe"
 PROBE_AUTH_HEADER = "x-bench-authorization"
 PROBE_SUB_HEADER = "x-bench-sub"
 FORWARDED_SUB_HEADER = "x-user-sub"
+# The `sub` of every benchmark token, forwarded as FORWARDED_SUB_HEADER.
+BENCH_SUB = "bench-user"
 STAT_PREFIX = "ingress_http"
 RESPONSE_BODY = "ok\n"
 JWT_AUTHN_CACHE_SIZE = 100
 
-CONFIG_NAMES = ("a", "n", "b", "c", "d", "e")
+CONFIG_NAMES = ("a", "n", "p", "b", "c", "d", "e", "e-ES256", "e-EdDSA", "f")
 DESCRIPTIONS = {
     "a": "Envoy, no filter",
     "n": "Wasm filter that does nothing (floor)",
+    "p": "Wasm probe: the relay's cache-hit host calls only",
     "b": "relay filter, same token (cache hit)",
     "c": "jwt_authn with jwt_cache_config",
     "d": "jwt_authn without cache",
-    "e": "relay filter, fresh token per request (cache miss)",
+    "e": "relay filter, fresh RS256 token per request (cache miss)",
+    "e-ES256": "relay filter, fresh ES256 token per request (cache miss)",
+    "e-EdDSA": "relay filter, fresh EdDSA token per request (cache miss)",
+    "f": "oauth2 filter, valid signed cookies, forward_bearer_token",
 }
-RELAY_CONFIGS = ("b", "e")
+# Configurations that send a different token on every request, and the algorithm of each.
+MISS_CONFIGS = {"e": "RS256", "e-ES256": "ES256", "e-EdDSA": "EdDSA"}
+RELAY_CONFIGS = ("b",) + tuple(MISS_CONFIGS)
 JWT_AUTHN_CONFIGS = ("c", "d")
 NOP_CONFIGS = ("n",)
+PROBE_CONFIGS = ("p",)
+OAUTH2_CONFIGS = ("f",)
 # Configurations that load a Wasm module, and the plugin name each gives it.
-WASM_PLUGIN_NAMES = {"n": "bench_nop", "b": "edge_token_relay", "e": "edge_token_relay"}
+WASM_PLUGIN_NAMES = {"n": "bench_nop", "p": "bench_probe",
+                     **{name: "edge_token_relay" for name in RELAY_CONFIGS}}
+# The relay's reason for a cache hit in filter state, which the probe writes as the relay does.
+REASON_PROPERTY = "edge_token_relay.reason"
+
+# (f): the oauth2 filter's HMAC covers the cookie domain (the Host header otherwise, which
+# carries the listener's port and so changes from run to run).
+OAUTH2_COOKIE_DOMAIN = "bench.test"
+OAUTH2_HMAC_SECRET = "bench-oauth2-hmac-secret-0123456789"
+OAUTH2_TOKEN_SECRET = "bench-oauth2-client-secret"
 
 
 def relay_plugin_config(jwks: dict) -> dict:
@@ -109,6 +133,83 @@ def nop_filter(wasm_path: str | Path) -> dict:
     }
 
 
+def probe_filter(wasm_path: str | Path, authorization: str, claim: str) -> dict:
+    """The host-call probe (bench/probe/), loaded like the relay. Its configuration is the two
+    values it writes (prepared here, so the probe does no work to make them): the
+    `authorization` value and the forwarded `x-user-sub` value, one per line."""
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": WASM_PLUGIN_NAMES["p"],
+                "root_id": WASM_PLUGIN_NAMES["p"],
+                "vm_config": {
+                    "vm_id": WASM_PLUGIN_NAMES["p"],
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(Path(wasm_path).resolve())}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": f"{authorization}\n{claim}\n",
+                },
+            },
+        },
+    }
+
+
+def oauth2_filter() -> dict:
+    """Envoy's native oauth2 filter for requests that already carry its signed cookies
+    (BearerToken, OauthHMAC, OauthExpires; see oauth2_cookie in run.py): it checks the HMAC and
+    the expiry and forwards the token as `Authorization: Bearer`. Token encryption is off: the
+    relay's access-token cookie is not encrypted either, so both do the same work per request.
+    The token endpoint is never called (no request lacks valid cookies in the measured window)."""
+    return {
+        "name": "envoy.filters.http.oauth2",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.oauth2.v3.OAuth2",
+            "config": {
+                "token_endpoint": {"cluster": "bench_oauth2_idp", "uri": f"{ISSUER}/token",
+                                   "timeout": "3s"},
+                "authorization_endpoint": f"{ISSUER}/authorize",
+                "redirect_uri": "http://%REQ(:authority)%/oauth2/callback",
+                "redirect_path_matcher": {"path": {"exact": "/oauth2/callback"}},
+                "signout_path": {"path": {"exact": "/oauth2/signout"}},
+                "forward_bearer_token": True,
+                "disable_token_encryption": True,
+                "use_refresh_token": False,
+                "auth_scopes": ["openid"],
+                "credentials": {
+                    "client_id": AUDIENCE,
+                    "token_secret": {"name": "bench_oauth2_token"},
+                    "hmac_secret": {"name": "bench_oauth2_hmac"},
+                    "cookie_domain": OAUTH2_COOKIE_DOMAIN,
+                },
+            },
+        },
+    }
+
+
+def oauth2_static_resources() -> dict:
+    """The secrets and the (never called) token-endpoint cluster the oauth2 filter names."""
+    return {
+        "secrets": [
+            {"name": "bench_oauth2_token",
+             "generic_secret": {"secret": {"inline_string": OAUTH2_TOKEN_SECRET}}},
+            {"name": "bench_oauth2_hmac",
+             "generic_secret": {"secret": {"inline_string": OAUTH2_HMAC_SECRET}}},
+        ],
+        "clusters": [{
+            "name": "bench_oauth2_idp",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "bench_oauth2_idp", "endpoints": [{
+                "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": 9}}}}]}]},
+        }],
+    }
+
+
 def jwt_authn_filter(jwks: dict, cache: bool) -> dict:
     """Envoy's native JWT filter doing the relay's job: the same token from the same cookie,
     the same issuer/audience/skew, the `sub` claim forwarded as the same header."""
@@ -137,7 +238,7 @@ def _direct_ok() -> dict:
     return {"status": 200, "body": {"inline_string": RESPONSE_BODY}}
 
 
-def bootstrap(http_filters: list[dict]) -> dict:
+def bootstrap(http_filters: list[dict], extra_static: dict | None = None) -> dict:
     """The whole Envoy bootstrap around `http_filters`; listener and admin ports are chosen by
     the kernel and read back by the launcher."""
     routes = [
@@ -166,30 +267,48 @@ def bootstrap(http_filters: list[dict]) -> dict:
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
         }],
     }
+    static: dict[str, Any] = {
+        "listeners": [{
+            "name": "bench",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hcm}]}],
+        }],
+    }
+    static.update(extra_static or {})
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "bench",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm}]}],
-            }],
-        },
+        "static_resources": static,
     }
 
 
 def config_for(name: str, *, jwks: dict, wasm_path: str | Path,
-               nop_wasm_path: str | Path | None = None) -> dict:
+               nop_wasm_path: str | Path | None = None,
+               probe_wasm_path: str | Path | None = None, token: str = "",
+               miss_jwks: dict | None = None) -> dict:
+    """`jwks` holds the RS256 key of (b), (c), (d) and (e); `miss_jwks` maps the algorithm of
+    an (e-*) configuration to the key set it uses; `token` is the cache-hit token, which (p)
+    writes as the relay would."""
     if name == "a":
         return bootstrap([])
     if name in NOP_CONFIGS:
         if nop_wasm_path is None:
             raise ValueError("configuration (n) needs the do-nothing module (nop_wasm_path)")
         return bootstrap([nop_filter(nop_wasm_path)])
+    if name in PROBE_CONFIGS:
+        if probe_wasm_path is None:
+            raise ValueError("configuration (p) needs the probe module (probe_wasm_path)")
+        return bootstrap([probe_filter(probe_wasm_path, f"Bearer {token}", BENCH_SUB)])
+    if name in MISS_CONFIGS and MISS_CONFIGS[name] != "RS256":
+        keys = (miss_jwks or {}).get(MISS_CONFIGS[name])
+        if keys is None:
+            raise ValueError(f"configuration ({name}) needs its key set (miss_jwks)")
+        return bootstrap([relay_filter(wasm_path, keys)])
     if name in RELAY_CONFIGS:
         return bootstrap([relay_filter(wasm_path, jwks)])
+    if name in OAUTH2_CONFIGS:
+        return bootstrap([oauth2_filter()], oauth2_static_resources())
     if name == "c":
         return bootstrap([jwt_authn_filter(jwks, cache=True)])
     if name == "d":

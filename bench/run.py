@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Load benchmark: wrk against one Envoy worker, with and without the relay filter.
 
-Six configurations (see envoy_configs.py and README.md):
+Configurations (see envoy_configs.py and README.md):
   a  Envoy, no filter                       c  jwt_authn with its JWT cache
   n  a Wasm filter that does nothing        d  jwt_authn without its cache
-     (bench/nop/, built here: the floor)    e  relay, a fresh token per request (misses)
+     (bench/nop/, built here: the floor)    e  relay, a fresh RS256 token per request
+  p  a Wasm filter making the relay's       e-ES256, e-EdDSA  the same with ES256 / EdDSA
+     cache-hit host calls (bench/probe/)    f  Envoy's oauth2 filter, valid signed cookies
   b  relay, same token (cache hits)
+
+--guard (what `make bench-quick` runs): a, n, p, b only, short runs, then the ratios, and a
+non-zero exit when b/n falls below the value recorded in bench/guard.json by more than the
+margin recorded there.
 
 Method: a fresh Envoy (`--concurrency 1 -l warning`, pinned to one CPU) per run, wrk pinned
 to the other CPU; pre-flight requests prove the configuration accepts the token (200) and
@@ -24,7 +30,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import base64
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -50,11 +58,19 @@ import envoy_configs as ec  # noqa: E402
 RESULTS_DIR = BENCH_DIR / "results"
 # (n): the do-nothing Wasm filter, a crate of its own under bench/nop (target/ git-ignored).
 NOP_DIR = BENCH_DIR / "nop"
-NOP_WASM = NOP_DIR / "target" / "wasm32-wasip1" / "release" / "bench_nop.wasm"
+# (n) and (p) build into one target dir under the repository's target/ (git-ignored), so the
+# standard library for wasm32-wasip1 is compiled once for both.
+BENCH_TARGET = REPO_ROOT / "target" / "bench"
+NOP_WASM = BENCH_TARGET / "wasm32-wasip1" / "release" / "bench_nop.wasm"
+# (p): the host-call probe, a crate of its own under bench/probe.
+PROBE_DIR = BENCH_DIR / "probe"
+PROBE_WASM = BENCH_TARGET / "wasm32-wasip1" / "release" / "bench_probe.wasm"
+GUARD_FILE = BENCH_DIR / "guard.json"
+GUARD_CONFIGS = ("a", "n", "p", "b")
 LUA_REPORT = BENCH_DIR / "lua" / "report.lua"
 LUA_FRESH_TOKENS = BENCH_DIR / "lua" / "fresh_tokens.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SUB = "bench-user"
+SUB = ec.BENCH_SUB
 
 # Tokens for (e): enough that no token repeats within one Envoy's life (warm-up + measured
 # window), assuming the relay serves cache misses at up to this rate. After each (e) run the
@@ -66,10 +82,23 @@ MAX_MISS_RPS = 4000
 RATIOS = (
     ("n", "a", "do-nothing Wasm filter vs bare Envoy: the ceiling for any Wasm filter"),
     ("b", "a", "relay (cache hit) vs bare Envoy"),
+    ("b", "p", "relay (cache hit) vs its own host calls alone: the cost of its logic"),
     ("b", "n", "relay (cache hit) vs the do-nothing Wasm filter: how close to the floor"),
     ("b", "c", "relay vs jwt_authn with its cache"),
     ("b", "d", "relay vs jwt_authn without cache"),
-    ("e", "a", "relay, every request a cache miss, vs bare Envoy"),
+    ("b", "f", "relay vs Envoy's oauth2 filter (valid cookies, bearer forwarded)"),
+    ("e", "a", "relay, every request an RS256 cache miss, vs bare Envoy"),
+)
+# Differences of Envoy CPU µs/req reported under the ratios: (key, x, y, what x - y means).
+DIFFS = (
+    ("wasm_floor_us", "n", "a", "any Wasm filter, doing nothing: (n) − (a)"),
+    ("host_calls_us", "p", "n", "the relay's cache-hit host calls: (p) − (n)"),
+    ("relay_logic_us", "b", "p", "the relay's own logic on a cache hit: (b) − (p)"),
+    ("relay_own_us", "b", "n", "the relay's work beyond any Wasm filter: (b) − (n)"),
+    ("relay_total_us", "b", "a", "the relay in all, cache hit: (b) − (a)"),
+    ("cache_miss_us", "e", "b", "cold RS256 verification: (e) − (b)"),
+    ("cache_miss_es256_us", "e-ES256", "b", "cold ES256 verification: (e-ES256) − (b)"),
+    ("cache_miss_eddsa_us", "e-EdDSA", "b", "cold EdDSA verification: (e-EdDSA) − (b)"),
 )
 
 NOISY_SPREAD = 0.10      # (max - min) / median of req/s across rounds
@@ -181,11 +210,25 @@ def rustup_has_wasm_target() -> bool:
 
 
 def build_nop(dest: Path) -> dict:
-    """Builds bench/nop (cargo is incremental: a no-op when nothing changed) with the same
+    """(n): bench/nop, see build_bench_module."""
+    return build_bench_module(NOP_DIR, NOP_WASM, dest, "do-nothing Wasm filter (n)")
+
+
+def build_probe(dest: Path, repeat: str | None = None) -> dict:
+    """(p): bench/probe; `repeat` ("<step>=<n>") builds the variant that repeats one step."""
+    extra = {"BENCH_PROBE_REPEAT": repeat} if repeat else {}
+    return build_bench_module(PROBE_DIR, PROBE_WASM, dest, "host-call probe (p)", extra)
+
+
+def build_bench_module(crate: Path, built: Path, dest: Path, what: str,
+                       extra_env: dict[str, str] | None = None) -> dict:
+    """Builds a bench crate (cargo is incremental: a no-op when nothing changed) with the same
     toolchain, flags and release profile as the filter, then, like `make wasm`, runs
     `wasm-opt -Oz` on it, writing the result to `dest`. Returns how it was built."""
     env = dict(os.environ)
-    target_dir = NOP_DIR / "target"
+    env.pop("BENCH_PROBE_REPEAT", None)
+    env.update(extra_env or {})
+    target_dir = BENCH_TARGET
     if rustup_has_wasm_target():
         recipe = "rustup wasm32-wasip1"
         cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--lib"]
@@ -193,32 +236,32 @@ def build_nop(dest: Path) -> dict:
         recipe = "Debian rustc-web, -Zbuild-std"
         missing = [p for p in DEB_TOOLCHAIN if not Path(p).exists()]
         if missing:
-            raise BenchError(f"cannot build the do-nothing filter (n): {', '.join(missing)} "
-                             "missing. `make toolchain` installs them (or leave (n) out with "
+            raise BenchError(f"cannot build the {what}: {', '.join(missing)} "
+                             "missing. `make toolchain` installs them (or leave it out with "
                              "--only).")
         cmd = ["/usr/bin/cargo", "build", "--release", "--target", "wasm32-wasip1", "--lib",
                "-Zbuild-std=std,panic_abort"]
         env.update(RUSTC="/usr/bin/rustc", RUSTC_BOOTSTRAP="1", RUSTFLAGS=DEB_RUSTFLAGS)
     # Its own target dir, whatever CARGO_TARGET_DIR says: the path below must hold.
     cmd += ["--target-dir", str(target_dir)]
-    print(f"building the do-nothing Wasm filter (n) in {NOP_DIR.relative_to(REPO_ROOT)} "
-          f"({recipe}) ...", file=sys.stderr, flush=True)
+    print(f"building the {what} in {crate.relative_to(REPO_ROOT)} ({recipe}"
+          + (f", {extra_env}" if extra_env else "") + ") ...", file=sys.stderr, flush=True)
     try:
         # cargo's progress goes to our stderr; the first build (std from source) takes ~1 min.
-        proc = subprocess.run(cmd, cwd=NOP_DIR, env=env, stdout=sys.stderr, timeout=1800)
+        proc = subprocess.run(cmd, cwd=crate, env=env, stdout=sys.stderr, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise BenchError(f"building the do-nothing filter (n) failed: {e}") from None
-    if proc.returncode != 0 or not NOP_WASM.is_file():
-        raise BenchError(f"building the do-nothing filter (n) failed (exit {proc.returncode}): "
-                         f"{' '.join(cmd)} in {NOP_DIR}")
+        raise BenchError(f"building the {what} failed: {e}") from None
+    if proc.returncode != 0 or not built.is_file():
+        raise BenchError(f"building the {what} failed (exit {proc.returncode}): "
+                         f"{' '.join(cmd)} in {crate}")
     wasm_opt = shutil.which("wasm-opt")
     if wasm_opt:
         out = subprocess.run([wasm_opt, "-Oz", *WASM_OPT_FEATURES, "-o", str(dest),
-                              str(NOP_WASM)], capture_output=True, text=True, timeout=600)
+                              str(built)], capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
-            raise BenchError(f"wasm-opt on {NOP_WASM} failed:\n{out.stderr}")
+            raise BenchError(f"wasm-opt on {built} failed:\n{out.stderr}")
     else:
-        shutil.copyfile(NOP_WASM, dest)
+        shutil.copyfile(built, dest)
     return {"recipe": recipe, "wasm_opt": bool(wasm_opt)}
 
 
@@ -242,9 +285,9 @@ def bench_claims(jti: str, now: int) -> dict:
 _worker_key: support.KeyPair | None = None
 
 
-def _mint_init(pem: bytes, kid: str):
+def _mint_init(pem: bytes, alg: str, kid: str):
     global _worker_key
-    _worker_key = support.KeyPair.from_pem(pem, "RS256", kid)
+    _worker_key = support.KeyPair.from_pem(pem, alg, kid)
 
 
 def _mint_range(args: tuple[int, int, int]) -> list[str]:
@@ -255,7 +298,7 @@ def _mint_range(args: tuple[int, int, int]) -> list[str]:
 
 def mint_tokens(key: support.KeyPair, start: int, stop: int, path: Path,
                 cpus: set[int]) -> float:
-    """Append distinct RS256 tokens number `start`..`stop-1` (one per line) to `path`, signing
+    """Append distinct tokens (signed with `key`) number `start`..`stop-1` (one per line) to `path`, signing
     on all of `cpus`; returns seconds taken."""
     t0 = time.monotonic()
     now = int(time.time())
@@ -266,13 +309,23 @@ def mint_tokens(key: support.KeyPair, start: int, stop: int, path: Path,
         ranges = [(s, min(s + chunk, stop), now) for s in range(start, stop, chunk)]
         with concurrent.futures.ProcessPoolExecutor(
                 max_workers=len(cpus), initializer=_mint_init,
-                initargs=(key.private_pem(), key.kid)) as pool, open(path, "a") as out:
+                initargs=(key.private_pem(), key.alg, key.kid)) as pool, open(path, "a") as out:
             for tokens in pool.map(_mint_range, ranges):
                 out.write("\n".join(tokens))
                 out.write("\n")
     finally:
         os.sched_setaffinity(0, own)
     return time.monotonic() - t0
+
+
+def oauth2_cookie(token: str, expires: int) -> str:
+    """The Cookie header Envoy's oauth2 filter sets after a login (tokens not encrypted): the
+    bearer token, its expiry, and their HMAC-SHA256 under the filter's HMAC secret over
+    "<cookie domain>\\n<expires>\\n<access token>\\n<id token>\\n<refresh token>" (base64)."""
+    payload = "\n".join([ec.OAUTH2_COOKIE_DOMAIN, str(expires), token, "", ""])
+    mac = hmac.new(ec.OAUTH2_HMAC_SECRET.encode(), payload.encode(), hashlib.sha256).digest()
+    return (f"BearerToken={token}; OauthHMAC={base64.b64encode(mac).decode()}; "
+            f"OauthExpires={expires}")
 
 
 def forged(token: str) -> str:
@@ -294,9 +347,17 @@ class Bench:
         self.workdir = workdir
         self.key = support.KeyPair.generate("RS256", kid="bench-rs256")
         self.jwks = support.jwks_of([self.key])
-        self.token = _jws(self.key, bench_claims("hit", int(time.time())))
-        self.tokens_file = workdir / "tokens.txt"
-        self.tokens_count = 0
+        # The (e-*) configurations: one key per algorithm, each alone in its configuration's
+        # key set, and a token list each.
+        self.miss_keys = {"RS256": self.key,
+                          "ES256": support.KeyPair.generate("ES256", kid="bench-es256"),
+                          "EdDSA": support.KeyPair.generate("EdDSA", kid="bench-eddsa")}
+        self.miss_jwks = {alg: support.jwks_of([k]) for alg, k in self.miss_keys.items()}
+        now = int(time.time())
+        self.token = _jws(self.key, bench_claims("hit", now))
+        self.oauth2_cookie = oauth2_cookie(self.token, now + 3600)
+        self.tokens_file = {alg: workdir / f"tokens-{alg}.txt" for alg in self.miss_keys}
+        self.tokens_count = {alg: 0 for alg in self.miss_keys}
         self.mint_seconds = 0.0
         self.cpus = os.sched_getaffinity(0)
         self.wrk = os.environ.get("WRK") or shutil.which("wrk") or ""
@@ -309,23 +370,27 @@ class Bench:
         self.wasm_copy = workdir / "edge_token_relay.wasm"
         if support.WASM_PATH.is_file():
             shutil.copyfile(support.WASM_PATH, self.wasm_copy)
-        # (n)'s module, built into the work directory by build_nop() when (n) is selected.
+        # (n)'s and (p)'s modules, built into the work directory when selected.
         self.nop_copy = workdir / "bench_nop.wasm"
+        self.probe_copy = workdir / "bench_probe.wasm"
 
     def envoy_config(self, name: str, wasm_path: Path | None = None,
-                     nop_path: Path | None = None) -> dict:
+                     nop_path: Path | None = None, probe_path: Path | None = None) -> dict:
         return ec.config_for(name, jwks=self.jwks, wasm_path=wasm_path or self.wasm_copy,
-                             nop_wasm_path=nop_path or self.nop_copy)
+                             nop_wasm_path=nop_path or self.nop_copy,
+                             probe_wasm_path=probe_path or self.probe_copy, token=self.token,
+                             miss_jwks=self.miss_jwks)
 
-    def ensure_tokens(self, n: int):
-        """At least `n` distinct tokens in the tokens file."""
-        if n <= self.tokens_count:
+    def ensure_tokens(self, alg: str, n: int):
+        """At least `n` distinct `alg` tokens in that algorithm's tokens file."""
+        if n <= self.tokens_count[alg]:
             return
-        print(f"minting {n - self.tokens_count:,} RS256 tokens for (e) ...", file=sys.stderr,
+        print(f"minting {n - self.tokens_count[alg]:,} {alg} tokens ...", file=sys.stderr,
               flush=True)
-        took = mint_tokens(self.key, self.tokens_count, n, self.tokens_file, self.cpus)
+        took = mint_tokens(self.miss_keys[alg], self.tokens_count[alg], n,
+                           self.tokens_file[alg], self.cpus)
         self.mint_seconds += took
-        self.tokens_count = n
+        self.tokens_count[alg] = n
         print(f"  done in {took:.1f} s", file=sys.stderr, flush=True)
 
     # -- wrk ---------------------------------------------------------------------------------
@@ -334,12 +399,14 @@ class Bench:
         a = self.args
         cmd = pinned(a.wrk_cpu, a.nice) + [self.wrk, "-t", str(a.threads),
                "-c", str(a.connections), "-d", f"{seconds}s", "--latency", "--timeout", "2s"]
-        if name == "e":
-            cmd += ["-s", str(LUA_FRESH_TOKENS), url_base + ec.BENCH_PATH,
-                    "--", str(self.tokens_file), str(first_token), ec.BENCH_PATH]
+        if name in ec.MISS_CONFIGS:
+            cmd += ["-s", str(LUA_FRESH_TOKENS), url_base + ec.BENCH_PATH, "--",
+                    str(self.tokens_file[ec.MISS_CONFIGS[name]]), str(first_token),
+                    ec.BENCH_PATH]
         else:
-            cmd += ["-H", f"Cookie: {ec.AT_COOKIE}={self.token}",
-                    "-s", str(LUA_REPORT), url_base + ec.BENCH_PATH]
+            cookie = (self.oauth2_cookie if name in ec.OAUTH2_CONFIGS
+                      else f"{ec.AT_COOKIE}={self.token}")
+            cmd += ["-H", f"Cookie: {cookie}", "-s", str(LUA_REPORT), url_base + ec.BENCH_PATH]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
         result = None
         for line in proc.stdout.splitlines():
@@ -359,9 +426,9 @@ class Bench:
             raise BenchError(f"({name}): wrk saw socket errors {errs}\n{text}")
         if result["requests"] <= 0:
             raise BenchError(f"({name}): wrk completed no request\n{text}")
-        if name == "e" and first_token + result["issued"] > result["tokens"]:
+        if name in ec.MISS_CONFIGS and first_token + result["issued"] > result["tokens"]:
             raise BenchError(
-                f"(e): {first_token + result['issued']} requests issued but only "
+                f"({name}): {first_token + result['issued']} requests issued but only "
                 f"{result['tokens']} distinct tokens were minted, so some tokens repeated and "
                 f"hit the relay's cache. Rerun with --tokens "
                 f"{2 * (first_token + result['issued'])}.")
@@ -374,33 +441,59 @@ class Bench:
         http = support.new_http_session()
         problems: list[str] = []
 
-        def get(path: str, token: str | None):
-            headers = {"Cookie": f"{ec.AT_COOKIE}={token}"} if token else {}
-            return http.get(env.url(path), headers=headers, timeout=10)
+        oauth2 = name in ec.OAUTH2_CONFIGS
+        # The token a request of this configuration carries (an (e-*) configuration's first
+        # token is its list's first line, which the measured runs then use: a cache entry for it
+        # changes nothing, as the warm-up starts there too).
+        if name in ec.MISS_CONFIGS and ec.MISS_CONFIGS[name] != "RS256":
+            alg = ec.MISS_CONFIGS[name]
+            token = _jws(self.miss_keys[alg], bench_claims("preflight", int(time.time())))
+        else:
+            token = self.token
+
+        def get(path: str, tok: str | None):
+            if tok is None:
+                headers = {}
+            elif oauth2:
+                headers = {"Cookie": self.oauth2_cookie if tok == token
+                           else oauth2_cookie(tok, int(time.time()) + 3600).replace(
+                               "OauthHMAC=", "OauthHMAC=x")}
+            else:
+                headers = {"Cookie": f"{ec.AT_COOKIE}={tok}"}
+            return http.get(env.url(path), headers=headers, timeout=10, allow_redirects=False)
 
         def expect(what: str, resp, status: int):
             if resp.status_code != status:
                 problems.append(f"{what}: expected {status}, got {resp.status_code} "
                                 f"{resp.text[:200]!r}")
 
-        r = get(ec.BENCH_PATH, self.token)
+        r = get(ec.BENCH_PATH, token)
         expect(f"GET {ec.BENCH_PATH} with a valid token", r, 200)
         if r.status_code == 200 and r.text != ec.RESPONSE_BODY:
             problems.append(f"GET {ec.BENCH_PATH}: unexpected body {r.text[:200]!r}")
-        probe = get(ec.PROBE_PATH, self.token)
+        probe = get(ec.PROBE_PATH, token)
         expect(f"GET {ec.PROBE_PATH} with a valid token", probe, 200)
         seen = {"authorization": probe.headers.get(ec.PROBE_AUTH_HEADER),
                 "x-user-sub": probe.headers.get(ec.PROBE_SUB_HEADER)}
-        if name in ec.RELAY_CONFIGS:
-            if seen["authorization"] != f"Bearer {self.token}":
-                problems.append("the relay did not forward `Authorization: Bearer <token>` "
+        if name in ec.RELAY_CONFIGS + ec.PROBE_CONFIGS + ec.OAUTH2_CONFIGS:
+            if seen["authorization"] != f"Bearer {token}":
+                problems.append(f"({name}) did not forward `Authorization: Bearer <token>` "
                                 f"(route saw {str(seen['authorization'])[:60]!r})")
-        if name in ec.RELAY_CONFIGS + ec.JWT_AUTHN_CONFIGS and seen["x-user-sub"] != SUB:
+        if (name in ec.RELAY_CONFIGS + ec.JWT_AUTHN_CONFIGS + ec.PROBE_CONFIGS
+                and seen["x-user-sub"] != SUB):
             problems.append(f"the `sub` claim was not forwarded as x-user-sub "
                             f"(route saw {seen['x-user-sub']!r})")
         missing = get(ec.BENCH_PATH, None)
-        bad = get(ec.BENCH_PATH, forged(self.token))
-        if name in ("a",) + ec.NOP_CONFIGS:
+        bad = get(ec.BENCH_PATH, forged(token))
+        if oauth2:
+            # No valid cookies: the oauth2 filter starts a login (302 to the IdP).
+            expect("missing cookies", missing, 302)
+            expect("forged HMAC", bad, 302)
+        elif name in ec.PROBE_CONFIGS:
+            # Checks nothing: everything passes (with the relay's header writes).
+            expect("no token check, no cookie", missing, 200)
+            expect("no token check, forged signature", bad, 200)
+        elif name in ("a",) + ec.NOP_CONFIGS:
             # Nothing checks tokens: everything passes, and nothing is forwarded.
             expect("no token check, no cookie", missing, 200)
             expect("no token check, forged signature", bad, 200)
@@ -442,7 +535,7 @@ class Bench:
             stats0 = env.stats(stats_re)
 
             warm = self.run_wrk(url, name, a.warmup) if a.warmup > 0 else None
-            first = warm["issued"] if (warm and name == "e") else 0
+            first = warm["issued"] if (warm and name in ec.MISS_CONFIGS) else 0
 
             busy0, total0 = cpu_line_ticks(a.envoy_cpu)
             wbusy0, wtotal0 = cpu_line_ticks(a.wrk_cpu)
@@ -508,8 +601,8 @@ class Bench:
             "preflight": pre,
             "stats_delta": delta,
             "warmup": {k: warm[k] for k in ("requests", "duration_us", "issued")} if warm else None,
-            "first_token": first if name == "e" else None,
-            "tokens_issued": (first + res["issued"]) if name == "e" else None,
+            "first_token": first if name in ec.MISS_CONFIGS else None,
+            "tokens_issued": (first + res["issued"]) if name in ec.MISS_CONFIGS else None,
             "envoy_warnings": warnings[:10],
             "wrk_text": res["text"],
         }
@@ -556,7 +649,6 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
         return (per[x]["cpu_us_per_request"] - per[y]["cpu_us_per_request"]
                 if x in per and y in per else None)
 
-    miss = cpu_diff("e", "b")
     noisy = [f"({n}) req/s varies {p['rps_spread']:.0%} across rounds"
              for n, p in per.items() if p["rounds"] > 1 and p["rps_spread"] > NOISY_SPREAD]
     noisy += [f"({n}) Envoy's core was up to {p['envoy_core_other_busy_max']:.0%} busy with "
@@ -568,10 +660,8 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
     limited = [f"({n}) wrk used {p['wrk_cpu_utilisation']:.0%} of its core"
                for n, p in per.items() if p["wrk_cpu_utilisation"] > WRK_SATURATED]
     return {"configs": per, "ratios": ratios, "cpu_ratios": cpu_ratios,
-            "cache_miss_us": miss,
-            # CPU µs/req: what any Wasm filter costs, and the relay's work beyond that floor.
-            "wasm_floor_us": cpu_diff("n", "a"), "relay_own_us": cpu_diff("b", "n"),
-            "relay_total_us": cpu_diff("b", "a"),
+            # Differences of CPU µs/req (DIFFS): host calls, logic, cold verification.
+            **{key: cpu_diff(x, y) for key, x, y, _ in DIFFS},
             "noise": noisy,
             "load_generator_limited": limited}
 
@@ -617,15 +707,8 @@ def render_markdown(summary: dict, meta: dict) -> str:
     for k, v in summary["ratios"].items():
         lines.append(f"| {k} | {meanings.get(k, '')} | "
                      f"{fmt(summary['cpu_ratios'].get(k), '.2f')} | {fmt(v, '.2f')} |")
-    lines += ["", "| Envoy CPU per request | µs |", "|---|---:|",
-              f"| any Wasm filter, doing nothing: (n) − (a) | "
-              f"{fmt(summary.get('wasm_floor_us'), '.1f')} |",
-              f"| the relay's own work on a cache hit: (b) − (n) | "
-              f"{fmt(summary.get('relay_own_us'), '.1f')} |",
-              f"| the relay in all, cache hit: (b) − (a) | "
-              f"{fmt(summary.get('relay_total_us'), '.1f')} |",
-              f"| cache-miss verification cost: (e) − (b) | "
-              f"{fmt(summary['cache_miss_us'], '.0f')} |"]
+    lines += ["", "| Envoy CPU per request | µs |", "|---|---:|"]
+    lines += [f"| {what} | {fmt(summary.get(key), '.1f')} |" for key, _, _, what in DIFFS]
     lines += ["", "Where the CPU went (medians over the measured windows; a config whose Envoy is "
               "not near 100 % was limited by something else):", "",
               "| config | Envoy CPU | wrk CPU | other work on Envoy's core (max) "
@@ -641,11 +724,12 @@ def render_markdown(summary: dict, meta: dict) -> str:
         if meta["wasm"].get("size_bytes") is not None
         else "- filter: not built (relay configs not run)",
     ]
-    if meta.get("nop_wasm"):
-        nw = meta["nop_wasm"]
-        lines.append(f"- (n): `{nw['path']}` built with {nw['recipe']}"
-                     + (" + wasm-opt -Oz" if nw.get("wasm_opt") else "")
-                     + f", {nw['size_bytes']:,} bytes")
+    for key, label in (("nop_wasm", "(n)"), ("probe_wasm", "(p)")):
+        if meta.get(key):
+            nw = meta[key]
+            lines.append(f"- {label}: `{nw['path']}` built with {nw['recipe']}"
+                         + (" + wasm-opt -Oz" if nw.get("wasm_opt") else "")
+                         + f", {nw['size_bytes']:,} bytes")
     lines += [
         f"- Envoy: {meta['envoy_version']}",
         f"- wrk: {meta['wrk_version']}",
@@ -655,9 +739,15 @@ def render_markdown(summary: dict, meta: dict) -> str:
     ]
     if meta.get("tokens"):
         t = meta["tokens"]
-        lines.append(f"- (e): {t['count']:,} distinct RS256 tokens, minted between runs in "
-                     f"{t['mint_s']:.1f} s; each Envoy saw each token at most once (the most "
-                     f"one Envoy used: {t['max_issued']:,})")
+        counts = ", ".join(f"{n:,} {alg}" for alg, n in t["count"].items() if n)
+        lines.append(f"- (e*): distinct tokens ({counts}), minted in {t['mint_s']:.1f} s; "
+                     f"each Envoy saw each token at most once (the most one Envoy used: "
+                     f"{t['max_issued']:,})")
+    if meta.get("guard"):
+        g = meta["guard"]
+        lines += ["", f"**Guard (b/n from CPU µs/req):** {fmt(g['measured'], '.3f')}, recorded "
+                  f"{g['recorded']:.3f}, margin {g['margin']:.3f}: "
+                  + ("ok" if g["ok"] else "FAILED, the relay's hot path got slower")]
     if summary["load_generator_limited"]:
         lines += ["", "**Load generator limit:** " + "; ".join(summary["load_generator_limited"])
                   + ". wrk, not Envoy, may have set those req/s; compare Envoy CPU µs/req."]
@@ -688,10 +778,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 3)")
     ap.add_argument("--duration", type=int, default=None, help="measured seconds per run (10)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up seconds per run (3)")
-    ap.add_argument("--only", default=",".join(ec.CONFIG_NAMES),
-                    help="comma-separated subset of a,n,b,c,d,e (default: all)")
+    ap.add_argument("--only", default=None,
+                    help=f"comma-separated subset of {','.join(ec.CONFIG_NAMES)} (default: all)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 round, 3 s measured, 1 s warm-up")
+    ap.add_argument("--guard", action="store_true",
+                    help="regression guard (make bench-quick): a,n,p,b, 2 rounds of 3 s "
+                         "(1 s warm-up), fails when b/n is below bench/guard.json's value "
+                         "by more than its margin")
+    ap.add_argument("--probe-repeat", metavar="STEP=N",
+                    help="build (p) repeating one host call N times per request (the "
+                         "per-step table in bench/README.md)")
     ap.add_argument("--connections", type=int, default=32, help="wrk -c (32)")
     ap.add_argument("--threads", type=int, default=1, help="wrk -t (1)")
     ap.add_argument("--tokens", type=int, default=None,
@@ -706,8 +803,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="print the report of an earlier run's raw JSON and exit")
     args = ap.parse_args(argv)
     # --quick changes the defaults only: explicit options still win.
-    defaults = {"rounds": 1, "duration": 3, "warmup": 1} if args.quick else \
-        {"rounds": 3, "duration": 10, "warmup": 3}
+    if args.guard:
+        defaults = {"rounds": 2, "duration": 3, "warmup": 1}
+        if args.only is None:
+            args.only = ",".join(GUARD_CONFIGS)
+    elif args.quick:
+        defaults = {"rounds": 1, "duration": 3, "warmup": 1}
+    else:
+        defaults = {"rounds": 3, "duration": 10, "warmup": 3}
+    if args.only is None:
+        args.only = ",".join(ec.CONFIG_NAMES)
     for opt, value in defaults.items():
         if getattr(args, opt) is None:
             setattr(args, opt, value)
@@ -719,8 +824,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.configs = [n for n in ec.CONFIG_NAMES if n in names]  # canonical order
     if args.rounds < 1 or args.duration < 1 or args.warmup < 0:
         ap.error("--rounds and --duration must be >= 1, --warmup >= 0")
-    if "e" in args.configs and args.threads != 1:
-        ap.error("(e) walks one token list in order: use --threads 1")
+    if any(n in ec.MISS_CONFIGS for n in args.configs) and args.threads != 1:
+        ap.error("(e*) walk one token list in order: use --threads 1")
+    if args.guard and not {"n", "b"} <= set(args.configs):
+        ap.error("--guard needs (n) and (b)")
     if args.nice is None:
         args.nice = -10 if can_raise_priority() else 0
     if args.tokens is None:
@@ -743,6 +850,16 @@ def check_machine(args: argparse.Namespace, bench: Bench):
     if needs_wasm and not bench.wasm_copy.is_file():
         raise BenchError(f"configs {needs_wasm} need the filter, but {support.WASM_PATH} is "
                          "missing: run `make wasm` (or choose others with --only a,n,c,d)")
+
+
+def guard_verdict(summary: dict) -> dict:
+    """b/n (from CPU µs/req, one run's ratio, never an absolute time) against the recorded one:
+    it fails only below recorded - margin. bench/README.md says how the margin was chosen."""
+    recorded = json.loads(GUARD_FILE.read_text())
+    measured = summary["cpu_ratios"].get("b/n")
+    floor = recorded["b/n"] - recorded["margin"]
+    return {"measured": measured, "recorded": recorded["b/n"], "margin": recorded["margin"],
+            "ok": measured is not None and measured >= floor}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -786,9 +903,16 @@ def main(argv: list[str] | None = None) -> int:
             meta["nop_wasm"] = {"path": str(NOP_WASM.relative_to(REPO_ROOT)), **how,
                                 "size_bytes": len(data),
                                 "sha256": hashlib.sha256(data).hexdigest()}
+        if any(n in ec.PROBE_CONFIGS for n in args.configs):
+            how = build_probe(bench.probe_copy, args.probe_repeat)
+            data = bench.probe_copy.read_bytes()
+            meta["probe_wasm"] = {"path": str(PROBE_WASM.relative_to(REPO_ROOT)), **how,
+                                  "repeat": args.probe_repeat, "size_bytes": len(data),
+                                  "sha256": hashlib.sha256(data).hexdigest()}
 
-        if "e" in args.configs:
-            bench.ensure_tokens(args.tokens)
+        for name in args.configs:
+            if name in ec.MISS_CONFIGS:
+                bench.ensure_tokens(ec.MISS_CONFIGS[name], args.tokens)
         # The orchestrator itself stays off Envoy's core (it sleeps while wrk runs).
         os.sched_setaffinity(0, {args.wrk_cpu})
 
@@ -800,10 +924,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.configs:
                 run = bench.run_one(name, rnd)
                 runs.append(run)
-                if name == "e":  # keep the list well ahead of what a run uses
-                    most = max(r["tokens_issued"] for r in runs if r["config"] == "e")
-                    if bench.tokens_count < 2 * most:
-                        bench.ensure_tokens(3 * most)
+                if name in ec.MISS_CONFIGS:  # keep the list well ahead of what a run uses
+                    alg = ec.MISS_CONFIGS[name]
+                    most = max(r["tokens_issued"] for r in runs if r["config"] == name)
+                    if bench.tokens_count[alg] < 2 * most:
+                        bench.ensure_tokens(alg, 3 * most)
                 print(f"  round {rnd} ({name}) {run['rps']:>9,.0f} req/s  "
                       f"p50 {run['latency_us']['p50'] / 1000:.2f} ms  "
                       f"p99 {run['latency_us']['p99'] / 1000:.2f} ms  "
@@ -813,21 +938,23 @@ def main(argv: list[str] | None = None) -> int:
                       f"{run['envoy_core_other_busy']:.0%} / {run['wrk_core_other_busy']:.0%})",
                       file=sys.stderr, flush=True)
 
-        if "e" in args.configs:
+        if any(n in ec.MISS_CONFIGS for n in args.configs):
             meta["tokens"] = {"count": bench.tokens_count, "mint_s": bench.mint_seconds,
                               "max_issued": max(r["tokens_issued"] for r in runs
-                                                if r["config"] == "e"),
+                                                if r["config"] in ec.MISS_CONFIGS),
                               "scheme": "distinct per request within each Envoy's life, no reuse"}
         meta["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         meta["elapsed_s"] = round(time.monotonic() - started, 1)
         summary = summarize(runs, args.configs)
+        if args.guard:
+            meta["guard"] = guard_verdict(summary)
         md = render_markdown(summary, meta)
         print(md)
 
         args.results_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         raw = {"meta": meta, "summary": summary, "runs": runs,
-               "envoy_configs": {n: bench.envoy_config(n, support.WASM_PATH, NOP_WASM)
+               "envoy_configs": {n: bench.envoy_config(n, support.WASM_PATH, NOP_WASM, PROBE_WASM)
                                  for n in args.configs}}
         for base in (f"bench-{stamp}", "latest"):
             (args.results_dir / f"{base}.md").write_text(md)
@@ -835,6 +962,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results: {args.results_dir / f'bench-{stamp}.md'} (+ .json), "
               f"also latest.md / latest.json; took {meta['elapsed_s']:.0f} s", file=sys.stderr)
         ok = True
+        if args.guard and not meta["guard"]["ok"]:
+            print("bench-quick: b/n fell below the recorded value by more than the margin "
+                  f"({GUARD_FILE.relative_to(REPO_ROOT)})", file=sys.stderr)
+            return 1
         return 0
     except (BenchError, support.EnvoyStartError) as e:
         print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)

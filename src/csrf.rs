@@ -435,7 +435,7 @@ mod tests {
                 // Not consulted: the Origin says which page sent the request.
                 ("x-forwarded-proto".to_string(), b"https".to_vec()),
             ];
-            let got = check_request(None, &RequestView { headers: &headers }, None);
+            let got = check_request(None, &RequestView::new(&headers), None);
             assert_eq!(got, *want, "{authority:?} {origin:?}");
         }
     }

@@ -960,7 +960,7 @@ mod tests {
                 .map(|a| (":authority".to_string(), a.to_vec()))
                 .into_iter()
                 .collect();
-            c.serves(&RequestView { headers: &headers })
+            c.serves(&RequestView::new(&headers))
         };
         let c = parse(&base()).unwrap();
         assert!(c.hosts.is_none() && !c.forward_relay_cookies_to_unprotected);

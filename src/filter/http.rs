@@ -90,7 +90,7 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = host::request_headers();
-        let view = RequestView { headers: &headers };
+        let view = RequestView::wire(&headers);
         if !self.serves(&view) {
             return Action::Continue;
         }

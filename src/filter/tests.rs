@@ -12,6 +12,7 @@ use super::fake::Fake;
 use super::host::Host;
 use super::jwks_sync::FETCH_TIMEOUT_S;
 use super::vm::{Outcome, SharedVm, Vm, WaitOn, FAST_TICK};
+use crate::http::encode_wire;
 use crate::relay::flight::SLOTS;
 use crate::relay::RefreshId;
 use crate::testkit::{claims, jwks, refresh_config, request, sealed, sign, NOW};
@@ -44,7 +45,8 @@ fn arrive(vm: &SharedVm<Fake>, ctx: u32, headers: Vec<(String, Vec<u8>)>) -> Out
     let mut st = vm.borrow_mut();
     st.host.set_effective_context(ctx);
     let now = st.host.now_s();
-    st.admit(ctx, headers, now)
+    let wire = encode_wire(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+    st.admit(ctx, wire, now)
 }
 
 thread_local! {

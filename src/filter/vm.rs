@@ -40,7 +40,8 @@ pub(crate) enum WaitOn {
 
 /// A parked request: what is needed to decide it again.
 pub(crate) struct Waiter {
-    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    /// Its header map as the host handed it over (wire format, see `http::request`).
+    pub(crate) headers: Vec<u8>,
     pub(crate) since: u64,
     pub(crate) on: WaitOn,
 }
@@ -117,9 +118,10 @@ impl<H: Host> Vm<H> {
         }
     }
 
-    /// A new request (its headers, read once): decided, and parked when it must wait.
-    pub(crate) fn admit(&mut self, ctx: u32, headers: Vec<(String, Vec<u8>)>, now: u64) -> Outcome {
-        let outcome = self.process(ctx, &RequestView { headers: &headers }, now, true);
+    /// A new request (its header map, read once, in wire format): decided, and parked when it
+    /// must wait.
+    pub(crate) fn admit(&mut self, ctx: u32, headers: Vec<u8>, now: u64) -> Outcome {
+        let outcome = self.process(ctx, &RequestView::wire(&headers), now, true);
         if let Outcome::Wait(on) = outcome {
             log::debug!("[ctx {ctx}] parked: {on:?}");
             self.waiters.insert(
@@ -276,9 +278,7 @@ pub(crate) fn finish_waiters<H: Host>(
             if !st.host.set_effective_context(id) {
                 continue; // the stream is gone
             }
-            let view = RequestView {
-                headers: &w.headers,
-            };
+            let view = RequestView::wire(&w.headers);
             let timed_out = now >= w.since.saturating_add(max_wait_s);
             match st.process(id, &view, now, false) {
                 Outcome::Continue | Outcome::Pass => done.push((id, Finish::Resume)),

@@ -61,8 +61,13 @@ impl fmt::Display for Offender<'_> {
 
 /// One header's size: `name: value\r\n`.
 fn size(name: &str, value: &[u8]) -> usize {
-    name.len()
-        .saturating_add(value.len())
+    size_of(name.len(), value.len())
+}
+
+/// The size of a header whose name and value have these lengths.
+pub fn size_of(name_len: usize, value_len: usize) -> usize {
+    name_len
+        .saturating_add(value_len)
         .saturating_add(PER_HEADER)
 }
 

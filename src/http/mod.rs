@@ -13,4 +13,4 @@ pub(crate) mod request;
 pub(crate) mod url;
 
 pub use reply::Reply;
-pub use request::RequestView;
+pub use request::{encode_wire, HeaderIter, RequestView};

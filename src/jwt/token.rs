@@ -6,7 +6,8 @@
 //!
 //! 1. size cap, three base64url segments, header: `alg` allowlist, `typ`, no `crit`, `kid`
 //!    lookup, key algorithm equals header `alg`;
-//! 2. signature over the ASCII `header.payload`: RS256 with rsa 0.10 (PKCS#1 v1.5, SHA-256 from
+//! 2. signature over the ASCII `header.payload`: RS256 with rsa 0.10's key and crypto-bigint's
+//!    Montgomery arithmetic ([`rs256_ok`]: PKCS#1 v1.5, SHA-256 from
 //!    sha2 0.11); ES256 and EdDSA through jwt-compact's [`Algorithm`] implementations
 //!    (p256, ed25519-compact);
 //! 3. claims: `exp` (required), `nbf`, `iss`, audience (`aud`, or `client_id` when `aud` is
@@ -21,7 +22,6 @@ use std::fmt;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use jwt_compact::alg::Ed25519;
 use jwt_compact::{Algorithm, AlgorithmSignature};
-use rsa::signature::hazmat::PrehashVerifier;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use sha2_11::Digest as _;
@@ -275,11 +275,7 @@ fn parse_header(json: &[u8]) -> Result<JoseHeader<'_>, TokenError> {
 fn signature_ok(key: &KeyMaterial, message: &[u8], signature: &[u8]) -> bool {
     match key {
         KeyMaterial::Rs256(key) => {
-            let Ok(signature) = rsa::pkcs1v15::Signature::try_from(signature) else {
-                return false;
-            };
-            let digest = sha2_11::Sha256::digest(message);
-            key.verify_prehash(digest.as_slice(), &signature).is_ok()
+            rs256_ok(AsRef::<rsa::PublicKey>::as_ref(&**key), message, signature)
         }
         KeyMaterial::Es256(key) => {
             // Prehash with the same SHA-256 as RS256: one SHA-256 implementation in the module.
@@ -296,6 +292,93 @@ fn signature_ok(key: &KeyMaterial, message: &[u8], signature: &[u8]) -> bool {
         }
         KeyMaterial::EdDsa(key) => jwt_compact_verify(&Ed25519, key, message, signature),
     }
+}
+
+/// The DER prefix of a SHA-256 `DigestInfo` (RFC 8017 §9.2, note 1).
+const SHA256_DIGEST_INFO: [u8; 19] = [
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
+];
+
+/// RSASSA-PKCS1-v1_5 verification with SHA-256 (RFC 8017 §8.2.2), by the "encode and compare"
+/// method the RFC recommends: `s^e mod n` must equal, byte for byte, the encoding
+/// `00 01 FF..FF 00 || DigestInfo || SHA-256(message)` of the expected digest.
+///
+/// The same steps as rsa 0.10's `VerifyingKey::verify_prehash`, with one difference: the
+/// public exponent is applied by square-and-multiply on the key's precomputed Montgomery form
+/// (for e = 65537, 16 squarings and one multiplication) instead of rsa's constant-time
+/// fixed-window exponentiation (a 16-entry table, then a multiplication per 4 bits), which
+/// protects secret exponents and costs twice as much for a public one. Everything here is
+/// public (key, signature, message), so nothing needs to be constant-time.
+fn rs256_ok(key: &rsa::PublicKey, message: &[u8], signature: &[u8]) -> bool {
+    use crypto_bigint::modular::BoxedMontyForm;
+    use rsa::traits::PublicKeyParts;
+
+    let k = key.size();
+    // §8.2.2 step 1: the signature is exactly k octets.
+    if signature.len() != k {
+        return false;
+    }
+    // Step 2a/2b: OS2IP, and the representative must be below n.
+    let Ok(s) = rsa::BoxedUint::from_be_slice(signature, key.n_bits_precision()) else {
+        return false;
+    };
+    if s >= *key.n().as_ref() {
+        return false;
+    }
+    // Step 2b (RSAVP1): m = s^e mod n.
+    let e = key.e();
+    let bits = e.bit_width_vartime();
+    if bits == 0 {
+        return false;
+    }
+    let base = BoxedMontyForm::new(s, key.n_params());
+    let mut acc = base.clone();
+    for i in (0..bits - 1).rev() {
+        acc = acc.square();
+        if e.bit_vartime(i) {
+            acc = acc.mul(&base);
+        }
+    }
+    // Step 2c: I2OSP(m, k). The integer's storage may be wider than k; the extra leading
+    // octets are zero because m < n.
+    let m = acc.retrieve().to_be_bytes();
+    let Some(extra) = m.len().checked_sub(k) else {
+        return false;
+    };
+    let Some((high, em)) = m.split_at_checked(extra) else {
+        return false;
+    };
+    if high.iter().any(|b| *b != 0) {
+        return false;
+    }
+    // Steps 3-4: compare with the expected encoding.
+    let digest = sha2_11::Sha256::digest(message);
+    let t_len = SHA256_DIGEST_INFO.len() + digest.len();
+    let Some(ps_len) = k.checked_sub(t_len + 3) else {
+        return false;
+    };
+    // RFC 8017 §9.2 step 5: at least 8 octets of padding (always so for 2048-bit keys).
+    if ps_len < 8 {
+        return false;
+    }
+    let Some((head, rest)) = em.split_at_checked(2) else {
+        return false;
+    };
+    let Some((ps, rest)) = rest.split_at_checked(ps_len) else {
+        return false;
+    };
+    let Some((sep, rest)) = rest.split_at_checked(1) else {
+        return false;
+    };
+    let Some((info, hash)) = rest.split_at_checked(SHA256_DIGEST_INFO.len()) else {
+        return false;
+    };
+    head == [0x00, 0x01]
+        && ps.iter().all(|b| *b == 0xff)
+        && sep == [0x00]
+        && info == SHA256_DIGEST_INFO
+        && hash == digest.as_slice()
 }
 
 fn jwt_compact_verify<A: Algorithm>(
@@ -1653,6 +1736,82 @@ mod tests {
                 let got = check_claims(&claims(c), &rules(0), 1_000_000_000);
                 prop_assert_eq!(got.is_ok(), v == json!("access"));
             }
+        }
+    }
+
+    // RFC 7515 Appendix A.2: the RS256 example (key from RFC 7517 Appendix A.1... as printed
+    // in RFC 7515 A.2.1).
+    const RFC7515_A2_N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
+    const RFC7515_A2_JWS: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw";
+
+    fn public_key(n_b64: &str) -> rsa::PublicKey {
+        rsa::PublicKey::new(
+            rsa::BoxedUint::from_be_slice_vartime(&unb64(n_b64)),
+            rsa::BoxedUint::from_be_slice_vartime(&[1, 0, 1]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rs256_verifies_the_rfc7515_a2_example_and_nothing_near_it() {
+        let key = public_key(RFC7515_A2_N);
+        let (input, sig) = RFC7515_A2_JWS.rsplit_once('.').unwrap();
+        let sig = unb64(sig);
+        assert!(rs256_ok(&key, input.as_bytes(), &sig));
+        // Another message, a flipped signature bit, a short or long signature, s >= n.
+        assert!(!rs256_ok(&key, b"eyJhbGciOiJSUzI1NiJ9.e30", &sig));
+        for i in [0, 1, 127, 255] {
+            let mut bad = sig.clone();
+            bad[i] ^= 1;
+            assert!(
+                !rs256_ok(&key, input.as_bytes(), &bad),
+                "bit flipped in byte {i}"
+            );
+        }
+        assert!(!rs256_ok(&key, input.as_bytes(), &sig[1..]));
+        assert!(!rs256_ok(
+            &key,
+            input.as_bytes(),
+            &[&[0][..], &sig].concat()
+        ));
+        let n = unb64(RFC7515_A2_N);
+        assert!(!rs256_ok(&key, input.as_bytes(), &n));
+        assert!(!rs256_ok(&key, input.as_bytes(), &[0xff; 256]));
+    }
+
+    /// rsa 0.10's own PKCS#1 v1.5 verification, the reference `rs256_ok` must agree with.
+    fn rsa_crate_verifies(key: &rsa::PublicKey, message: &[u8], sig: &[u8]) -> bool {
+        use rsa::signature::hazmat::PrehashVerifier;
+        let Ok(sig) = rsa::pkcs1v15::Signature::try_from(sig) else {
+            return false;
+        };
+        let vk = rsa::pkcs1v15::VerifyingKey::<sha2_11::Sha256>::new(key.clone());
+        vk.verify_prehash(sha2_11::Sha256::digest(message).as_slice(), &sig)
+            .is_ok()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn rs256_agrees_with_the_rsa_crate(
+            message in proptest::collection::vec(any::<u8>(), 0..300),
+            flip in proptest::option::of((0usize..256, 0u8..8)),
+            other_key in any::<bool>(),
+            raw in proptest::collection::vec(any::<u8>(), 256),
+        ) {
+            let fx = fixture();
+            let KeyMaterial::Rs256(vk) = fx.keys.get("rsa").unwrap() else { panic!("rsa key") };
+            let key: &rsa::PublicKey = AsRef::<rsa::PublicKey>::as_ref(&**vk);
+            let mut sig = sign(if other_key { Signer::RsaOther } else { Signer::Rsa }, &message);
+            if let Some((at, bit)) = flip {
+                sig[at] ^= 1 << bit;
+            }
+            let expected = !other_key && flip.is_none();
+            prop_assert_eq!(rs256_ok(key, &message, &sig), expected);
+            prop_assert_eq!(rsa_crate_verifies(key, &message, &sig), expected);
+            // Arbitrary bytes: both say no (a forgery by chance is out of reach).
+            prop_assert!(!rs256_ok(key, &message, &raw));
+            prop_assert_eq!(rs256_ok(key, &message, &raw), rsa_crate_verifies(key, &message, &raw));
         }
     }
 }

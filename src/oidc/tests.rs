@@ -1419,7 +1419,7 @@ fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec
 }
 
 fn step(c: &Config, l: &LoginConfig, headers: &[(String, Vec<u8>)]) -> Option<LoginStep> {
-    handle(c, l, &RequestView { headers }, NOW, &random(1))
+    handle(c, l, &RequestView::new(headers), NOW, &random(1))
 }
 
 #[test]
@@ -1506,7 +1506,7 @@ fn handle_routes_and_methods() {
 
 fn userinfo_at(c: &Config, l: &LoginConfig, cookie: &str, now: u64) -> Reply {
     let h = request("GET", "/auth/userinfo", &[("cookie", cookie)]);
-    match handle(c, l, &RequestView { headers: &h }, now, &random(1)) {
+    match handle(c, l, &RequestView::new(&h), now, &random(1)) {
         Some(LoginStep::Respond(r)) => r,
         other => panic!("{other:?}"),
     }

@@ -104,18 +104,18 @@ pub fn forged_claim_headers<'r>(config: &Config, req: &RequestView<'r>) -> Vec<&
     if claims.is_empty() {
         return Vec::new();
     }
-    req.headers
-        .iter()
-        .map(|(name, _)| name.as_str())
+    req.iter_bytes()
+        .map(|(name, _)| name)
         .filter(|name| {
             claims.iter().any(|(header, _)| {
                 header.len() == name.len()
                     && header
                         .bytes()
-                        .zip(name.bytes())
-                        .all(|(h, n)| h.eq_ignore_ascii_case(&n) || (h == b'-' && n == b'_'))
+                        .zip(name.iter())
+                        .all(|(h, n)| h.eq_ignore_ascii_case(n) || (h == b'-' && *n == b'_'))
             })
         })
+        .filter_map(|name| std::str::from_utf8(name).ok())
         .collect()
 }
 
@@ -304,30 +304,38 @@ pub(crate) fn over_budget(
     if budget == 0 {
         return None;
     }
-    let replaced = |name: &str| {
-        name == "authorization"
-            || name == "cookie"
-            || config.rules.forward_claims.iter().any(|(h, _)| h == name)
+    let replaced = |name: &[u8]| {
+        name == b"authorization"
+            || name == b"cookie"
+            || config
+                .rules
+                .forward_claims
+                .iter()
+                .any(|(h, _)| h.as_bytes() == name)
     };
-    // The headers as they would go upstream: the client's, minus those the filter replaces,
-    // plus the filter's own.
-    let upstream = || {
-        req.headers
-            .iter()
-            .filter(|(n, _)| !replaced(n))
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .chain(std::iter::once((
-                "authorization",
-                f.authorization.as_bytes(),
-            )))
+    // The filter's own headers, and the headers as they would go upstream: the client's,
+    // minus those the filter replaces, plus the filter's own.
+    let own = || {
+        std::iter::once(("authorization", f.authorization.as_bytes()))
             .chain(f.cookie.as_deref().map(|c| ("cookie", c.as_bytes())))
             .chain(
                 f.claim_headers()
                     .filter_map(|(name, value)| value.map(|v| (name, v.as_bytes()))),
             )
     };
-    // Hot path: the request fits, which the total alone shows (no list built).
-    if header_budget::total_of(upstream()) <= budget {
+    let upstream = || {
+        req.iter()
+            .filter(|(n, _)| !replaced(n.as_bytes()))
+            .chain(own())
+    };
+    // Hot path: the request fits, which the total alone shows (no list built, no name decoded).
+    let client = req
+        .iter_bytes()
+        .filter(|(n, _)| !replaced(n))
+        .fold(0usize, |acc, (n, v)| {
+            acc.saturating_add(header_budget::size_of(n.len(), v.len()))
+        });
+    if client.saturating_add(header_budget::total_of(own())) <= budget {
         return None;
     }
     let headers: Vec<(&str, &[u8])> = upstream().collect();
@@ -372,7 +380,7 @@ mod tests {
         now: u64,
     ) -> (Option<Reply>, Option<Forwarded>) {
         let mut cache = TokenCache::new(16);
-        let req = RequestView { headers };
+        let req = RequestView::new(headers);
         match decide(c, Some(keys(c)), &mut cache, &req, now, true) {
             Step::Pass => (None, None),
             Step::Respond(r) => (Some(r), None),
@@ -510,7 +518,7 @@ mod tests {
             Some(format!("__Host-relay-at={t}").as_bytes()),
             &[],
         );
-        let req = RequestView { headers: &h };
+        let req = RequestView::new(&h);
         match decide(&c, None, &mut cache, &req, NOW, true) {
             Step::Respond(r) => {
                 assert_eq!(r.status, 503);
@@ -525,7 +533,7 @@ mod tests {
             Some(format!("__Host-relay-at={other_kid}").as_bytes()),
             &[],
         );
-        let req = RequestView { headers: &h };
+        let req = RequestView::new(&h);
         assert!(matches!(
             decide(&c, Some(keys(&c)), &mut cache, &req, NOW, true),
             Step::UnknownKid
@@ -547,7 +555,7 @@ mod tests {
             Some(format!("__Host-relay-at={t}").as_bytes()),
             &[],
         );
-        let req = RequestView { headers: &h };
+        let req = RequestView::new(&h);
         assert!(matches!(
             decide(&c, Some(keys(&c)), &mut cache, &req, NOW, true),
             Step::Forward(_)
@@ -652,7 +660,7 @@ mod tests {
         }));
         let passed = |c: &Config, path: &str, cookie: Option<&[u8]>| {
             let h = request("GET", path, cookie, &[]);
-            let req = RequestView { headers: &h };
+            let req = RequestView::new(&h);
             let mut cache = TokenCache::new(4);
             assert!(matches!(
                 decide(c, Some(keys(c)), &mut cache, &req, NOW, true),
@@ -767,7 +775,7 @@ mod tests {
             &[("origin", "https://app.example.com")],
         );
         let mut r = run_with(&c, &h, NOW).0.unwrap();
-        add_cors(c.csrf.as_ref(), &RequestView { headers: &h }, &mut r);
+        add_cors(c.csrf.as_ref(), &RequestView::new(&h), &mut r);
         assert!(r.headers.contains(&(
             "access-control-allow-origin",
             "https://app.example.com".to_string()
@@ -778,7 +786,7 @@ mod tests {
         assert!(r.headers.contains(&("vary", "Origin".to_string())));
         let h = request("GET", "/api/x", None, &[("origin", "https://evil.example")]);
         let mut r = run_with(&c, &h, NOW).0.unwrap();
-        add_cors(c.csrf.as_ref(), &RequestView { headers: &h }, &mut r);
+        add_cors(c.csrf.as_ref(), &RequestView::new(&h), &mut r);
         assert!(!r
             .headers
             .iter()
@@ -841,14 +849,7 @@ mod tests {
         h: &[(String, Vec<u8>)],
         now: u64,
     ) -> Step<'a> {
-        decide(
-            c,
-            Some(keys(c)),
-            cache,
-            &RequestView { headers: h },
-            now,
-            true,
-        )
+        decide(c, Some(keys(c)), cache, &RequestView::new(h), now, true)
     }
 
     #[test]
@@ -960,7 +961,7 @@ mod tests {
                 keys: Some(keys(&c)),
                 cache: &mut cache,
             },
-            &RequestView { headers: &h },
+            &RequestView::new(&h),
             need,
             &RefreshOutcome::Tokens(tokens.clone()),
             NOW,
@@ -1006,7 +1007,7 @@ mod tests {
             Some(format!("__Host-relay-session={s}").as_bytes()),
             &[],
         );
-        let view = RequestView { headers: &h };
+        let view = RequestView::new(&h);
         let Step::Refresh(need) = decide_owned(&c, &mut cache, &h, NOW) else {
             panic!()
         };
@@ -1115,7 +1116,7 @@ mod tests {
                 keys: Some(keys(&c)),
                 cache: &mut cache,
             },
-            &RequestView { headers: &h },
+            &RequestView::new(&h),
             need,
             &RefreshOutcome::Tokens(tokens.clone()),
             NOW,
@@ -1151,7 +1152,7 @@ mod tests {
                 keys: Some(keys(&c)),
                 cache: &mut cache,
             },
-            &RequestView { headers: &h },
+            &RequestView::new(&h),
             need,
             &RefreshOutcome::Tokens(tokens.clone()),
             NOW,

@@ -163,6 +163,23 @@ def test_cookie_without_spaces(stack, token):
     assert len(cookies) == 1 and cookie_pairs(cookies[0]) == [("a", "1"), ("b", "2")], cookies
 
 
+def test_header_map_read_in_place_sees_every_header(stack, token):
+    """The filter reads the request's header map where the host wrote it (no copy per
+    header): many headers, a large one, bytes that are not ASCII, the token cookie split over
+    several Cookie headers at the end, and a forged claim header in the middle are all read as
+    they were sent."""
+    headers = [(f"x-filler-{i:02d}", f"value-{i}".encode()) for i in range(40)]
+    headers.insert(20, ("x-user-sub", b"mallory"))
+    headers += [("x-large", b"L" * 6000), ("x-bytes", "caf\u00e9 \u2713".encode()),
+                ("Cookie", b"a=1"), ("Cookie", f"{AT_COOKIE}={token}".encode()),
+                ("Cookie", b"b=2")]
+    resp = stack.raw("/api/x", headers)
+    rec = assert_forwarded(resp, stack, token, cookie="a=1; b=2")
+    for i in range(40):
+        assert upstream_headers(rec, f"x-filler-{i:02d}") == [f"value-{i}"]
+    assert upstream_headers(rec, "x-large") == ["L" * 6000]
+
+
 def test_client_authorization_is_replaced(stack, token):
     resp = stack.get_with_token("/api/x", token,
                                 headers={"Authorization": "Bearer attacker-chosen"})

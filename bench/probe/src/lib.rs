@@ -1,0 +1,168 @@
+//! The host-call floor of the relay's cache hit: configuration `p` of the benchmark.
+//!
+//! Makes exactly the host calls the relay (`src/filter/http.rs`, `src/filter/vm.rs`) makes for
+//! a cache hit on the benchmark's request, in the same order and with values of the same sizes,
+//! and no logic: the values to write come from the plugin configuration, prepared once by the
+//! runner (two lines: the `authorization` value, then the forwarded `x-user-sub` value).
+//!
+//! Request headers:  1 read of the whole header map, 2 the clock, 3 set `authorization`,
+//! 4 remove `cookie` (the request carries only relay cookies), 5 set `x-user-sub`,
+//! 6 the reason in filter state (`cache_hit`).
+//! Response headers: 7 read `cache-control`, 8 set it to `private`, 9 add `vary: Cookie`.
+//!
+//! For the per-step table in bench/README.md, a build can repeat one step: the build-time
+//! variable `BENCH_PROBE_REPEAT=<step>=<n>` (step names as in [`Step`]) makes that step run
+//! `n` times per request; the cost of the step is the difference over (n - 1).
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| Box::new(ProbeRoot { plan: Rc::new(Plan::default()) }));
+}}
+
+/// The steps, in the order the relay makes them.
+#[derive(Clone, Copy)]
+enum Step {
+    ReadHeaders,
+    Clock,
+    SetAuthorization,
+    RemoveCookie,
+    SetClaim,
+    SetReason,
+    ReadCacheControl,
+    SetCacheControl,
+    AddVary,
+}
+
+const STEP_NAMES: [(&str, Step); 9] = [
+    ("read_headers", Step::ReadHeaders),
+    ("clock", Step::Clock),
+    ("set_authorization", Step::SetAuthorization),
+    ("remove_cookie", Step::RemoveCookie),
+    ("set_claim", Step::SetClaim),
+    ("set_reason", Step::SetReason),
+    ("read_cache_control", Step::ReadCacheControl),
+    ("set_cache_control", Step::SetCacheControl),
+    ("add_vary", Step::AddVary),
+];
+
+/// What every stream does, fixed at configuration time.
+#[derive(Default)]
+struct Plan {
+    authorization: String,
+    claim: String,
+    /// How often each step runs per request (index: `Step as usize`).
+    repeat: [u32; 9],
+}
+
+impl Plan {
+    fn times(&self, step: Step) -> u32 {
+        self.repeat.get(step as usize).copied().unwrap_or(1)
+    }
+}
+
+fn repeat_from_build() -> [u32; 9] {
+    let mut repeat = [1; 9];
+    if let Some(spec) = option_env!("BENCH_PROBE_REPEAT") {
+        if let Some((name, n)) = spec.split_once('=') {
+            let step = STEP_NAMES.iter().find(|(s, _)| *s == name).map(|(_, s)| *s);
+            if let (Some(step), Ok(n)) = (step, n.parse::<u32>()) {
+                if let Some(slot) = repeat.get_mut(step as usize) {
+                    *slot = n;
+                }
+            }
+        }
+    }
+    repeat
+}
+
+struct ProbeRoot {
+    plan: Rc<Plan>,
+}
+
+impl Context for ProbeRoot {}
+
+impl RootContext for ProbeRoot {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let text = String::from_utf8(config).unwrap_or_default();
+        let mut lines = text.lines();
+        self.plan = Rc::new(Plan {
+            authorization: lines.next().unwrap_or("").to_string(),
+            claim: lines.next().unwrap_or("").to_string(),
+            repeat: repeat_from_build(),
+        });
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(ProbeHttp {
+            plan: Rc::clone(&self.plan),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct ProbeHttp {
+    plan: Rc<Plan>,
+}
+
+impl Context for ProbeHttp {}
+
+impl HttpContext for ProbeHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let p = &*self.plan;
+        for _ in 0..p.times(Step::ReadHeaders) {
+            let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+        }
+        for _ in 0..p.times(Step::Clock) {
+            let _ = hostcalls::get_current_time();
+        }
+        for _ in 0..p.times(Step::SetAuthorization) {
+            let _ = hostcalls::set_map_value(
+                MapType::HttpRequestHeaders,
+                "authorization",
+                Some(&p.authorization),
+            );
+        }
+        for _ in 0..p.times(Step::RemoveCookie) {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "cookie", None);
+        }
+        for _ in 0..p.times(Step::SetClaim) {
+            let _ =
+                hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-user-sub", Some(&p.claim));
+        }
+        for _ in 0..p.times(Step::SetReason) {
+            let _ = hostcalls::set_property(vec!["edge_token_relay.reason"], Some(b"cache_hit"));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let p = &*self.plan;
+        for _ in 0..p.times(Step::ReadCacheControl) {
+            let _ = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "cache-control");
+        }
+        for _ in 0..p.times(Step::SetCacheControl) {
+            let _ = hostcalls::set_map_value(
+                MapType::HttpResponseHeaders,
+                "cache-control",
+                Some("private"),
+            );
+        }
+        for _ in 0..p.times(Step::AddVary) {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "vary", "Cookie");
+        }
+        Action::Continue
+    }
+}
