@@ -300,6 +300,20 @@ fn one_worker_fetches_the_jwks_and_every_worker_uses_it() {
 }
 
 #[test]
+fn a_worker_without_keys_looks_in_shared_data_before_refusing() {
+    let host = Fake::at(NOW);
+    let (a, b) = (worker(&host, remote_jwks()), worker(&host, remote_jwks()));
+    on_tick(&a);
+    let calls = host.calls();
+    answer(&a, calls[0].token, 200, jwks().to_string().into_bytes());
+    // No tick on b since the fetch: its first request still finds the keys.
+    assert!(b.borrow().keys.is_none());
+    assert!(matches!(arrive(&b, 7, token_request()), Outcome::Continue));
+    assert!(b.borrow().keys.is_some());
+    assert_eq!(host.calls().len(), 1);
+}
+
+#[test]
 fn a_failed_jwks_fetch_backs_off_for_every_worker() {
     let host = Fake::at(NOW);
     let (a, b) = (worker(&host, remote_jwks()), worker(&host, remote_jwks()));

@@ -121,6 +121,13 @@ impl<H: Host> Vm<H> {
     /// A new request (its header map, read once, in wire format): decided, and parked when it
     /// must wait.
     pub(crate) fn admit(&mut self, ctx: u32, headers: Vec<u8>, now: u64) -> Outcome {
+        if self.keys.is_none() {
+            // Another VM may have fetched the keys since this one's last tick: one shared-data
+            // read, only until this worker holds keys, spares a start-up 503.
+            if let Some((keys, digest)) = self.jwks.as_mut().and_then(|j| j.sync(&self.host)) {
+                self.install_keys(keys, digest);
+            }
+        }
         let outcome = self.process(ctx, &RequestView::wire(&headers), now, true);
         if let Outcome::Wait(on) = outcome {
             log::debug!("[ctx {ctx}] parked: {on:?}");
