@@ -239,14 +239,20 @@ mod tests {
         let long = "public, max-age=31536000";
         let mut headers: Vec<(String, String)> = vec![
             ("content-type".into(), "application/json".into()),
-            ("cache-control".into(), "public, max-age=600, s-maxage=86400".into()),
+            (
+                "cache-control".into(),
+                "public, max-age=600, s-maxage=86400".into(),
+            ),
             ("CDN-Cache-Control".into(), long.into()),
             ("cloudflare-cdn-cache-control".into(), long.into()),
             ("vercel-cdn-cache-control".into(), long.into()),
             ("netlify-cdn-cache-control".into(), long.into()),
             ("akamai-cache-control".into(), long.into()),
             ("surrogate-control".into(), "max-age=86400".into()),
-            ("surrogate-control".into(), "stale-while-revalidate=60".into()),
+            (
+                "surrogate-control".into(),
+                "stale-while-revalidate=60".into(),
+            ),
             ("edge-control".into(), "!no-store, max-age=86400".into()),
             ("x-accel-expires".into(), "86400".into()),
         ];
@@ -255,7 +261,11 @@ mod tests {
         assert_eq!(get(&headers, "cache-control"), ["private, max-age=600"]);
         assert_eq!(get(&headers, "vary"), ["Cookie"]);
         for name in CDN_CACHE_HEADERS {
-            let want = if name == "x-accel-expires" { "0" } else { CDN_NO_STORE };
+            let want = if name == "x-accel-expires" {
+                "0"
+            } else {
+                CDN_NO_STORE
+            };
             assert_eq!(get(&headers, name), [want], "{name}");
         }
         assert_eq!(get(&headers, "content-type"), ["application/json"]);
