@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import quote
 
 import pytest
 
 from checks import describe
-from support import AT_COOKIE, default_plugin_config, make_claims
+from idp import Idp
+from refresh_support import Relay, SessionKeys, refresh_plugin_config
+from support import AT_COOKIE, SESSION_COOKIE, default_plugin_config, make_claims
 
 LONG = "public, max-age=31536000"
 CDN_HEADERS = {
@@ -74,6 +77,39 @@ def test_protected_response_without_cdn_headers_gets_none(stack, token):
     assert resp.headers["Cache-Control"] == "private"
     for name in CDN_HEADERS:
         assert name not in resp.headers, name
+
+
+def test_refresh_response_allows_no_cdn_caching(wasm_file):
+    """A response that sets the refreshed cookies: `private, no-store`, and no CDN header that
+    lets a CDN keep one user's new tokens for the next."""
+    idp = Idp.start(access_token_ttl=120, name="idp-cdn")
+    try:
+        keys = SessionKeys.generate(("2026-11",))
+        authority = f"127.0.0.1:{idp.port}"
+        pc = refresh_plugin_config(
+            keys, token_path=idp.token_path, authority=authority, timeout_ms=3000,
+            client_id="relay-client", client_secret="relay-secret", client_auth="basic",
+            issuer=idp.issuer, audiences=[idp.audience], required_claims={},
+            jwks={"cluster": "idp", "authority": authority, "path": idp.jwks_path,
+                  "refresh_s": 300})
+        relay = Relay("cdn-refresh", idp.port, pc).start()
+        try:
+            ready = relay.wait_ready(idp.mint("ready-probe")["access_token"])
+            assert ready.status_code == 200, describe(ready)
+            sealed = keys.seal(idp.mint("alice")["refresh_token"], exp=int(time.time()) + 3600)
+            headers = {"Cache-Control": "public, max-age=600", **CDN_HEADERS}
+            resp = relay.get(with_headers("/api/orders", headers), f"{SESSION_COOKIE}={sealed}")
+            assert resp.status_code == 200, describe(resp)
+            assert any(c.startswith(f"{SESSION_COOKIE}=")
+                       for c in resp.raw.headers.getlist("Set-Cookie")), describe(resp)
+            assert resp.headers["Cache-Control"] == "private, no-store"
+            for name in CDN_HEADERS:
+                want = "0" if name == "X-Accel-Expires" else "no-store, max-age=0"
+                assert resp.headers.get(name) == want, f"{name}: {describe(resp)}"
+        finally:
+            relay.stop()
+    finally:
+        idp.stop()
 
 
 def test_unprotected_response_keeps_cdn_headers(stack):
