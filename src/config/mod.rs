@@ -193,8 +193,11 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let mut paths = path_policy(raw.protected_prefixes, raw.public_prefixes)?;
-        paths.case_insensitive = raw.case_insensitive_prefixes;
+        let paths = path_policy(
+            raw.protected_prefixes,
+            raw.public_prefixes,
+            raw.case_insensitive_prefixes,
+        )?;
         if raw.issuer.trim().is_empty() {
             return Err(ConfigError::new("issuer", "must not be empty"));
         }
@@ -273,11 +276,15 @@ impl Config {
     }
 }
 
-fn path_policy(protected: Vec<String>, public: Vec<String>) -> Result<PathPolicy, ConfigError> {
+fn path_policy(
+    protected: Vec<String>,
+    public: Vec<String>,
+    case_insensitive: bool,
+) -> Result<PathPolicy, ConfigError> {
     let paths = PathPolicy {
         protected: prefixes("protected_prefixes", protected)?,
         public: prefixes("public_prefixes", public)?,
-        case_insensitive: false,
+        case_insensitive,
     };
     if paths.protected.is_empty() {
         return Err(ConfigError::new(
