@@ -146,5 +146,24 @@ for target in ("jws_structured", "decide", "csrf_headers"):
     write(target, "zeros_64", bytes(64))
     write(target, "zeros_512", bytes(512))
 
+# ---- login and path targets ---------------------------------------------------------------
+# login_callback: zeros are a valid callback for a fresh flow; the others decode field by field.
+for target in ("login_callback", "login_flow", "origin_parse", "path_match", "cache_headers"):
+    write(target, "zeros_64", bytes(64))
+    write(target, "zeros_512", bytes(512))
+# return_to: raw values (the first byte also picks raw or assembled input).
+RETURN_TO = {
+    "page": "/orders/42?tab=items#top",
+    "protocol_relative": "//evil.example/x",
+    "backslash": "/\\evil.example",
+    "encoded_slashes": "/%2F%2Fevil.example",
+    "double_encoded": "/%252F%252Fevil.example",
+    "tab": "/\t/evil.example",
+    "non_ascii": "/caf\u00e9 menu",
+    "scheme": "https://evil.example/",
+}
+for name, value in RETURN_TO.items():
+    write("return_to", name, value)
+
 print(json.dumps(JWKS))
 print("P-256 d =", i2b(ec_scalar, 32).hex())

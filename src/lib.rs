@@ -11,7 +11,7 @@ pub mod http;
 pub mod idp;
 pub mod jar;
 pub mod jwt;
-pub(crate) mod oidc;
+pub mod oidc;
 pub mod random;
 pub mod relay;
 pub mod session;

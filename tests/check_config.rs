@@ -162,6 +162,12 @@ fn plain_json_is_checked_as_the_filter_checks_it() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("plugin configuration"));
 
+    let folded = MINIMAL.replacen('{', r#"{"case_insensitive_prefixes": true, "#, 1);
+    let out = run(&["-"], Some(folded.as_bytes()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let not_bool = MINIMAL.replacen('{', r#"{"case_insensitive_prefixes": "yes", "#, 1);
+    refused("not a boolean", &not_bool, "case_insensitive_prefixes");
+
     let unknown = MINIMAL.replacen("\"issuer\"", "\"isser\": 1, \"issuer\"", 1);
     refused("unknown field", &unknown, "isser");
     let alg = MINIMAL.replacen('{', r#"{"algorithms": ["RS256", "HS256"], "#, 1);

@@ -136,6 +136,35 @@ pub fn config(variant: usize) -> &'static Config {
     CONFIGS.with(|c| c[variant.min(1)])
 }
 
+/// The login block of [`login_config`]: callback `/auth/callback` on `https://app.example.com`.
+pub fn login_json() -> serde_json::Value {
+    json!({
+        "authorization_endpoint": "https://idp.test/oauth2/authorize",
+        "redirect_uri": "https://app.example.com/auth/callback",
+        "login_path": "/auth/login",
+        "logout_path": "/auth/logout",
+        "scopes": ["openid", "offline_access"],
+        "end_session_endpoint": "https://idp.test/logout",
+        "post_logout_redirect": "/"
+    })
+}
+
+/// [`config_json`] with [`login_json`] (login at the edge), parsed once per process.
+pub fn login_config() -> &'static Config {
+    thread_local! {
+        static CONFIG: &'static Config = {
+            let mut v = config_json();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("login".into(), login_json());
+            }
+            Box::leak(Box::new(
+                Config::parse(v.to_string().as_bytes()).expect("fixture login config parses"),
+            ))
+        };
+    }
+    CONFIG.with(|c| *c)
+}
+
 /// The inline keys of [`config`] (the same in both variants).
 pub fn config_keys() -> &'static KeySet {
     match &config(0).jwks {

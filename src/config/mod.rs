@@ -81,6 +81,8 @@ struct RawConfig {
     protected_prefixes: Vec<String>,
     #[serde(default)]
     public_prefixes: Vec<String>,
+    #[serde(default)]
+    case_insensitive_prefixes: bool,
     issuer: String,
     audiences: Vec<String>,
     #[serde(default)]
@@ -211,7 +213,11 @@ impl Config {
     }
 
     fn validate(raw: RawConfig, env: EnvLookup) -> Result<Config, ConfigError> {
-        let paths = path_policy(raw.protected_prefixes, raw.public_prefixes)?;
+        let paths = path_policy(
+            raw.protected_prefixes,
+            raw.public_prefixes,
+            raw.case_insensitive_prefixes,
+        )?;
         if raw.issuer.trim().is_empty() {
             return Err(ConfigError::new("issuer", "must not be empty"));
         }
@@ -343,10 +349,15 @@ fn is_cognito_issuer(issuer: &str) -> bool {
         && !pool.contains('/')
 }
 
-fn path_policy(protected: Vec<String>, public: Vec<String>) -> Result<PathPolicy, ConfigError> {
+fn path_policy(
+    protected: Vec<String>,
+    public: Vec<String>,
+    case_insensitive: bool,
+) -> Result<PathPolicy, ConfigError> {
     let paths = PathPolicy {
         protected: prefixes("protected_prefixes", protected)?,
         public: prefixes("public_prefixes", public)?,
+        case_insensitive,
     };
     if paths.protected.is_empty() {
         return Err(ConfigError::new(
@@ -735,6 +746,30 @@ mod tests {
             }
             JwksSource::Inline(_) => panic!("expected remote"),
         }
+    }
+
+    #[test]
+    fn case_insensitive_prefixes_option() {
+        let off = parse(&base()).unwrap();
+        assert!(!off.paths.case_insensitive);
+        assert!(!off.paths.is_protected("/API/admin"));
+        let on = parse(&with(
+            base(),
+            "/case_insensitive_prefixes",
+            Some(json!(true)),
+        ))
+        .unwrap();
+        assert!(on.paths.case_insensitive);
+        assert!(on.paths.is_protected("/API/admin"));
+        assert!(on.paths.is_protected("/API/PUBLIC/x"));
+        assert!(!on.paths.is_protected("/api/public/x"));
+        let e = parse(&with(
+            base(),
+            "/case_insensitive_prefixes",
+            Some(json!("yes")),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "case_insensitive_prefixes");
     }
 
     #[test]

@@ -251,6 +251,11 @@ pub(crate) fn call_response_body(size: usize, limit: usize) -> Option<Vec<u8>> {
         .flatten()
 }
 
+/// Every response header in one host call.
+pub(crate) fn response_headers() -> Vec<(String, Vec<u8>)> {
+    hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()
+}
+
 pub(crate) fn response_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
         .ok()

@@ -154,25 +154,14 @@ impl HttpContext for Http {
         if !self.protected {
             return Action::Continue;
         }
-        if cookies.is_empty() {
-            // A protected response: shared caches must not keep it; the browser's cache may.
-            let cc = host::response_header("cache-control");
-            let cc = cc.as_deref().and_then(|v| std::str::from_utf8(v).ok());
-            if let Some(v) = cache_policy::private_cache_control(cc) {
-                host::set_response_header("cache-control", Some(&v));
-            }
-            // A second Vary header is the same as a merged one (RFC 9110 §5.3): no read needed.
-            host::add_response_header("vary", "Cookie");
-            return Action::Continue;
-        }
         for c in &cookies {
             host::add_response_header("set-cookie", c);
         }
-        host::set_response_header("cache-control", Some(cache_policy::NO_STORE));
-        let vary = host::response_header("vary");
-        let vary = vary.as_deref().and_then(|v| std::str::from_utf8(v).ok());
-        if let Some(v) = cache_policy::vary_with(vary, "Cookie") {
-            host::set_response_header("vary", Some(&v));
+        // A protected response: shared caches and CDNs must not keep it; the browser's cache
+        // may, unless it sets a cookie. One read of the header map (the cost of one header).
+        let headers = host::response_headers();
+        for (name, value) in cache_policy::protected_response(&headers, !cookies.is_empty()) {
+            host::set_response_header(name, Some(&value));
         }
         Action::Continue
     }

@@ -6,6 +6,119 @@
 /// Cache-Control for a response that sets or clears a relay cookie.
 pub const NO_STORE: &str = "private, no-store";
 
+/// Response headers a CDN or reverse proxy obeys instead of `Cache-Control`, lower-case:
+/// RFC 9213's `CDN-Cache-Control` and its vendor-targeted forms (Cloudflare, Vercel, Netlify,
+/// Akamai), `Surrogate-Control` (Fastly, Akamai, Varnish), Akamai's `Edge-Control`, and
+/// nginx's `X-Accel-Expires`. A long lifetime in any of them lets that CDN keep a per-user
+/// response even when `Cache-Control` says `private`.
+pub const CDN_CACHE_HEADERS: [&str; 8] = [
+    "cdn-cache-control",
+    "cloudflare-cdn-cache-control",
+    "vercel-cdn-cache-control",
+    "netlify-cdn-cache-control",
+    "akamai-cache-control",
+    "surrogate-control",
+    "edge-control",
+    "x-accel-expires",
+];
+
+/// What a CDN header of a protected response is overwritten with: `no-store` for CDNs that
+/// read it, `max-age=0` for those that only take a lifetime from it (overwritten rather than
+/// removed, so the CDN cannot fall back to its own default lifetime).
+pub const CDN_NO_STORE: &str = "no-store, max-age=0";
+
+/// `X-Accel-Expires` takes seconds; nginx caches nothing for `0`.
+const ACCEL_NO_STORE: &str = "0";
+
+/// The value that keeps the CDN from storing the response, when `name` (any case) is one of
+/// [`CDN_CACHE_HEADERS`]; `None` for every other header.
+pub fn cdn_no_store(name: &str) -> Option<&'static str> {
+    let name = CDN_CACHE_HEADERS
+        .iter()
+        .find(|h| h.eq_ignore_ascii_case(name))?;
+    Some(if *name == "x-accel-expires" {
+        ACCEL_NO_STORE
+    } else {
+        CDN_NO_STORE
+    })
+}
+
+/// The header writes that make a protected response safe from shared caches, given all its
+/// headers (names as the host gives them, several lines of one name allowed) and whether the
+/// relay sets a cookie on it. Each `(name, value)` replaces every line of `name` (lower-case).
+///
+/// - `cache-control`: [`NO_STORE`] when a cookie is set, else [`private_cache_control`] of
+///   the lines joined (the browser's own cache may still keep it);
+/// - `vary`: `Cookie` added ([`vary_with`]);
+/// - every header of [`CDN_CACHE_HEADERS`] present: [`cdn_no_store`]. Absent ones are not
+///   added: a CDN without its own header falls back to `Cache-Control`, which is `private`.
+///
+/// Empty when nothing needs changing; applying the writes and calling again gives none.
+pub fn protected_response<N: AsRef<str>, V: AsRef<[u8]>>(
+    headers: &[(N, V)],
+    sets_cookie: bool,
+) -> Vec<(&'static str, String)> {
+    let joined = |name: &str| -> Option<String> {
+        let mut out: Option<String> = None;
+        for (n, v) in headers {
+            if !n.as_ref().eq_ignore_ascii_case(name) {
+                continue;
+            }
+            let v = String::from_utf8_lossy(v.as_ref());
+            match out.as_mut() {
+                None => out = Some(v.into_owned()),
+                Some(o) => {
+                    o.push_str(", ");
+                    o.push_str(&v);
+                }
+            }
+        }
+        out
+    };
+    let lines = |name: &str| {
+        headers
+            .iter()
+            .filter(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
+            .count()
+    };
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    let cc = joined("cache-control");
+    if sets_cookie {
+        if cc.as_deref() != Some(NO_STORE) || lines("cache-control") > 1 {
+            out.push(("cache-control", NO_STORE.to_owned()));
+        }
+    } else if let Some(v) = private_cache_control(cc.as_deref()) {
+        out.push(("cache-control", v));
+    } else if lines("cache-control") > 1 {
+        // One line, so that a cache reading only the first sees `private` too.
+        out.push(("cache-control", cc.unwrap_or_default()));
+    }
+    if let Some(v) = vary_with(joined("vary").as_deref(), "Cookie") {
+        out.push(("vary", v));
+    }
+    // One pass over the headers: per CDN header, how many lines and whether all are safe.
+    let mut cdn = [(0usize, true); CDN_CACHE_HEADERS.len()];
+    for (n, v) in headers {
+        let n = n.as_ref();
+        let Some(i) = CDN_CACHE_HEADERS
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(n))
+        else {
+            continue;
+        };
+        if let Some((count, safe)) = cdn.get_mut(i) {
+            *count += 1;
+            *safe &= cdn_no_store(n).is_some_and(|s| s.as_bytes() == v.as_ref());
+        }
+    }
+    for (name, (count, safe)) in CDN_CACHE_HEADERS.into_iter().zip(cdn) {
+        if count > 1 || (count == 1 && !safe) {
+            out.push((name, cdn_no_store(name).unwrap_or(CDN_NO_STORE).to_owned()));
+        }
+    }
+    out
+}
+
 /// `Vary` with `token` added (case-insensitive), or `None` when it is already there (or `*`).
 pub fn vary_with(existing: Option<&str>, token: &str) -> Option<String> {
     match existing.map(str::trim).filter(|v| !v.is_empty()) {
@@ -89,5 +202,116 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(private_cache_control(*input).as_deref(), *want, "{input:?}");
         }
+    }
+
+    fn apply(headers: &mut Vec<(String, String)>, edits: &[(&str, String)]) {
+        for (name, value) in edits {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            headers.push((name.to_string(), value.clone()));
+        }
+    }
+
+    fn get<'h>(headers: &'h [(String, String)], name: &str) -> Vec<&'h str> {
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn cdn_header_names() {
+        for name in CDN_CACHE_HEADERS {
+            assert_eq!(name, name.to_ascii_lowercase());
+            assert!(cdn_no_store(name).is_some(), "{name}");
+        }
+        assert_eq!(cdn_no_store("CDN-Cache-Control"), Some(CDN_NO_STORE));
+        assert_eq!(cdn_no_store("Surrogate-Control"), Some(CDN_NO_STORE));
+        assert_eq!(cdn_no_store("Edge-Control"), Some(CDN_NO_STORE));
+        assert_eq!(cdn_no_store("X-Accel-Expires"), Some("0"));
+        for other in ["cache-control", "surrogate-key", "cdn-cache", "", "vary"] {
+            assert_eq!(cdn_no_store(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn protected_response_overwrites_every_cdn_header() {
+        let long = "public, max-age=31536000";
+        let mut headers: Vec<(String, String)> = vec![
+            ("content-type".into(), "application/json".into()),
+            (
+                "cache-control".into(),
+                "public, max-age=600, s-maxage=86400".into(),
+            ),
+            ("CDN-Cache-Control".into(), long.into()),
+            ("cloudflare-cdn-cache-control".into(), long.into()),
+            ("vercel-cdn-cache-control".into(), long.into()),
+            ("netlify-cdn-cache-control".into(), long.into()),
+            ("akamai-cache-control".into(), long.into()),
+            ("surrogate-control".into(), "max-age=86400".into()),
+            (
+                "surrogate-control".into(),
+                "stale-while-revalidate=60".into(),
+            ),
+            ("edge-control".into(), "!no-store, max-age=86400".into()),
+            ("x-accel-expires".into(), "86400".into()),
+        ];
+        let edits = protected_response(&headers, false);
+        apply(&mut headers, &edits);
+        assert_eq!(get(&headers, "cache-control"), ["private, max-age=600"]);
+        assert_eq!(get(&headers, "vary"), ["Cookie"]);
+        for name in CDN_CACHE_HEADERS {
+            let want = if name == "x-accel-expires" {
+                "0"
+            } else {
+                CDN_NO_STORE
+            };
+            assert_eq!(get(&headers, name), [want], "{name}");
+        }
+        assert_eq!(get(&headers, "content-type"), ["application/json"]);
+        // Applied once, nothing is left to change.
+        assert!(protected_response(&headers, false).is_empty());
+    }
+
+    #[test]
+    fn protected_response_with_a_cookie_is_no_store() {
+        let mut headers: Vec<(String, String)> = vec![
+            ("cache-control".into(), "max-age=60".into()),
+            ("vary".into(), "Accept-Encoding".into()),
+            ("cdn-cache-control".into(), "max-age=3600".into()),
+        ];
+        let edits = protected_response(&headers, true);
+        apply(&mut headers, &edits);
+        assert_eq!(get(&headers, "cache-control"), [NO_STORE]);
+        assert_eq!(get(&headers, "vary"), ["Accept-Encoding, Cookie"]);
+        assert_eq!(get(&headers, "cdn-cache-control"), [CDN_NO_STORE]);
+        assert!(protected_response(&headers, true).is_empty());
+    }
+
+    #[test]
+    fn protected_response_adds_no_cdn_header_that_is_absent() {
+        let headers: Vec<(String, String)> = vec![
+            ("cache-control".into(), "private, max-age=5".into()),
+            ("vary".into(), "Cookie".into()),
+        ];
+        assert!(protected_response(&headers, false).is_empty());
+        let none: Vec<(String, String)> = Vec::new();
+        assert_eq!(
+            protected_response(&none, false),
+            [
+                ("cache-control", "private".to_string()),
+                ("vary", "Cookie".to_string())
+            ]
+        );
+        // Several Cache-Control lines become one, so a cache reading the first sees `private`.
+        let split: Vec<(String, String)> = vec![
+            ("cache-control".into(), "max-age=5".into()),
+            ("cache-control".into(), "private".into()),
+            ("vary".into(), "cookie".into()),
+        ];
+        assert_eq!(
+            protected_response(&split, false),
+            [("cache-control", "max-age=5, private".to_string())]
+        );
     }
 }

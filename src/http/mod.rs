@@ -3,14 +3,14 @@
 //! relay's own replies. Imports nothing else from the crate.
 
 pub mod authority;
-pub(crate) mod cache_policy;
+pub mod cache_policy;
 pub mod cookie;
 pub mod header_budget;
 pub(crate) mod negotiate;
-pub(crate) mod path;
+pub mod path;
 pub(crate) mod reply;
 pub(crate) mod request;
-pub(crate) mod url;
+pub mod url;
 
 pub use reply::Reply;
 pub use request::{encode_wire, HeaderIter, RequestView};

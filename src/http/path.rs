@@ -16,23 +16,37 @@ use super::url::percent_decode_bytes;
 pub struct PathPolicy {
     pub protected: Vec<String>,
     pub public: Vec<String>,
+    /// `case_insensitive_prefixes`: protected prefixes match in any ASCII case (for upstreams
+    /// that route `/API/x` like `/api/x`, such as ASP.NET on IIS). Public prefixes stay
+    /// case-sensitive: matching them in any case would only make more paths public.
+    pub case_insensitive: bool,
 }
 
 impl PathPolicy {
     pub fn is_protected(&self, raw_path: &str) -> bool {
         let raw = strip_query(raw_path);
         let norm = normalize(raw);
-        let protected =
-            starts_with_any(raw, &self.protected) || starts_with_any(&norm, &self.protected);
+        let fold = self.case_insensitive;
+        let protected = starts_with_any(raw, &self.protected, fold)
+            || starts_with_any(&norm, &self.protected, fold);
         if !protected {
             return false;
         }
-        !(starts_with_any(raw, &self.public) && starts_with_any(&norm, &self.public))
+        !(starts_with_any(raw, &self.public, false) && starts_with_any(&norm, &self.public, false))
     }
 }
 
-fn starts_with_any(path: &str, prefixes: &[String]) -> bool {
-    prefixes.iter().any(|p| path.starts_with(p.as_str()))
+/// Whether `path` starts with one of `prefixes`, in any ASCII case when `fold`. No allocation.
+fn starts_with_any(path: &str, prefixes: &[String], fold: bool) -> bool {
+    prefixes.iter().any(|p| {
+        if fold {
+            path.as_bytes()
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+        } else {
+            path.starts_with(p.as_str())
+        }
+    })
 }
 
 /// The path without its query string or fragment.
@@ -87,6 +101,40 @@ mod tests {
         PathPolicy {
             protected: vec!["/api/".into()],
             public: vec!["/api/public/".into()],
+            case_insensitive: false,
+        }
+    }
+
+    #[test]
+    fn case_insensitive_prefixes_table() {
+        let p = PathPolicy {
+            case_insensitive: true,
+            ..policy()
+        };
+        let cases: &[(&str, bool, bool)] = &[
+            // (path, protected with the option, protected without it)
+            ("/api/me", true, true),
+            ("/API/me", true, false),
+            ("/Api/admin", true, false),
+            ("/%41PI/admin", true, false),
+            ("/x/../API/admin", true, false),
+            ("/API;x/admin", true, false),
+            ("/api", false, false),
+            ("/APIX/me", false, false),
+            ("/static/API/me", false, false),
+            // Public prefixes stay case-sensitive: these are protected with the option.
+            ("/api/public/health", false, false),
+            ("/API/public/health", true, false),
+            ("/api/PUBLIC/health", true, true),
+            ("/API/PUBLIC/health", true, false),
+            // Non-ASCII never folds onto ASCII, and a prefix cut inside a character is no match.
+            ("/\u{212a}pi/me", false, false),
+            ("/\u{e9}", false, false),
+            ("", false, false),
+        ];
+        for (path, with, without) in cases {
+            assert_eq!(p.is_protected(path), *with, "with the option: {path:?}");
+            assert_eq!(policy().is_protected(path), *without, "without: {path:?}");
         }
     }
 

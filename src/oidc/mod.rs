@@ -40,6 +40,7 @@ mod tests;
 mod userinfo;
 
 pub use callback::{callback, finish_callback, CallbackOutcome, LoginContext, PendingCallback};
+pub use flow::{open_flow, Flow, FlowProblem, FLOW_MAX_AGE_S};
 pub use logout::{logout, Logout};
 pub use start::start;
 pub use userinfo::userinfo;
