@@ -124,7 +124,7 @@ fuzz_target!(|data: &[u8]| {
         headers.push((name.into(), vec![b'p'; len]));
     }
 
-    let req = RequestView { headers: &headers };
+    let req = RequestView::new(&headers);
     let outcomes = [
         RefreshOutcome::Tokens(tokens.clone()),
         RefreshOutcome::Invalid,
