@@ -76,7 +76,7 @@ SUB = ec.BENCH_SUB
 # window), assuming the relay serves cache misses at up to this rate. After each (e) run the
 # list is topped up to twice the most any run used, and a run that would reuse a token fails
 # (see run_wrk), so this is a sizing guess, not a silent assumption.
-MAX_MISS_RPS = 4000
+MAX_MISS_RPS = 10000
 
 # Ratios reported, as (numerator, denominator, what it means).
 RATIOS = (
