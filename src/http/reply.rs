@@ -142,10 +142,11 @@ impl Reply {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+    /// A header of a reply, for tests here and in the modules that build replies.
+    pub(crate) fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
         r.headers
             .iter()
             .find(|(n, _)| *n == name)

@@ -46,15 +46,9 @@ pub fn login_redirect(login: &LoginConfig, path_and_query: &str) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::reply::tests::header;
     use crate::testkit::refresh_config;
     use serde_json::json;
-
-    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
-        r.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
 
     #[test]
     fn login_redirect_keeps_the_page() {
