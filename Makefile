@@ -15,7 +15,13 @@ export ENVOY
 #    is ever installed with apt-get on this path;
 #  * otherwise, on Debian, Debian's rustc-web builds std for wasm32-wasip1 from source
 #    (rust-web-src) and links with LLVM's wasm-ld; `make toolchain` apt-gets what is missing.
-DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi
+DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi \
+                 -Zunstable-options -Cpanic=immediate-abort
+# Building std ourselves allows two unstable size and speed settings (docs/building.md): a panic
+# traps at once (no message formatting in the module), and crypto-bigint, the RS256 bignum, uses
+# 32-bit limbs (wasm32 has no 64 x 64 -> 128-bit multiply) while aes and polyval keep theirs.
+DEB_CARGOFLAGS := -Zbuild-std=std,panic_abort -Zprofile-rustflags \
+                  --config 'profile.release.package.crypto-bigint.rustflags = ["--cfg", "cpubits=\"32\""]'
 DEB_PACKAGES  := rustc-web cargo-web rust-web-src wasi-libc lld-16 binaryen
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
 # Optional size pass after cargo: binaryen's wasm-opt, used when it is on PATH (features as rustc
@@ -38,7 +44,7 @@ ifeq ($(HAVE_RUSTUP_WASM),yes)
 	cargo build --release --target wasm32-wasip1 --lib
 else
 	RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="$(DEB_RUSTFLAGS)" \
-	  /usr/bin/cargo build --release --target wasm32-wasip1 --lib -Zbuild-std=std,panic_abort
+	  /usr/bin/cargo build --release --target wasm32-wasip1 --lib $(DEB_CARGOFLAGS)
 endif
 	@# The size pass always starts from cargo's own output (cargo puts it back on every build); the
 	@# stamp, the digest of the optimized file, keeps it from running twice on the same file.

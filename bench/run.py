@@ -192,7 +192,7 @@ def cpu_model() -> str:
 # The recipe of the Makefile's `wasm` target (see docs/building.md): rustup's
 # wasm32-wasip1 target when it is installed, else Debian's rustc-web building std itself.
 DEB_RUSTFLAGS = ("-C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no "
-                 "-L native=/usr/lib/wasm32-wasi")
+                 "-L native=/usr/lib/wasm32-wasi -Zunstable-options -Cpanic=immediate-abort")
 DEB_TOOLCHAIN = ("/usr/bin/cargo", "/usr/bin/rustc", "/usr/lib/llvm-16/bin/wasm-ld",
                  "/usr/lib/wasm32-wasi", "/usr/lib/rustlib/src/rust/library")
 WASM_OPT_FEATURES = ["--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals",

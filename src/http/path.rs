@@ -51,7 +51,7 @@ fn starts_with_any(path: &str, prefixes: &[String], fold: bool) -> bool {
 
 /// The path without its query string or fragment.
 pub fn strip_query(path: &str) -> &str {
-    match path.find(['?', '#']) {
+    match path.bytes().position(|b| b == b'?' || b == b'#') {
         Some(i) => path.get(..i).unwrap_or(path),
         None => path,
     }
@@ -60,7 +60,7 @@ pub fn strip_query(path: &str) -> &str {
 /// Normalized form for matching only (never forwarded). Borrowed on the hot path: a path with
 /// no `%`, no `\` and no `//` or `/.` sequences is already normal.
 pub fn normalize(path: &str) -> Cow<'_, str> {
-    if !path.contains(['%', '\\', ';']) && !path.contains("//") && !path.contains("/.") {
+    if is_normal(path) {
         return Cow::Borrowed(path);
     }
     let decoded =
@@ -91,6 +91,17 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
         out.push('/');
     }
     Cow::Owned(out)
+}
+
+/// No `%`, `\` or `;`, and no `//` or `/.`: one pass over the bytes (the hot path's check).
+fn is_normal(path: &str) -> bool {
+    let mut after_slash = false;
+    path.bytes().all(|b| {
+        let normal =
+            !(matches!(b, b'%' | b'\\' | b';') || (after_slash && matches!(b, b'/' | b'.')));
+        after_slash = b == b'/';
+        normal
+    })
 }
 
 #[cfg(test)]
@@ -201,6 +212,19 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), *want, "input {input:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-pass check says what the substring searches it replaced said.
+        #[test]
+        fn is_normal_matches_substring_search(path in "[/.%;\\\\a?#é]{0,12}") {
+            let searched = !path.contains(['%', '\\', ';'])
+                && !path.contains("//")
+                && !path.contains("/.");
+            proptest::prop_assert_eq!(is_normal(&path), searched);
+            let stripped = path.find(['?', '#']).map_or(path.as_str(), |i| &path[..i]);
+            proptest::prop_assert_eq!(strip_query(&path), stripped);
         }
     }
 }
