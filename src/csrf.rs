@@ -141,6 +141,17 @@ pub enum CsrfError {
 }
 
 impl CsrfError {
+    /// Every variant, for the tests that check the codes.
+    #[cfg(test)]
+    pub(crate) const ALL: [CsrfError; 6] = [
+        CsrfError::CrossSite,
+        CsrfError::OriginNotAllowed,
+        CsrfError::RefererNotAllowed,
+        CsrfError::NoOrigin,
+        CsrfError::MissingToken,
+        CsrfError::TokenMismatch,
+    ];
+
     /// Stable snake_case reason code for logs and metrics.
     pub fn code(&self) -> &'static str {
         match self {
@@ -783,14 +794,7 @@ mod tests {
 
     #[test]
     fn errors_have_codes_and_messages() {
-        let all = [
-            CsrfError::CrossSite,
-            CsrfError::OriginNotAllowed,
-            CsrfError::RefererNotAllowed,
-            CsrfError::NoOrigin,
-            CsrfError::MissingToken,
-            CsrfError::TokenMismatch,
-        ];
+        let all = CsrfError::ALL;
         let codes: std::collections::HashSet<_> = all.iter().map(CsrfError::code).collect();
         assert_eq!(codes.len(), all.len());
         for e in all {

@@ -112,6 +112,25 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// Every variant, for the tests that check the codes (format, uniqueness, a counter each).
+    #[cfg(test)]
+    pub(crate) const ALL: [TokenError; 14] = [
+        TokenError::Malformed,
+        TokenError::UnsupportedAlg,
+        TokenError::MissingKid,
+        TokenError::UnknownKid,
+        TokenError::RejectedKey,
+        TokenError::BadSignature,
+        TokenError::BadType,
+        TokenError::BadIssuer,
+        TokenError::BadAudience,
+        TokenError::ClaimMismatch,
+        TokenError::Expired,
+        TokenError::NotYetValid,
+        TokenError::MissingExp,
+        TokenError::TooLarge,
+    ];
+
     /// Stable snake_case reason code for logs and metrics.
     pub fn code(&self) -> &'static str {
         match self {
@@ -1491,22 +1510,7 @@ mod tests {
 
     #[test]
     fn error_codes_and_messages() {
-        use TokenError::*;
-        let all = [
-            Malformed,
-            UnsupportedAlg,
-            MissingKid,
-            UnknownKid,
-            BadSignature,
-            BadType,
-            BadIssuer,
-            BadAudience,
-            ClaimMismatch,
-            Expired,
-            NotYetValid,
-            MissingExp,
-            TooLarge,
-        ];
+        let all = TokenError::ALL;
         let mut codes: Vec<&str> = all.iter().map(TokenError::code).collect();
         for code in &codes {
             assert!(
@@ -1514,7 +1518,7 @@ mod tests {
                 "{code}"
             );
         }
-        assert_eq!(Expired.code(), "expired");
+        assert_eq!(TokenError::Expired.code(), "expired");
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
