@@ -97,10 +97,14 @@ pub(crate) fn on_tick<H: Host>(vm: &SharedVm<H>) {
             // Failed dispatches and expired calls are settled in the flights' records; their
             // waiters learn it below like everyone else's.
             let (sent, undispatched) = flights.dispatch_queued(&st.host, cfg, now);
-            flights.expire(&st.host, now, cfg);
+            let expired = flights.expire(&st.host, now, cfg);
             flights.sweep(&st.host, now, cfg.grace_s);
             for _ in 0..sent {
                 st.metrics.refresh_dispatched(&st.host);
+            }
+            // A call the host never answered is a failed refresh like a timed-out one.
+            for _ in &expired {
+                st.metrics.refresh_result(&st.host, false, false);
             }
             for u in undispatched {
                 st.metrics.refresh_result(&st.host, false, false);

@@ -176,10 +176,14 @@ fn a_callout_that_never_answers_fails_its_waiters_with_503() {
     host.set_now(NOW + 4);
     on_tick(&a);
     assert!(host.replies_to(1).is_empty());
+    assert_eq!(host.metric("edge_token_relay_refresh_failed_total"), 0);
     host.set_now(NOW + 5);
     on_tick(&a);
     assert_eq!(host.replies_to(1), vec![(503, "refresh_unavailable")]);
     assert!(host.resumed().is_empty());
+    // Counted once, as a failed refresh.
+    assert_eq!(host.metric("edge_token_relay_refresh_failed_total"), 1);
+    assert_eq!(host.metric("edge_token_relay_refresh_total"), 1);
     // The failure is shared: another worker backs off instead of calling again.
     let b = worker(&host, json!({}));
     match arrive(&b, 2, session_request(&b, "rt-1")) {
