@@ -235,6 +235,26 @@ pub fn pick(u: &mut Unstructured<'_>, n: usize) -> usize {
     u.int_in_range(0..=n - 1).unwrap_or(0)
 }
 
+/// The characters of a sealed value (base64url and the JWE separator).
+const SEALED_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
+
+/// `sealed` with one character replaced by another sealed-value character; `None` when the
+/// input picks the character already there (or `sealed` is empty).
+pub fn one_char_changed(u: &mut Unstructured<'_>, sealed: &str) -> Option<String> {
+    if sealed.is_empty() {
+        return None;
+    }
+    let mut changed = sealed.as_bytes().to_vec();
+    let i = pick(u, changed.len());
+    let replacement = *SEALED_CHARS.get(pick(u, SEALED_CHARS.len()))?;
+    let c = changed.get_mut(i)?;
+    if *c == replacement {
+        return None;
+    }
+    *c = replacement;
+    String::from_utf8(changed).ok()
+}
+
 pub fn flag(u: &mut Unstructured<'_>) -> bool {
     u.arbitrary::<bool>().unwrap_or(false)
 }
