@@ -282,6 +282,16 @@ class LoggedRelay(Relay):
         return self
 
 
+def wait_for_log_lines(log, expected: set, starting_with: str = "") -> set:
+    """Waits until the access log holds every line of `expected` (and, when given, a line
+    starting with `starting_with`); returns the log's lines."""
+    def lines():
+        found = set(log.read_text().splitlines()) if log.exists() else set()
+        extra = not starting_with or any(ln.startswith(starting_with) for ln in found)
+        return found if expected <= found and extra else None
+    return wait_until(lines, timeout=10, what=f"{expected} in the access log")
+
+
 def test_the_access_log_prints_refresh_reasons(wasm_file, tmp_path):
     log = tmp_path / "access.log"
     signer = KeyPair.generate("RS256")
@@ -304,10 +314,7 @@ def test_the_access_log_prints_refresh_reasons(wasm_file, tmp_path):
             "/api/revoked 401 reason=session_revoked",
             "/api/unavailable 503 reason=refresh_unavailable",
         }
-        wait_until(
-            lambda: (lambda ls: ls if expected <= ls else None)(
-                set(log.read_text().splitlines()) if log.exists() else set()),
-            timeout=10, what=f"{expected} in the access log")
+        wait_for_log_lines(log, expected)
     finally:
         if relay is not None:
             relay.stop()
@@ -340,11 +347,7 @@ def test_the_access_log_prints_login_path_reasons(wasm_file, tmp_path):
             "/auth/login 302 reason=login_start",
             "/auth/userinfo 401 reason=userinfo_no_session",
         }
-        lines = wait_until(
-            lambda: (lambda ls: ls if expected <= ls and any(
-                ln.startswith("/auth/callback") for ln in ls) else None)(
-                set(log.read_text().splitlines()) if log.exists() else set()),
-            timeout=10, what=f"{expected} in the access log")
+        lines = wait_for_log_lines(log, expected, starting_with="/auth/callback")
         (cb,) = [ln for ln in lines if ln.startswith("/auth/callback")]
         assert cb.endswith(" 400 reason=login_flow_missing"), cb
     finally:
