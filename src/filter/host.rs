@@ -251,9 +251,10 @@ pub(crate) fn call_response_body(size: usize, limit: usize) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// Every response header in one host call.
-pub(crate) fn response_headers() -> Vec<(String, Vec<u8>)> {
-    hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()
+/// The whole response header map in one host call, in the wire format, read in place like the
+/// request's.
+pub(crate) fn response_headers() -> Vec<u8> {
+    header_map_in_place(MapType::HttpResponseHeaders).unwrap_or_default()
 }
 
 pub(crate) fn response_header(name: &str) -> Option<Vec<u8>> {

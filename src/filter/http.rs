@@ -159,8 +159,10 @@ impl HttpContext for Http {
         }
         // A protected response: shared caches and CDNs must not keep it; the browser's cache
         // may, unless it sets a cookie. One read of the header map (the cost of one header).
-        let headers = host::response_headers();
-        for (name, value) in cache_policy::protected_response(&headers, !cookies.is_empty()) {
+        let map = host::response_headers();
+        // The view walks any header map in the host's format; nothing is copied out of it.
+        let headers = RequestView::wire(&map).iter_bytes();
+        for (name, value) in cache_policy::protected_response_of(headers, !cookies.is_empty()) {
             host::set_response_header(name, Some(&value));
         }
         Action::Continue

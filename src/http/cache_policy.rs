@@ -58,13 +58,29 @@ pub fn protected_response<N: AsRef<str>, V: AsRef<[u8]>>(
     headers: &[(N, V)],
     sets_cookie: bool,
 ) -> Vec<(&'static str, String)> {
-    let joined = |name: &str| -> Option<String> {
+    protected_response_of(
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_ref().as_bytes(), v.as_ref())),
+        sets_cookie,
+    )
+}
+
+/// [`protected_response`] over headers as the filter reads them (the host's header map walked
+/// in place: names as bytes, nothing copied).
+pub fn protected_response_of<'h>(
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+    sets_cookie: bool,
+) -> Vec<(&'static str, String)> {
+    let named = |name: &'static str| {
+        headers
+            .clone()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let joined = |name: &'static str| -> Option<String> {
         let mut out: Option<String> = None;
-        for (n, v) in headers {
-            if !n.as_ref().eq_ignore_ascii_case(name) {
-                continue;
-            }
-            let v = String::from_utf8_lossy(v.as_ref());
+        for (_, v) in named(name) {
+            let v = String::from_utf8_lossy(v);
             match out.as_mut() {
                 None => out = Some(v.into_owned()),
                 Some(o) => {
@@ -75,21 +91,15 @@ pub fn protected_response<N: AsRef<str>, V: AsRef<[u8]>>(
         }
         out
     };
-    let lines = |name: &str| {
-        headers
-            .iter()
-            .filter(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
-            .count()
-    };
     let mut out: Vec<(&'static str, String)> = Vec::new();
     let cc = joined("cache-control");
     if sets_cookie {
-        if cc.as_deref() != Some(NO_STORE) || lines("cache-control") > 1 {
+        if cc.as_deref() != Some(NO_STORE) || named("cache-control").count() > 1 {
             out.push(("cache-control", NO_STORE.to_owned()));
         }
     } else if let Some(v) = private_cache_control(cc.as_deref()) {
         out.push(("cache-control", v));
-    } else if lines("cache-control") > 1 {
+    } else if named("cache-control").count() > 1 {
         // One line, so that a cache reading only the first sees `private` too.
         out.push(("cache-control", cc.unwrap_or_default()));
     }
@@ -99,16 +109,15 @@ pub fn protected_response<N: AsRef<str>, V: AsRef<[u8]>>(
     // One pass over the headers: per CDN header, how many lines and whether all are safe.
     let mut cdn = [(0usize, true); CDN_CACHE_HEADERS.len()];
     for (n, v) in headers {
-        let n = n.as_ref();
         let Some(i) = CDN_CACHE_HEADERS
             .iter()
-            .position(|h| h.eq_ignore_ascii_case(n))
+            .position(|h| h.as_bytes().eq_ignore_ascii_case(n))
         else {
             continue;
         };
-        if let Some((count, safe)) = cdn.get_mut(i) {
+        if let (Some((count, safe)), Some(name)) = (cdn.get_mut(i), CDN_CACHE_HEADERS.get(i)) {
             *count += 1;
-            *safe &= cdn_no_store(n).is_some_and(|s| s.as_bytes() == v.as_ref());
+            *safe &= cdn_no_store(name).is_some_and(|s| s.as_bytes() == v);
         }
     }
     for (name, (count, safe)) in CDN_CACHE_HEADERS.into_iter().zip(cdn) {
