@@ -23,6 +23,10 @@
 //! step (min of R, so preemption by other work is filtered out); built for wasm32-wasip1, the
 //! same harness runs under Node.js (V8, the engine Envoy uses) through its WASI support.
 //!
+//! The harness also prints how many heap allocations the run made (`allocations: A`, through a
+//! counting global allocator); like instructions, the per-step figure is the difference of two
+//! runs over the difference of `N`.
+//!
 //! Native x86-64 counts are not Wasm costs (V8's code differs, and the RSA arithmetic uses the
 //! same 64-bit limbs on both), but their ratios show where the time goes and whether a change
 //! helped.
@@ -30,7 +34,9 @@
 // Only serde_json `Value` lookups index here, and those answer Null for a missing member.
 #![allow(clippy::indexing_slicing)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use edge_token_relay::config::Config;
@@ -46,6 +52,34 @@ use serde_json::{json, Value};
 // the test keys of src/testdata (RS256) and the RFC 6979 / RFC 8032 test keys (ES256, EdDSA):
 // the harness itself never signs, so signing cost is not in any count.
 const NOW: u64 = 1_700_000_000;
+
+/// The system allocator, counting allocations (reallocations included: each may move).
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds `GlobalAlloc`'s contract.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's guarantees for `alloc` are passed on as they are.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout` (every allocation goes there).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `dealloc`; `new_size` is the caller's, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 fn b64(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
@@ -209,6 +243,12 @@ fn deserialize(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
     map
 }
 
+/// A fixture that does not load: the harness would otherwise count a step that did nothing.
+fn fail(why: &str) -> ! {
+    eprintln!("{why}");
+    std::process::exit(2)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map_or("hit", String::as_str);
@@ -216,19 +256,20 @@ fn main() {
     let reps: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
     let k = keys();
     let Some(cfg) = config(&k.jwks) else {
-        eprintln!("the benchmark configuration does not parse");
-        std::process::exit(2);
+        fail("the benchmark configuration does not parse");
     };
     let Ok(set) = KeySet::parse(json!(k.jwks).to_string().as_bytes()) else {
-        eprintln!("the key set does not parse");
-        std::process::exit(2);
+        fail("the key set does not parse");
     };
     let mut best = u128::MAX;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..reps {
         let t0 = std::time::Instant::now();
         run(mode, n, &k, &cfg, &set);
         best = best.min(t0.elapsed().as_nanos());
     }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    eprintln!("allocations: {allocations}");
     if reps > 1 {
         let per = best / u128::try_from(n.max(1)).unwrap_or(1);
         println!("{mode}: {per} ns per step (fastest of {reps} batches of {n})");
@@ -269,11 +310,11 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
             use rsa::signature::hazmat::PrehashVerifier;
             use sha2_11::Digest as _;
             let Some((input, sig)) = k.rs256.rsplit_once('.') else {
-                return;
+                fail("the RS256 token has no signature");
             };
             let sig = URL_SAFE_NO_PAD.decode(sig).unwrap_or_default();
             let Ok(sig) = rsa::pkcs1v15::Signature::try_from(sig.as_slice()) else {
-                return;
+                fail("the RS256 signature does not parse");
             };
             let rsa_keys: Value =
                 serde_json::from_str(include_str!("../src/testdata/rsa_test_keys.json"))
@@ -285,7 +326,7 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
                 )
             };
             let Ok(key) = rsa::PublicKey::new(int("n"), int("e")) else {
-                return;
+                fail("the RSA test key does not parse");
             };
             let vk = rsa::pkcs1v15::VerifyingKey::<sha2_11::Sha256>::new(key);
             for _ in 0..n {
@@ -299,10 +340,10 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
         "session" => {
             // The refresh path's AES-GCM work: seal a session (refresh token and ID token) and
             // unseal it again.
-            let key = URL_SAFE_NO_PAD.encode([7u8; 32]);
-            let Ok(keys) = SessionKeys::from_config(&[("k1".to_string(), key)]) else {
-                return;
-            };
+            // Bytes 0..32: as distinct as a random key, so the weak-key check lets it through.
+            let key: Vec<u8> = (0u8..32).collect();
+            let keys = SessionKeys::from_config(&[("k1".to_string(), URL_SAFE_NO_PAD.encode(key))])
+                .unwrap_or_else(|e| fail(&format!("the session key is refused: {e:?}")));
             let session = Session {
                 rt: "r".repeat(900),
                 exp: Some(NOW + 86_400),
@@ -321,11 +362,9 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
                 black_box(KeySet::parse(black_box(text.as_bytes())).ok());
             }
         }
-        other => {
-            eprintln!(
-                "unknown mode {other}: hit, header_map, cold-rs256, cold-es256, cold-eddsa, jwks"
-            );
-            std::process::exit(2);
-        }
+        other => fail(&format!(
+            "unknown mode {other}: hit, header_map, cold-rs256, cold-es256, cold-eddsa, \
+             rsa-crate, session, jwks"
+        )),
     }
 }
