@@ -331,6 +331,7 @@ const SHA256_DIGEST_INFO: [u8; 19] = [
 /// public (key, signature, message), so nothing needs to be constant-time.
 fn rs256_ok(key: &rsa::PublicKey, message: &[u8], signature: &[u8]) -> bool {
     use crypto_bigint::modular::BoxedMontyForm;
+    use crypto_bigint::{MontyForm, MontyMultiplier};
     use rsa::traits::PublicKeyParts;
 
     let k = key.size();
@@ -351,17 +352,35 @@ fn rs256_ok(key: &rsa::PublicKey, message: &[u8], signature: &[u8]) -> bool {
     if bits == 0 {
         return false;
     }
-    let base = BoxedMontyForm::new(s, key.n_params());
+    let base = BoxedMontyForm::new(s.clone(), key.n_params());
+    // The plain value of s taken as a Montgomery form: a Montgomery multiplication by it
+    // (a·s·R⁻¹) turns the Montgomery form of s^(e-1) (s^(e-1)·R) into s^e itself. e is odd for
+    // any real RSA key, so the last step is that multiplication and the result needs no
+    // conversion back (one Montgomery reduction fewer).
+    let plain = BoxedMontyForm::from_montgomery(s, key.n_params());
+    // Products are written in place through one multiplier (its scratch buffer reused): no
+    // allocation per step.
+    let mut mm = <BoxedMontyForm as MontyForm>::Multiplier::from(key.n_params());
     let mut acc = base.clone();
+    let mut converted = false;
     for i in (0..bits - 1).rev() {
-        acc = acc.square();
+        mm.square_assign(&mut acc);
         if e.bit_vartime(i) {
-            acc = acc.mul(&base);
+            if i == 0 {
+                mm.mul_assign(&mut acc, &plain);
+                converted = true;
+            } else {
+                mm.mul_assign(&mut acc, &base);
+            }
         }
     }
     // Step 2c: I2OSP(m, k). The integer's storage may be wider than k; the extra leading
     // octets are zero because m < n.
-    let m = acc.retrieve().to_be_bytes();
+    let m = if converted {
+        acc.as_montgomery().to_be_bytes()
+    } else {
+        acc.retrieve().to_be_bytes()
+    };
     let Some(extra) = m.len().checked_sub(k) else {
         return false;
     };
