@@ -8,7 +8,12 @@
 //! Request headers:  1 read of the whole header map, 2 the clock, 3 set `authorization`,
 //! 4 remove `cookie` (the request carries only relay cookies), 5 set `x-user-sub`,
 //! 6 the reason in filter state (`cache_hit`).
-//! Response headers: 7 read `cache-control`, 8 set it to `private`, 9 add `vary: Cookie`.
+//! Response headers: 7 read of the whole header map, 8 set `cache-control: private`,
+//! 9 set `vary: Cookie`.
+//!
+//! Both header maps are read as the relay reads them: one `proxy_get_header_map_pairs` call,
+//! the host's buffer kept as it is (the SDK's `get_map_bytes` would also copy every header into
+//! new strings, work the relay does not do).
 //!
 //! For the per-step table in bench/README.md, a build can repeat one step: the build-time
 //! variable `BENCH_PROBE_REPEAT=<step>=<n>` (step names as in [`Step`]) makes that step run
@@ -18,7 +23,7 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType, Status};
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(ProbeRoot { plan: Rc::new(Plan::default()) }));
@@ -33,21 +38,25 @@ enum Step {
     RemoveCookie,
     SetClaim,
     SetReason,
-    ReadCacheControl,
+    ReadResponseHeaders,
     SetCacheControl,
-    AddVary,
+    SetVary,
 }
 
-const STEP_NAMES: [(&str, Step); 9] = [
+/// `read_cache_control` and `add_vary` are the names of steps 7 and 9 before they matched the
+/// relay's calls (a single-value read, an add); they still select those steps.
+const STEP_NAMES: [(&str, Step); 11] = [
     ("read_headers", Step::ReadHeaders),
     ("clock", Step::Clock),
     ("set_authorization", Step::SetAuthorization),
     ("remove_cookie", Step::RemoveCookie),
     ("set_claim", Step::SetClaim),
     ("set_reason", Step::SetReason),
-    ("read_cache_control", Step::ReadCacheControl),
+    ("read_response_headers", Step::ReadResponseHeaders),
     ("set_cache_control", Step::SetCacheControl),
-    ("add_vary", Step::AddVary),
+    ("set_vary", Step::SetVary),
+    ("read_cache_control", Step::ReadResponseHeaders),
+    ("add_vary", Step::SetVary),
 ];
 
 /// What every stream does, fixed at configuration time.
@@ -62,6 +71,30 @@ struct Plan {
 impl Plan {
     fn times(&self, step: Step) -> u32 {
         self.repeat.get(step as usize).copied().unwrap_or(1)
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// One header map in one host call, kept as the host wrote it (what the relay does).
+fn read_map(map: MapType) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in the relay (src/filter/host.rs): the host fills the two locals with a buffer
+    // it obtained from this module's `proxy_on_memory_allocate` (a leaked `Vec<u8>` of capacity
+    // `size`), so rebuilding that `Vec` is sound and frees it on drop.
+    unsafe {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
+            _ => None,
+        }
     }
 }
 
@@ -123,7 +156,7 @@ impl HttpContext for ProbeHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let p = &*self.plan;
         for _ in 0..p.times(Step::ReadHeaders) {
-            let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+            std::hint::black_box(read_map(MapType::HttpRequestHeaders));
         }
         for _ in 0..p.times(Step::Clock) {
             let _ = hostcalls::get_current_time();
@@ -150,8 +183,8 @@ impl HttpContext for ProbeHttp {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let p = &*self.plan;
-        for _ in 0..p.times(Step::ReadCacheControl) {
-            let _ = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "cache-control");
+        for _ in 0..p.times(Step::ReadResponseHeaders) {
+            std::hint::black_box(read_map(MapType::HttpResponseHeaders));
         }
         for _ in 0..p.times(Step::SetCacheControl) {
             let _ = hostcalls::set_map_value(
@@ -160,8 +193,9 @@ impl HttpContext for ProbeHttp {
                 Some("private"),
             );
         }
-        for _ in 0..p.times(Step::AddVary) {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "vary", "Cookie");
+        for _ in 0..p.times(Step::SetVary) {
+            let _ =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, "vary", Some("Cookie"));
         }
         Action::Continue
     }
