@@ -362,18 +362,14 @@ fn rs256_ok(key: &rsa::PublicKey, message: &[u8], signature: &[u8]) -> bool {
     // allocation per step.
     let mut mm = <BoxedMontyForm as MontyForm>::Multiplier::from(key.n_params());
     let mut acc = base.clone();
-    let mut converted = false;
     for i in (0..bits - 1).rev() {
         mm.square_assign(&mut acc);
         if e.bit_vartime(i) {
-            if i == 0 {
-                mm.mul_assign(&mut acc, &plain);
-                converted = true;
-            } else {
-                mm.mul_assign(&mut acc, &base);
-            }
+            mm.mul_assign(&mut acc, if i == 0 { &plain } else { &base });
         }
     }
+    // The last step multiplied by `plain` exactly when e is odd and has more than one bit.
+    let converted = bits > 1 && e.bit_vartime(0);
     // Step 2c: I2OSP(m, k). The integer's storage may be wider than k; the extra leading
     // octets are zero because m < n.
     let m = if converted {
