@@ -8,7 +8,7 @@ use super::loud::Callout;
 use super::vm::{Outcome, SharedVm};
 use crate::config::Route;
 use crate::csrf;
-use crate::http::{cache_policy, cookie, Reply, RequestView};
+use crate::http::{cache_policy, cookie, Reply, RequestView, WireIter};
 use crate::idp::{TokenRequest, MAX_RESPONSE_BYTES};
 use crate::jwt::Verifier;
 use crate::oidc::{self, CallbackOutcome, LoginContext, LoginStep, PendingCallback};
@@ -160,8 +160,7 @@ impl HttpContext for Http {
         // A protected response: shared caches and CDNs must not keep it; the browser's cache
         // may, unless it sets a cookie. One read of the header map (the cost of one header).
         let map = host::response_headers();
-        // The view walks any header map in the host's format; nothing is copied out of it.
-        let headers = RequestView::wire(&map).iter_bytes();
+        let headers = WireIter::new(&map);
         for (name, value) in cache_policy::protected_response_of(headers, !cookies.is_empty()) {
             host::set_response_header(name, Some(&value));
         }

@@ -133,7 +133,8 @@ pub struct WireIter<'a> {
 }
 
 impl<'a> WireIter<'a> {
-    fn new(map: &'a [u8]) -> WireIter<'a> {
+    /// The headers of any map the host hands over in the wire format (request or response).
+    pub fn new(map: &'a [u8]) -> WireIter<'a> {
         let count = map
             .first_chunk::<4>()
             .and_then(|c| usize::try_from(u32::from_le_bytes(*c)).ok())
