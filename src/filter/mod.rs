@@ -21,6 +21,7 @@ mod events;
 #[cfg(test)]
 mod fake;
 mod flight;
+mod header_map;
 mod host;
 mod http;
 mod jwks_sync;

@@ -23,7 +23,7 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(ProbeRoot { plan: Rc::new(Plan::default()) }));
@@ -74,29 +74,9 @@ impl Plan {
     }
 }
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_header_map_pairs(
-        map_type: MapType,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> Status;
-}
-
-/// One header map in one host call, kept as the host wrote it (what the relay does).
-fn read_map(map: MapType) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: as in the relay (src/filter/host.rs): the host fills the two locals with a buffer
-    // it obtained from this module's `proxy_on_memory_allocate` (a leaked `Vec<u8>` of capacity
-    // `size`), so rebuilding that `Vec` is sound and frees it on drop.
-    unsafe {
-        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
-            Status::Ok if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
-            _ => None,
-        }
-    }
-}
+// The relay's own in-place reader (one copy of its `unsafe` call), so both make the same call.
+#[path = "../../../src/filter/header_map.rs"]
+mod header_map;
 
 fn repeat_from_build() -> [u32; 9] {
     let mut repeat = [1; 9];
@@ -156,7 +136,7 @@ impl HttpContext for ProbeHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let p = &*self.plan;
         for _ in 0..p.times(Step::ReadHeaders) {
-            std::hint::black_box(read_map(MapType::HttpRequestHeaders));
+            std::hint::black_box(header_map::read(MapType::HttpRequestHeaders));
         }
         for _ in 0..p.times(Step::Clock) {
             let _ = hostcalls::get_current_time();
@@ -184,7 +164,7 @@ impl HttpContext for ProbeHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let p = &*self.plan;
         for _ in 0..p.times(Step::ReadResponseHeaders) {
-            std::hint::black_box(read_map(MapType::HttpResponseHeaders));
+            std::hint::black_box(header_map::read(MapType::HttpResponseHeaders));
         }
         for _ in 0..p.times(Step::SetCacheControl) {
             let _ = hostcalls::set_map_value(
