@@ -11,7 +11,8 @@ worker thread into four kinds by its call chain:
 - native elsewhere: Envoy's own work (codec, routing, the filter chain, entering the VM);
 - kernel.
 
-Each round's share of a kind, times that round's Envoy CPU µs/request (from run.py), gives µs
+Each round's share of a kind, times that round's Envoy CPU µs/request (from run.py's results
+JSON), gives µs
 per request; the report prints medians over rounds and the median of the paired (b) − (p)
 differences (rounds run p, b, p, b, ..., so each pair ran at nearly the same time). The
 Wasm-code row is the stable one: it moves little when the machine's speed drifts, because it is
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import re
 import shutil
 import statistics
@@ -38,7 +40,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 WORKER = "wrk:worker_0"  # Envoy's first worker thread (run.py runs --concurrency 1)
 KINDS = ("Wasm code", "native under Wasm", "native elsewhere", "kernel")
-ROUND_RE = re.compile(r"round (\d+) \((\w+)\).*?([\d.]+) µs CPU/req")
 SAMPLE_RE = re.compile(r"^\s*(\d+)\s*$")
 
 
@@ -100,7 +101,7 @@ def main() -> int:
         cmd = ["perf", "record", "-a", "-g", "-F", "999", "-o", str(data), "--",
                sys.executable, str(HERE / "run.py"), "--only", "p,b",
                "--rounds", str(args.rounds), "--duration", str(args.duration),
-               "--warmup", str(args.warmup)]
+               "--warmup", str(args.warmup), "--results-dir", tmp]
         run = subprocess.run(cmd, capture_output=True, text=True)
         log = run.stdout + run.stderr
         if run.returncode != 0:
@@ -108,7 +109,9 @@ def main() -> int:
             print("perf_split: the benchmark or perf failed (perf needs root or "
                   "kernel.perf_event_paranoid <= 0)", file=sys.stderr)
             return 1
-        rounds = [(name, float(us)) for _, name, us in ROUND_RE.findall(log)]
+        # The runs in the order they ran (one Envoy process each).
+        runs = json.loads((Path(tmp) / "latest.json").read_text())["runs"]
+        rounds = [(r["config"], r["cpu_us_per_request"]) for r in runs]
         script = subprocess.run(["perf", "script", "-i", str(data), "--comm", WORKER,
                                  "-F", "pid,ip,dso"], capture_output=True, text=True).stdout
     # One Envoy process per round, in start order (pids grow; the few samples of a process
