@@ -471,6 +471,11 @@ class Upstream(_Server):
             assert self.received, "the upstream received no request"
             return self.received[-1]
 
+    def received_at(self, path: str) -> list[dict]:
+        """The requests recorded for exactly this path (query included), in arrival order."""
+        with self.lock:
+            return [r for r in self.received if r["path"] == path]
+
     def only(self) -> dict:
         """The single request the upstream received (asserts there was exactly one)."""
         with self.lock:
