@@ -11,6 +11,8 @@
 //!
 //! - `hit N`: `relay::decide` for the benchmark's request (GET /api/me, the access-token cookie,
 //!   a cache hit), the relay's whole in-VM decision on the hot path;
+//! - `response N`: the cache policy of a protected response (`cache_policy::protected_response_of`
+//!   over the benchmark's response header map, read in place), the response side of a hit;
 //! - `header_map N`: the copy of the request header map into the VM (what the SDK's
 //!   `get_map_bytes` does with the host's buffer);
 //! - `cold-rs256 N`, `cold-es256 N`, `cold-eddsa N`: `jwt::token::verify` of one token (no
@@ -40,7 +42,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use edge_token_relay::config::Config;
-use edge_token_relay::http::{encode_wire, RequestView};
+use edge_token_relay::http::{cache_policy, encode_wire, RequestView, WireIter};
 use edge_token_relay::jwt::jwks::KeySet;
 use edge_token_relay::jwt::token::{self, ClaimRules};
 use edge_token_relay::jwt::token_cache::TokenCache;
@@ -297,6 +299,21 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
                 black_box(step);
             }
         }
+        "response" => {
+            // What the bench's direct response carries when the filter sees it.
+            let headers: [(&str, &[u8]); 3] = [
+                (":status", b"200"),
+                ("content-length", b"3"),
+                ("content-type", b"text/plain"),
+            ];
+            let wire = encode_wire(headers);
+            for _ in 0..n {
+                let edits =
+                    cache_policy::protected_response_of(WireIter::new(black_box(&wire)), false);
+                assert_eq!(edits.len(), 2, "{edits:?}");
+                black_box(edits);
+            }
+        }
         "header_map" => {
             let bytes = serialize(&request(&k.rs256));
             for _ in 0..n {
@@ -363,7 +380,7 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
             }
         }
         other => fail(&format!(
-            "unknown mode {other}: hit, header_map, cold-rs256, cold-es256, cold-eddsa, \
+            "unknown mode {other}: hit, response, header_map, cold-rs256, cold-es256, cold-eddsa, \
              rsa-crate, session, jwks"
         )),
     }

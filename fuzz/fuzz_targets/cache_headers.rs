@@ -9,6 +9,8 @@
 //! written names are lower-case, and values carry no control character the input did not.
 #![no_main]
 
+use std::borrow::Cow;
+
 use edge_token_relay::http::cache_policy::{cdn_no_store, protected_response, CDN_CACHE_HEADERS, NO_STORE};
 use edge_token_relay_fuzz::{arbitrary::Unstructured, flag, pick, text};
 use libfuzzer_sys::fuzz_target;
@@ -23,10 +25,10 @@ const VALUES: &[&str] = &[
     "PUBLIC", " public ", "private=\"x, public\"", "", ",,",
 ];
 
-fn apply(headers: &mut Vec<(String, Vec<u8>)>, edits: &[(&str, String)]) {
+fn apply(headers: &mut Vec<(String, Vec<u8>)>, edits: &[(&str, Cow<str>)]) {
     for (name, value) in edits {
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        headers.push((name.to_string(), value.clone().into_bytes()));
+        headers.push((name.to_string(), value.as_bytes().to_vec()));
     }
 }
 

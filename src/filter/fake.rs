@@ -11,7 +11,7 @@ use std::time::Duration;
 use proxy_wasm::types::MetricType;
 
 use super::host::{Host, SetError};
-use crate::http::Reply;
+use crate::http::{encode_wire, Reply};
 use crate::random::Random;
 
 /// A callout the shell dispatched.
@@ -47,6 +47,8 @@ pub(crate) struct State {
     pub(crate) tick: Cell<Option<Duration>>,
     /// (context, reason) filter-state writes.
     pub(crate) reasons: RefCell<Vec<(u32, String)>>,
+    /// The current response's headers, as the upstream sent them and the filter changed them.
+    response: RefCell<Vec<(String, String)>>,
 }
 
 #[derive(Clone, Default)]
@@ -250,10 +252,57 @@ impl Host for Fake {
             .borrow_mut()
             .push((self.0.effective.get(), reason.to_string()));
     }
+
+    fn response_headers(&self) -> Vec<u8> {
+        let response = self.0.response.borrow();
+        encode_wire(response.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.response_lines(name)
+            .into_iter()
+            .next()
+            .map(String::into_bytes)
+    }
+
+    /// Envoy's replace: every line of `name` goes; the new one (if any) comes last.
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        let mut response = self.0.response.borrow_mut();
+        response.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if let Some(v) = value {
+            response.push((name.to_string(), v.to_string()));
+        }
+    }
+
+    fn add_response_header(&self, name: &str, value: &str) {
+        self.0
+            .response
+            .borrow_mut()
+            .push((name.to_string(), value.to_string()));
+    }
 }
 
 impl Fake {
     pub(crate) fn tick_period(&self) -> Option<Duration> {
         self.0.tick.get()
+    }
+
+    /// Makes `headers` the current response (what the upstream sent).
+    pub(crate) fn upstream_responds(&self, headers: &[(&str, &str)]) {
+        *self.0.response.borrow_mut() = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// The values of response header `name`, in order, as the filter left them.
+    pub(crate) fn response_lines(&self, name: &str) -> Vec<String> {
+        self.0
+            .response
+            .borrow()
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 }

@@ -55,6 +55,15 @@ pub(crate) trait Host: Clone {
     fn random(&self) -> Option<Random>;
     /// Records the current request's outcome in Envoy's filter state for access logs.
     fn set_reason(&self, reason: &str);
+    /// The current response's whole header map in one call, in the wire format (read in place
+    /// like the request's); empty when there is none.
+    fn response_headers(&self) -> Vec<u8>;
+    /// The first value of one header of the current response.
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Sets (or with `None` removes) a header of the current response.
+    fn set_response_header(&self, name: &str, value: Option<&str>);
+    /// Adds a line to the current response (another `Set-Cookie`).
+    fn add_response_header(&self, name: &str, value: &str);
 
     fn now_s(&self) -> u64 {
         self.now_ms() / 1000
@@ -186,6 +195,24 @@ impl Host for Envoy {
         // Fails only without a stream (a root context); the log line then has "-".
         let _ = hostcalls::set_property(vec![REASON_PROPERTY], Some(reason.as_bytes()));
     }
+
+    fn response_headers(&self) -> Vec<u8> {
+        header_map::read(MapType::HttpResponseHeaders).unwrap_or_default()
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+    }
+
+    fn add_response_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+    }
 }
 
 // Stream-only reads and writes: used by the stream context alone, so not part of the trait.
@@ -211,24 +238,4 @@ pub(crate) fn call_response_body(size: usize, limit: usize) -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
         .ok()
         .flatten()
-}
-
-/// The whole response header map in one host call, in the wire format, read in place like the
-/// request's.
-pub(crate) fn response_headers() -> Vec<u8> {
-    header_map::read(MapType::HttpResponseHeaders).unwrap_or_default()
-}
-
-pub(crate) fn response_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
-}
-
-pub(crate) fn set_response_header(name: &str, value: Option<&str>) {
-    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
-}
-
-pub(crate) fn add_response_header(name: &str, value: &str) {
-    let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
 }

@@ -5,14 +5,13 @@ use proxy_wasm::types::Action;
 
 use super::host::{self, Envoy, Host};
 use super::loud::Callout;
+use super::response::ResponseDue;
 use super::vm::{Outcome, SharedVm};
 use crate::config::Route;
 use crate::csrf;
-use crate::http::{cache_policy, cookie, Reply, RequestView, WireIter};
+use crate::http::{cookie, Reply, RequestView};
 use crate::idp::{TokenRequest, MAX_RESPONSE_BYTES};
-use crate::jwt::Verifier;
 use crate::oidc::{self, CallbackOutcome, LoginContext, LoginStep, PendingCallback};
-use crate::relay;
 
 /// The answer when the VM state is held elsewhere (a re-entrant host call): never a panic.
 fn busy() -> Reply {
@@ -26,12 +25,8 @@ pub(crate) struct Http {
     pending_login: Option<PendingCallback>,
     /// A logout answer waiting for its token revocation (best effort, bounded by the timeout).
     pending_logout: Option<Reply>,
-    /// The request was protected and forwarded: its response must stay out of shared caches.
-    protected: bool,
-    /// The request's Cookie header, kept only when an upstream may rotate tokens itself.
-    cookie: Option<Vec<u8>>,
-    /// `upstream_token_headers` is configured: those headers never reach the browser.
-    rotating: bool,
+    /// What the response must carry out (set by the request side).
+    due: ResponseDue,
 }
 
 impl Http {
@@ -41,9 +36,7 @@ impl Http {
             vm,
             pending_login: None,
             pending_logout: None,
-            protected: false,
-            cookie: None,
-            rotating: false,
+            due: ResponseDue::default(),
         }
     }
 }
@@ -105,25 +98,16 @@ impl HttpContext for Http {
             };
             let st = &mut *guard;
             let rotating = st.config.upstream_token_headers().is_some();
-            self.rotating = rotating;
             let cookie = if rotating {
                 view.cookie().map(|c| c.into_owned())
             } else {
                 None
             };
-            match st.admit(self.id, headers, now) {
-                Outcome::Pass => return Action::Continue,
-                // Forwarded, or parked and resumed by the root later: protected either way.
-                Outcome::Continue => {
-                    self.protected = true;
-                    self.cookie = cookie;
-                    return Action::Continue;
-                }
-                Outcome::Wait(_) => {
-                    self.protected = true;
-                    self.cookie = cookie;
-                    return Action::Pause;
-                }
+            let outcome = st.admit(self.id, headers, now);
+            self.due = ResponseDue::after(&outcome, rotating, cookie);
+            match outcome {
+                Outcome::Pass | Outcome::Continue => return Action::Continue,
+                Outcome::Wait(_) => return Action::Pause,
                 Outcome::Reply(r) => {
                     st.metrics.refused(&st.host, &r);
                     r
@@ -134,35 +118,8 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let mut cookies = {
-            let Ok(mut st) = self.vm.try_borrow_mut() else {
-                return Action::Continue;
-            };
-            if st.response_cookies.is_empty() {
-                Vec::new()
-            } else {
-                st.response_cookies.remove(&self.id).unwrap_or_default()
-            }
-        };
-        if self.cookie.is_some() {
-            cookies.extend(self.upstream_rotation());
-        } else if self.rotating {
-            // Not a session the relay owns (a public path, an unprotected one, a refusal):
-            // tokens an upstream sends there must not reach the browser's JavaScript.
-            self.drop_rotated_headers();
-        }
-        if !self.protected {
-            return Action::Continue;
-        }
-        for c in &cookies {
-            host::add_response_header("set-cookie", c);
-        }
-        // A protected response: shared caches and CDNs must not keep it; the browser's cache
-        // may, unless it sets a cookie. One read of the header map (the cost of one header).
-        let map = host::response_headers();
-        let headers = WireIter::new(&map);
-        for (name, value) in cache_policy::protected_response_of(headers, !cookies.is_empty()) {
-            host::set_response_header(name, Some(&value));
+        if let Ok(mut st) = self.vm.try_borrow_mut() {
+            st.on_response(self.id, std::mem::take(&mut self.due));
         }
         Action::Continue
     }
@@ -318,61 +275,5 @@ impl Http {
                 }
             }
         }
-    }
-
-    /// Removes the `upstream_token_headers` from a response the relay does not turn into cookies.
-    fn drop_rotated_headers(&self) {
-        let Ok(st) = self.vm.try_borrow() else {
-            return;
-        };
-        let Some(names) = st.config.upstream_token_headers() else {
-            return;
-        };
-        for name in [&names.access_token, &names.refresh_token]
-            .into_iter()
-            .flatten()
-        {
-            host::set_response_header(name, None);
-        }
-    }
-
-    /// Turns `upstream_token_headers` into cookies and removes those headers.
-    fn upstream_rotation(&mut self) -> Vec<String> {
-        let Ok(mut guard) = self.vm.try_borrow_mut() else {
-            return Vec::new();
-        };
-        let st = &mut *guard;
-        let Some(names) = st.config.upstream_token_headers().cloned() else {
-            return Vec::new();
-        };
-        let read = |name: &Option<String>| -> Option<String> {
-            let name = name.as_deref()?;
-            let value = host::response_header(name)?;
-            host::set_response_header(name, None);
-            String::from_utf8(value).ok()
-        };
-        let at = read(&names.access_token);
-        let rt = read(&names.refresh_token);
-        if at.is_none() && rt.is_none() {
-            return Vec::new();
-        }
-        let Some(rand) = st.host.random() else {
-            return Vec::new();
-        };
-        let cookie = self.cookie.take().unwrap_or_default();
-        let cookie_header = std::str::from_utf8(&cookie).unwrap_or("");
-        let verifier = Verifier {
-            keys: st.keys.as_deref(),
-            cache: &mut st.cache,
-        };
-        relay::upstream_rotation(
-            &st.config,
-            verifier,
-            cookie_header,
-            at.as_deref(),
-            rt.as_deref(),
-            st.host.now_s(),
-            &rand,
-        )
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! root.rs    Envoy's root context: configure, then hand ticks and callout answers to events
-//! http.rs    Envoy's stream context: login paths, then Vm::process for everything else
+//! http.rs    Envoy's stream context: login paths, then Vm::process for everything else;
+//!            the response to Vm::on_response
+//! response.rs  the response side: refresh cookies, upstream rotation, the cache policy
 //! events.rs  tick and callout-answer handling, generic over the host
 //! vm.rs      per-worker state and Vm::process (decide, refresh, park), finish_waiters
 //! flight.rs  single-flight refresh: local queue + shared-data slot table
@@ -27,6 +29,7 @@ mod http;
 mod jwks_sync;
 mod loud;
 mod metrics;
+mod response;
 mod root;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use super::events::{on_call_response, on_tick};
 use super::fake::Fake;
 use super::host::Host;
 use super::jwks_sync::FETCH_TIMEOUT_S;
+use super::response::ResponseDue;
 use super::vm::{Outcome, SharedVm, Vm, WaitOn, FAST_TICK};
 use crate::http::encode_wire;
 use crate::relay::flight::SLOTS;
@@ -804,4 +805,147 @@ fn an_expired_outcome_is_not_used_and_its_slot_is_reused() {
     assert!(rec.contains("\"k\":\"lease\""), "{rec}");
     on_tick(&b);
     assert_eq!(calls_for(&host, "rt-1"), 2);
+}
+
+// ---- the response side ------------------------------------------------------------------------
+
+/// A stream's response on `vm`, as the stream context hands it over: the upstream answered
+/// with `upstream`; what the filter made of it is read with `Fake::response_lines`.
+fn respond(vm: &SharedVm<Fake>, ctx: u32, due: ResponseDue, upstream: &[(&str, &str)]) {
+    let mut st = vm.borrow_mut();
+    st.host.set_effective_context(ctx);
+    st.host.upstream_responds(upstream);
+    st.on_response(ctx, due);
+}
+
+#[test]
+fn a_protected_response_is_kept_out_of_shared_caches_and_others_are_untouched() {
+    let host = Fake::at(NOW);
+    let vm = worker(&host, json!({}));
+    let cookie = format!("__Host-relay-at={}", access_token());
+    let upstream = [
+        ("content-type", "application/json"),
+        ("cache-control", "public, max-age=60, s-maxage=600"),
+        ("vary", "Accept-Encoding"),
+        ("cdn-cache-control", "max-age=3600"),
+    ];
+    let o = arrive(
+        &vm,
+        1,
+        request("GET", "/api/orders", Some(cookie.as_bytes()), &[]),
+    );
+    respond(&vm, 1, ResponseDue::after(&o, false, None), &upstream);
+    assert_eq!(
+        host.response_lines("cache-control"),
+        ["private, max-age=60"]
+    );
+    assert_eq!(host.response_lines("vary"), ["Accept-Encoding, Cookie"]);
+    assert_eq!(
+        host.response_lines("cdn-cache-control"),
+        ["no-store, max-age=0"]
+    );
+    assert_eq!(host.response_lines("content-type"), ["application/json"]);
+    assert!(host.response_lines("set-cookie").is_empty());
+
+    // A public path: the response goes out as the upstream sent it.
+    let o = arrive(
+        &vm,
+        2,
+        request("GET", "/api/public/x", Some(cookie.as_bytes()), &[]),
+    );
+    assert!(matches!(o, Outcome::Pass));
+    respond(&vm, 2, ResponseDue::after(&o, false, None), &upstream);
+    assert_eq!(
+        host.response_lines("cache-control"),
+        ["public, max-age=60, s-maxage=600"]
+    );
+    assert_eq!(host.response_lines("vary"), ["Accept-Encoding"]);
+    assert_eq!(host.response_lines("cdn-cache-control"), ["max-age=3600"]);
+
+    // The relay's own refusal is not a protected response either.
+    let o = arrive(&vm, 3, request("GET", "/api/orders", None, &[]));
+    assert!(matches!(o, Outcome::Reply(_)));
+    respond(&vm, 3, ResponseDue::after(&o, false, None), &upstream);
+    assert_eq!(host.response_lines("vary"), ["Accept-Encoding"]);
+}
+
+#[test]
+fn a_refreshed_response_carries_the_new_cookies_and_is_never_stored() {
+    let host = Fake::at(NOW);
+    let vm = worker(&host, json!({}));
+    let o = arrive(&vm, 4, session_request(&vm, "rt-r"));
+    assert!(is_wait(&o));
+    on_tick(&vm);
+    let calls = host.calls();
+    assert_eq!(calls.len(), 1);
+    answer(&vm, calls[0].token, 200, token_answer("rt-r2"));
+    assert_eq!(host.resumed(), vec![4]);
+    respond(
+        &vm,
+        4,
+        ResponseDue::after(&o, false, None),
+        &[("cache-control", "max-age=60")],
+    );
+    let cookies = host.response_lines("set-cookie");
+    let names: Vec<&str> = cookies.iter().filter_map(|c| c.split('=').next()).collect();
+    assert!(names.contains(&"__Host-relay-at"), "{cookies:?}");
+    assert!(names.contains(&"__Host-relay-session"), "{cookies:?}");
+    assert_eq!(host.response_lines("cache-control"), ["private, no-store"]);
+    assert_eq!(host.response_lines("vary"), ["Cookie"]);
+    // Handed over once: the stream's cookies are gone from the VM.
+    assert!(vm.borrow().response_cookies.is_empty());
+}
+
+#[test]
+fn tokens_an_upstream_rotates_become_cookies_on_protected_paths_and_vanish_elsewhere() {
+    let host = Fake::at(NOW);
+    let rotating = json!({"upstream_token_headers": {
+        "access_token": "x-new-access-token", "refresh_token": "x-new-refresh-token"}});
+    let vm = worker(&host, rotating);
+    let cookie = format!("__Host-relay-at={}", access_token());
+    let new_at = sign(&claims());
+    let upstream = [
+        ("x-new-access-token", new_at.as_str()),
+        ("x-new-refresh-token", "rt-upstream"),
+    ];
+
+    let o = arrive(
+        &vm,
+        1,
+        request("GET", "/api/orders", Some(cookie.as_bytes()), &[]),
+    );
+    assert!(matches!(o, Outcome::Continue));
+    let due = ResponseDue::after(&o, true, Some(cookie.clone().into_bytes()));
+    respond(&vm, 1, due, &upstream);
+    assert!(host.response_lines("x-new-access-token").is_empty());
+    assert!(host.response_lines("x-new-refresh-token").is_empty());
+    let cookies = host.response_lines("set-cookie");
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with(&format!("__Host-relay-at={new_at}"))),
+        "{cookies:?}"
+    );
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("__Host-relay-session=")),
+        "{cookies:?}"
+    );
+    assert_eq!(host.response_lines("cache-control"), ["private, no-store"]);
+
+    // Not a session the relay owns: the headers are removed, nothing becomes a cookie.
+    let o = arrive(
+        &vm,
+        2,
+        request("GET", "/api/public/x", Some(cookie.as_bytes()), &[]),
+    );
+    assert!(matches!(o, Outcome::Pass));
+    let due = ResponseDue::after(&o, true, Some(cookie.into_bytes()));
+    assert!(due.cookie.is_none() && !due.protected);
+    respond(&vm, 2, due, &upstream);
+    assert!(host.response_lines("x-new-access-token").is_empty());
+    assert!(host.response_lines("x-new-refresh-token").is_empty());
+    assert!(host.response_lines("set-cookie").is_empty());
+    assert!(host.response_lines("cache-control").is_empty());
 }

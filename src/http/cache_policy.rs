@@ -3,6 +3,8 @@
 //! A CDN that caches a response carrying Set-Cookie hands one user's session to the next, or
 //! replays a stale cookie (the classic "400 on the login callback behind a CDN").
 
+use std::borrow::Cow;
+
 /// Cache-Control for a response that sets or clears a relay cookie.
 pub const NO_STORE: &str = "private, no-store";
 
@@ -57,7 +59,7 @@ pub fn cdn_no_store(name: &str) -> Option<&'static str> {
 pub fn protected_response<N: AsRef<str>, V: AsRef<[u8]>>(
     headers: &[(N, V)],
     sets_cookie: bool,
-) -> Vec<(&'static str, String)> {
+) -> Vec<(&'static str, Cow<'static, str>)> {
     protected_response_of(
         headers
             .iter()
@@ -67,71 +69,101 @@ pub fn protected_response<N: AsRef<str>, V: AsRef<[u8]>>(
 }
 
 /// [`protected_response`] over headers as the filter reads them (the host's header map walked
-/// in place: names as bytes, nothing copied).
+/// in place: names as bytes, nothing copied). One pass over the headers; on a response with
+/// one line or none of each managed header, the only allocation is the list itself.
 pub fn protected_response_of<'h>(
-    headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     sets_cookie: bool,
-) -> Vec<(&'static str, String)> {
-    let named = |name: &'static str| {
-        headers
-            .clone()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-    };
-    let joined = |name: &'static str| -> Option<String> {
-        let mut out: Option<String> = None;
-        for (_, v) in named(name) {
-            let v = String::from_utf8_lossy(v);
-            match out.as_mut() {
-                None => out = Some(v.into_owned()),
-                Some(o) => {
-                    o.push_str(", ");
-                    o.push_str(&v);
-                }
-            }
-        }
-        out
-    };
-    let mut out: Vec<(&'static str, String)> = Vec::new();
-    let cc = joined("cache-control");
-    if sets_cookie {
-        if cc.as_deref() != Some(NO_STORE) || named("cache-control").count() > 1 {
-            out.push(("cache-control", NO_STORE.to_owned()));
-        }
-    } else if let Some(v) = private_cache_control(cc.as_deref()) {
-        out.push(("cache-control", v));
-    } else if named("cache-control").count() > 1 {
-        // One line, so that a cache reading only the first sees `private` too.
-        out.push(("cache-control", cc.unwrap_or_default()));
-    }
-    if let Some(v) = vary_with(joined("vary").as_deref(), "Cookie") {
-        out.push(("vary", v));
-    }
-    // One pass over the headers: per CDN header, how many lines and whether all are safe.
+) -> Vec<(&'static str, Cow<'static, str>)> {
+    let mut cc = Lines::default();
+    let mut vary = Lines::default();
+    // Per CDN header: how many lines, and whether all of them already forbid storing.
     let mut cdn = [(0usize, true); CDN_CACHE_HEADERS.len()];
     for (n, v) in headers {
-        let Some(i) = CDN_CACHE_HEADERS
+        if n.eq_ignore_ascii_case(b"cache-control") {
+            cc.add(v);
+        } else if n.eq_ignore_ascii_case(b"vary") {
+            vary.add(v);
+        } else if let Some(i) = CDN_CACHE_HEADERS
             .iter()
             .position(|h| h.as_bytes().eq_ignore_ascii_case(n))
-        else {
-            continue;
-        };
-        if let (Some((count, safe)), Some(name)) = (cdn.get_mut(i), CDN_CACHE_HEADERS.get(i)) {
-            *count += 1;
-            *safe &= cdn_no_store(name).is_some_and(|s| s.as_bytes() == v);
+        {
+            if let (Some((count, safe)), Some(name)) = (cdn.get_mut(i), CDN_CACHE_HEADERS.get(i)) {
+                *count += 1;
+                *safe &= cdn_no_store(name).is_some_and(|s| s.as_bytes() == v);
+            }
         }
+    }
+    let mut out: Vec<(&'static str, Cow<'static, str>)> = Vec::with_capacity(2);
+    let cc_text = cc.text();
+    if sets_cookie {
+        if cc_text.as_deref() != Some(NO_STORE) || cc.count > 1 {
+            out.push(("cache-control", Cow::Borrowed(NO_STORE)));
+        }
+    } else if let Some(v) = private_cache_control(cc_text.as_deref()) {
+        out.push(("cache-control", v));
+    } else if cc.count > 1 {
+        // One line, so that a cache reading only the first sees `private` too.
+        out.push((
+            "cache-control",
+            Cow::Owned(cc_text.map(Cow::into_owned).unwrap_or_default()),
+        ));
+    }
+    if let Some(v) = vary_with(vary.text().as_deref(), "Cookie") {
+        out.push(("vary", v));
     }
     for (name, (count, safe)) in CDN_CACHE_HEADERS.into_iter().zip(cdn) {
         if count > 1 || (count == 1 && !safe) {
-            out.push((name, cdn_no_store(name).unwrap_or(CDN_NO_STORE).to_owned()));
+            out.push((
+                name,
+                Cow::Borrowed(cdn_no_store(name).unwrap_or(CDN_NO_STORE)),
+            ));
         }
     }
     out
 }
 
+/// The lines of one header name, read as the host gives them: a single line stays a borrowed
+/// slice; only a second line makes a joined copy.
+#[derive(Default)]
+struct Lines<'h> {
+    count: usize,
+    first: &'h [u8],
+    joined: Option<String>,
+}
+
+impl<'h> Lines<'h> {
+    fn add(&mut self, value: &'h [u8]) {
+        self.count += 1;
+        match (self.count, self.joined.as_mut()) {
+            (1, _) => self.first = value,
+            (_, None) => {
+                let mut j = String::from_utf8_lossy(self.first).into_owned();
+                j.push_str(", ");
+                j.push_str(&String::from_utf8_lossy(value));
+                self.joined = Some(j);
+            }
+            (_, Some(j)) => {
+                j.push_str(", ");
+                j.push_str(&String::from_utf8_lossy(value));
+            }
+        }
+    }
+
+    /// The lines joined with ", " (bad UTF-8 replaced); `None` when there are none.
+    fn text(&self) -> Option<Cow<'_, str>> {
+        match (self.count, &self.joined) {
+            (0, _) => None,
+            (_, Some(j)) => Some(Cow::Borrowed(j.as_str())),
+            (_, None) => Some(String::from_utf8_lossy(self.first)),
+        }
+    }
+}
+
 /// `Vary` with `token` added (case-insensitive), or `None` when it is already there (or `*`).
-pub fn vary_with(existing: Option<&str>, token: &str) -> Option<String> {
+pub fn vary_with(existing: Option<&str>, token: &'static str) -> Option<Cow<'static, str>> {
     match existing.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Some(token.to_string()),
+        None => Some(Cow::Borrowed(token)),
         Some(v) => {
             let present = v
                 .split(',')
@@ -140,7 +172,7 @@ pub fn vary_with(existing: Option<&str>, token: &str) -> Option<String> {
             if present {
                 None
             } else {
-                Some(format!("{v}, {token}"))
+                Some(Cow::Owned(format!("{v}, {token}")))
             }
         }
     }
@@ -149,9 +181,9 @@ pub fn vary_with(existing: Option<&str>, token: &str) -> Option<String> {
 /// Cache-Control for a protected response that sets no cookie: shared caches may not keep it
 /// (`public` and `s-maxage` removed, `private` added), the browser's own cache may
 /// (`max-age` and the other directives are kept). `None` when nothing changes.
-pub fn private_cache_control(existing: Option<&str>) -> Option<String> {
+pub fn private_cache_control(existing: Option<&str>) -> Option<Cow<'static, str>> {
     let Some(v) = existing.map(str::trim).filter(|v| !v.is_empty()) else {
-        return Some("private".to_string());
+        return Some(Cow::Borrowed("private"));
     };
     let mut out: Vec<&str> = Vec::new();
     let mut has_private = false;
@@ -171,7 +203,7 @@ pub fn private_cache_control(existing: Option<&str>) -> Option<String> {
         out.insert(0, "private");
         changed = true;
     }
-    changed.then(|| out.join(", "))
+    changed.then(|| Cow::Owned(out.join(", ")))
 }
 
 #[cfg(test)]
@@ -213,10 +245,10 @@ mod tests {
         }
     }
 
-    fn apply(headers: &mut Vec<(String, String)>, edits: &[(&str, String)]) {
+    fn apply(headers: &mut Vec<(String, String)>, edits: &[(&str, Cow<str>)]) {
         for (name, value) in edits {
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            headers.push((name.to_string(), value.clone()));
+            headers.push((name.to_string(), value.to_string()));
         }
     }
 
@@ -308,8 +340,8 @@ mod tests {
         assert_eq!(
             protected_response(&none, false),
             [
-                ("cache-control", "private".to_string()),
-                ("vary", "Cookie".to_string())
+                ("cache-control", Cow::from("private")),
+                ("vary", Cow::from("Cookie"))
             ]
         );
         // Several Cache-Control lines become one, so a cache reading the first sees `private`.
@@ -320,7 +352,7 @@ mod tests {
         ];
         assert_eq!(
             protected_response(&split, false),
-            [("cache-control", "max-age=5, private".to_string())]
+            [("cache-control", Cow::from("max-age=5, private"))]
         );
     }
 }
