@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+use super::header_budget;
+
 /// A borrowed view of the request headers, read in one host call (cheaper than one per header).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
@@ -51,6 +53,27 @@ impl<'a> RequestView<'a> {
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + Clone {
         self.iter_bytes()
             .map(|(n, v)| (std::str::from_utf8(n).unwrap_or(""), v))
+    }
+
+    /// At least the size of every header as an HTTP/1 request carries it (see
+    /// [`header_budget::size_of`]), without walking the headers: a map's names and values lie
+    /// inside it, so their lengths add up to less than its length, and it holds at most as many
+    /// headers as its table declares. The hot path learns from it that a request fits its header
+    /// budget; only a request near the budget is measured exactly.
+    pub fn size_bound(&self) -> usize {
+        match self.headers {
+            Headers::Pairs(p) => p.iter().fold(0usize, |acc, (n, v)| {
+                acc.saturating_add(header_budget::size_of(n.len(), v.len()))
+            }),
+            Headers::Wire(map) => {
+                let count = map
+                    .first_chunk::<4>()
+                    .and_then(|c| usize::try_from(u32::from_le_bytes(*c)).ok())
+                    .unwrap_or(0);
+                map.len()
+                    .saturating_add(header_budget::size_of(0, 0).saturating_mul(count))
+            }
+        }
     }
 
     /// The first value of `name` (lower-case).
@@ -264,6 +287,24 @@ mod tests {
             prop_assert_eq!(got, headers);
             // Anything at all: no panic, and never more headers than bytes allow.
             prop_assert!(RequestView::wire(&junk).iter().count() <= junk.len() / 10);
+        }
+
+        #[test]
+        fn the_size_bound_is_never_below_the_size(
+            headers in proptest::collection::vec(("[a-z:-]{0,12}", proptest::collection::vec(any::<u8>(), 0..40)), 0..12),
+            cut in any::<usize>(),
+            junk in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let size = |view: RequestView<'_>| {
+                view.iter_bytes().map(|(n, v)| header_budget::size_of(n.len(), v.len())).sum::<usize>()
+            };
+            let wire = encode_wire(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+            let cut = wire.get(..cut % (wire.len() + 1)).unwrap_or_default();
+            for map in [&wire[..], cut, &junk[..]] {
+                prop_assert!(RequestView::wire(map).size_bound() >= size(RequestView::wire(map)));
+            }
+            let pairs: Vec<(String, Vec<u8>)> = headers.clone();
+            prop_assert_eq!(RequestView::new(&pairs).size_bound(), size(RequestView::new(&pairs)));
         }
     }
 }

@@ -1,54 +1,64 @@
 //! Verified-token cache: the hot path does no RSA/ECDSA work for a token it has seen.
 //!
 //! One cache per Wasm VM (worker); sharing it across workers would cost a serialization per
-//! request, more than the lookup saves. Entries are keyed by the token itself through a
-//! SipHash-1-3 table with a per-VM random key, so a lookup is one keyed hash plus an exact
-//! comparison: no collision can make an unverified token look verified. The hash covers the
-//! token's length and its last [`HASHED_TAIL`] bytes (the end of the signature) rather than the
-//! whole token: the leading part (JOSE header, and claims that differ little between tokens)
-//! adds no spread, and hashing a ~600-byte RS256 token in full was a third of a cache hit's
-//! work. Only verified tokens are ever inserted, so no one without the signing key chooses
-//! those bytes, and the key keeps them unpredictable. Each entry dies at the
-//! token's `exp` (plus the configured clock skew, the same rule `token::verify` applies), and
-//! the table is bounded: when full, expired entries go first, then arbitrary ones.
+//! request, more than the lookup saves. Entries are filed under a keyed hash of the token
+//! (SipHash-1-3 with a per-VM random key) and hold the token itself, so a lookup is one keyed
+//! hash plus an exact comparison: no collision can make an unverified token look verified (two
+//! tokens with one hash only take turns in the entry). The hash covers the token's length and
+//! its last [`HASHED_TAIL`] bytes (the end of the signature) rather than the whole token: the
+//! leading part (JOSE header, and claims that differ little between tokens) adds no spread, and
+//! hashing a ~600-byte RS256 token in full was a third of a cache hit's work. Only verified
+//! tokens are ever inserted, so no one without the signing key chooses those bytes, and the key
+//! keeps them unpredictable. Each entry dies at the token's `exp` (plus the configured clock
+//! skew, the same rule `token::verify` applies), and the table is bounded: when full, expired
+//! entries go first, then arbitrary ones.
 
 use std::cell::Cell;
-use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 /// How many trailing bytes of a token the table hashes (with the token's length).
 pub const HASHED_TAIL: usize = 32;
 
-/// The table's hasher: keyed SipHash-1-3 (std's `RandomState`) over the length and the last
-/// [`HASHED_TAIL`] bytes of what it is given. Lookups and inserts hash alike, and equality is
-/// still the full token's.
-#[derive(Debug, Clone, Default)]
-struct TailHash(RandomState);
+/// The table's own hasher over keys that are already keyed hashes: passes them through.
+#[derive(Default)]
+struct Prehashed(u64);
 
-struct TailHasher(DefaultHasher);
-
-impl BuildHasher for TailHash {
-    type Hasher = TailHasher;
-
-    fn build_hasher(&self) -> TailHasher {
-        TailHasher(self.0.build_hasher())
-    }
-}
-
-impl Hasher for TailHasher {
+impl Hasher for Prehashed {
     fn write(&mut self, bytes: &[u8]) {
-        self.0.write_usize(bytes.len());
-        let tail = bytes
-            .get(bytes.len().saturating_sub(HASHED_TAIL)..)
-            .unwrap_or(bytes);
-        self.0.write(tail);
+        // Only `write_u64` is used (the keys are u64); anything else still hashes.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 
     fn finish(&self) -> u64 {
-        self.0.finish()
+        self.0
     }
+}
+
+/// Byte equality eight bytes at a time. On wasm32, `==` on slices calls the C library's
+/// `memcmp`, which compares byte by byte: for a ~700-byte token that was about a quarter of a
+/// cache hit's time under V8.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let word = |c: &[u8]| <[u8; 8]>::try_from(c).map(u64::from_ne_bytes).unwrap_or(0);
+    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    a.len() == b.len()
+        && wa.remainder() == wb.remainder()
+        && wa.zip(wb).all(|(x, y)| word(x) == word(y))
+}
+
+/// A verified token and what it yields.
+#[derive(Debug)]
+struct Entry {
+    token: Box<str>,
+    cached: Cached,
 }
 
 /// What a verified token yields on every later request.
@@ -64,7 +74,10 @@ pub struct Cached {
 
 #[derive(Debug)]
 pub struct TokenCache {
-    map: HashMap<Box<str>, Cached, TailHash>,
+    /// Entries by [`TokenCache::hash`] of their token.
+    map: HashMap<u64, Entry, BuildHasherDefault<Prehashed>>,
+    /// The per-VM random key of the token hash.
+    key: RandomState,
     capacity: usize,
     /// Lookups that found a live entry, and those that did not, since the last `take_counts`.
     hits: Cell<u64>,
@@ -76,15 +89,33 @@ impl TokenCache {
     pub fn new(capacity: usize) -> TokenCache {
         TokenCache {
             map: HashMap::default(),
+            key: RandomState::new(),
             capacity: capacity.max(1),
             hits: Cell::new(0),
             misses: Cell::new(0),
         }
     }
 
+    /// The keyed hash of the token's length and last [`HASHED_TAIL`] bytes.
+    fn hash(&self, token: &str) -> u64 {
+        let bytes = token.as_bytes();
+        let tail = bytes
+            .get(bytes.len().saturating_sub(HASHED_TAIL)..)
+            .unwrap_or(bytes);
+        let mut h = self.key.build_hasher();
+        h.write_usize(bytes.len());
+        h.write(tail);
+        h.finish()
+    }
+
     /// The live entry for `token`, if any.
     pub fn get(&self, token: &str, now: u64) -> Option<&Cached> {
-        let found = self.map.get(token).filter(|c| now < c.valid_until);
+        let found = self
+            .map
+            .get(&self.hash(token))
+            .filter(|e| same_bytes(e.token.as_bytes(), token.as_bytes()))
+            .map(|e| &e.cached)
+            .filter(|c| now < c.valid_until);
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -99,25 +130,32 @@ impl TokenCache {
         (self.hits.replace(0), self.misses.replace(0))
     }
 
-    /// Stores a verified token and returns the stored entry.
+    /// Stores a verified token (in place of any other token with the same hash).
     pub fn insert(&mut self, token: &str, entry: Cached, now: u64) {
-        if self.map.len() >= self.capacity && !self.map.contains_key(token) {
-            self.map.retain(|_, c| now < c.valid_until);
+        let hash = self.hash(token);
+        if self.map.len() >= self.capacity && !self.map.contains_key(&hash) {
+            self.map.retain(|_, e| now < e.cached.valid_until);
             if self.map.len() >= self.capacity {
                 // Still full of live tokens: drop an eighth (arbitrary ones) so the sweep above
                 // does not run on every insert under a flood of distinct valid tokens.
-                let drop: Vec<Box<str>> = self
+                let drop: Vec<u64> = self
                     .map
                     .keys()
                     .take((self.capacity / 8).max(1))
-                    .cloned()
+                    .copied()
                     .collect();
                 for k in drop {
                     self.map.remove(&k);
                 }
             }
         }
-        self.map.insert(token.into(), entry);
+        self.map.insert(
+            hash,
+            Entry {
+                token: token.into(),
+                cached: entry,
+            },
+        );
     }
 
     /// Forgets every entry (the signing keys changed).
@@ -166,6 +204,28 @@ mod tests {
         assert!(c.get("short", 1).is_none());
         c.insert("short", entry(100), 0);
         assert!(c.get("short", 1).is_some());
+        // Same length and tail, so the same hash: the two take turns in one entry.
+        c.insert(&format!("header.claims-b.{tail}"), entry(100), 0);
+        assert!(c.get(&format!("header.claims-b.{tail}"), 1).is_some());
+        assert!(c.get(&format!("header.claims-a.{tail}"), 1).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn same_bytes_is_equality(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            flip in proptest::prelude::any::<(usize, u8)>(),
+            cut in 0usize..40,
+        ) {
+            let mut b = a.clone();
+            if let Some(x) = b.get_mut(flip.0 % a.len().max(1)) {
+                *x ^= flip.1;
+            }
+            proptest::prop_assert_eq!(same_bytes(&a, &b), a == b);
+            proptest::prop_assert!(same_bytes(&a, &a.clone()));
+            let short = a.get(..cut.min(a.len())).unwrap_or_default();
+            proptest::prop_assert_eq!(same_bytes(&a, short), a.as_slice() == short);
+        }
     }
 
     #[test]

@@ -328,14 +328,19 @@ pub(crate) fn over_budget(
             .filter(|(n, _)| !replaced(n.as_bytes()))
             .chain(own())
     };
-    // Hot path: the request fits, which the total alone shows (no list built, no name decoded).
+    let own_total = header_budget::total_of(own());
+    // Hot path: the request fits, which a bound of its size shows without reading a header.
+    if req.size_bound().saturating_add(own_total) <= budget {
+        return None;
+    }
+    // Near the budget: the total alone (no list built, no name decoded).
     let client = req
         .iter_bytes()
         .filter(|(n, _)| !replaced(n))
         .fold(0usize, |acc, (n, v)| {
             acc.saturating_add(header_budget::size_of(n.len(), v.len()))
         });
-    if client.saturating_add(header_budget::total_of(own())) <= budget {
+    if client.saturating_add(own_total) <= budget {
         return None;
     }
     let headers: Vec<(&str, &[u8])> = upstream().collect();
