@@ -5,19 +5,34 @@ pub mod jwks;
 pub mod token;
 pub mod token_cache;
 
+use std::fmt;
 use std::rc::Rc;
 
 use jwks::KeySet;
 use token::{ClaimRules, TokenError};
 use token_cache::{Cached, TokenCache};
 
-/// A verified access token: its forwarded claims and its `exp`.
-#[derive(Debug, Clone)]
+/// A verified access token: its forwarded claims and its `exp`. Its `Debug` leaves the claim
+/// values out.
+#[derive(Clone)]
 pub struct Valid {
     pub forwarded: Rc<[(String, String)]>,
     pub exp: u64,
     /// Found in the verified-token cache (no signature check ran); reported per request.
     pub(crate) cached: bool,
+}
+
+impl fmt::Debug for Valid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Valid")
+            .field(
+                "forwarded",
+                &self.forwarded.iter().map(|(h, _)| h).collect::<Vec<_>>(),
+            )
+            .field("exp", &self.exp)
+            .field("cached", &self.cached)
+            .finish()
+    }
 }
 
 /// Why [`Verifier::verify`] did not verify a token.

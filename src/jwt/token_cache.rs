@@ -16,6 +16,7 @@
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
@@ -55,14 +56,13 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A verified token and what it yields.
-#[derive(Debug)]
 struct Entry {
     token: Box<str>,
     cached: Cached,
 }
 
-/// What a verified token yields on every later request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a verified token yields on every later request. Its `Debug` leaves the claim values out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Cached {
     /// Unix seconds after which the entry is dead (`exp` + clock skew).
     pub valid_until: u64,
@@ -72,7 +72,20 @@ pub struct Cached {
     pub forwarded: Rc<[(String, String)]>,
 }
 
-#[derive(Debug)]
+impl fmt::Debug for Cached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cached")
+            .field("valid_until", &self.valid_until)
+            .field("exp", &self.exp)
+            .field(
+                "forwarded",
+                &self.forwarded.iter().map(|(h, _)| h).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The cache. Its `Debug` shows counts only: the entries are access tokens.
 pub struct TokenCache {
     /// Entries by [`TokenCache::hash`] of their token.
     map: HashMap<u64, Entry, BuildHasherDefault<Prehashed>>,
@@ -82,6 +95,17 @@ pub struct TokenCache {
     /// Lookups that found a live entry, and those that did not, since the last `take_counts`.
     hits: Cell<u64>,
     misses: Cell<u64>,
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("len", &self.map.len())
+            .field("capacity", &self.capacity)
+            .field("hits", &self.hits.get())
+            .field("misses", &self.misses.get())
+            .finish()
+    }
 }
 
 impl TokenCache {

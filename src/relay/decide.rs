@@ -6,6 +6,7 @@
 //! the token endpoint, or one another request or worker made), and `complete_refresh` turns
 //! that outcome into the request's mutations and the cookies for the browser.
 
+use std::fmt;
 use std::rc::Rc;
 
 use super::flight::RefreshId;
@@ -35,8 +36,9 @@ pub enum Step<'a> {
     Refresh(RefreshNeed<'a>),
 }
 
-/// Request mutations for a verified token.
-#[derive(Debug, PartialEq, Eq)]
+/// Request mutations for a verified token. Its `Debug` shows sizes and header names only: the
+/// `Authorization` value is the access token, and the Cookie header may hold others.
+#[derive(PartialEq, Eq)]
 pub struct Forward<'a> {
     /// Value for `authorization` (replaces anything the client sent).
     pub authorization: String,
@@ -77,6 +79,20 @@ impl Via {
         } else {
             Via::Verified
         }
+    }
+}
+
+impl fmt::Debug for Forward<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("authorization_bytes", &self.authorization.len())
+            .field("cookie_bytes", &self.cookie.as_ref().map(String::len))
+            .field(
+                "claim_headers",
+                &self.headers.iter().map(|(h, _)| h).collect::<Vec<_>>(),
+            )
+            .field("via", &self.via)
+            .finish()
     }
 }
 
@@ -428,6 +444,26 @@ mod tests {
             claims,
             vec![("x-user-sub".to_string(), Some("alice".to_string()))]
         );
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token_or_claim_values() {
+        let c = testkit::config(json!({}));
+        let t = sign(&claims());
+        let cookie = format!("a=1; __Host-relay-at={t}");
+        let h = request("GET", "/api/me", Some(cookie.as_bytes()), &[]);
+        let mut cache = TokenCache::new(4);
+        let req = RequestView::new(&h);
+        for _ in 0..2 {
+            // A miss, then a hit: the cache holds the token the second time.
+            let step = decide(&c, Some(keys(&c)), &mut cache, &req, NOW, true);
+            assert!(matches!(step, Step::Forward(_)), "{step:?}");
+            for shown in [format!("{step:?}"), format!("{cache:?}")] {
+                let signature = t.rsplit('.').next().unwrap();
+                assert!(!shown.contains(signature), "{shown}");
+                assert!(!shown.contains("alice"), "{shown}");
+            }
+        }
     }
 
     #[test]
