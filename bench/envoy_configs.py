@@ -56,10 +56,13 @@ DESCRIPTIONS = {
     "e-ES256": "relay filter, fresh ES256 token per request (cache miss)",
     "e-EdDSA": "relay filter, fresh EdDSA token per request (cache miss)",
     "f": "oauth2 filter, valid signed cookies, forward_bearer_token",
+    "b2": "relay filter, the --compare build, same token (cache hit)",
 }
+# (b) with another build of the relay (`run.py --compare`): run next to (b) in every round.
+COMPARE_CONFIG = "b2"
 # Configurations that send a different token on every request, and the algorithm of each.
 MISS_CONFIGS = {"e": "RS256", "e-ES256": "ES256", "e-EdDSA": "EdDSA"}
-RELAY_CONFIGS = ("b",) + tuple(MISS_CONFIGS)
+RELAY_CONFIGS = ("b", COMPARE_CONFIG) + tuple(MISS_CONFIGS)
 JWT_AUTHN_CONFIGS = ("c", "d")
 NOP_CONFIGS = ("n",)
 PROBE_CONFIGS = ("p",)

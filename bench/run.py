@@ -370,13 +370,18 @@ class Bench:
         self.wasm_copy = workdir / "edge_token_relay.wasm"
         if support.WASM_PATH.is_file():
             shutil.copyfile(support.WASM_PATH, self.wasm_copy)
+        # (b2)'s module (--compare), snapshotted the same way.
+        self.compare_copy = workdir / "compare.wasm"
+        if args.compare is not None:
+            shutil.copyfile(args.compare, self.compare_copy)
         # (n)'s and (p)'s modules, built into the work directory when selected.
         self.nop_copy = workdir / "bench_nop.wasm"
         self.probe_copy = workdir / "bench_probe.wasm"
 
     def envoy_config(self, name: str, wasm_path: Path | None = None,
                      nop_path: Path | None = None, probe_path: Path | None = None) -> dict:
-        return ec.config_for(name, jwks=self.jwks, wasm_path=wasm_path or self.wasm_copy,
+        own = self.compare_copy if name == ec.COMPARE_CONFIG else self.wasm_copy
+        return ec.config_for(name, jwks=self.jwks, wasm_path=wasm_path or own,
                              nop_wasm_path=nop_path or self.nop_copy,
                              probe_wasm_path=probe_path or self.probe_copy, token=self.token,
                              miss_jwks=self.miss_jwks)
@@ -662,7 +667,17 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
               if p["wrk_core_other_busy_max"] > NOISY_OTHER_CPU]
     limited = [f"({n}) wrk used {p['wrk_cpu_utilisation']:.0%} of its core"
                for n, p in per.items() if p["wrk_cpu_utilisation"] > WRK_SATURATED]
-    return {"configs": per, "ratios": ratios, "cpu_ratios": cpu_ratios,
+    compare = None
+    if "b" in per and ec.COMPARE_CONFIG in per:
+        # Paired by round: adjacent runs share the machine's drift, which the pair cancels.
+        cpu = {(r["config"], r["round"]): r["cpu_us_per_request"] for r in runs}
+        pairs = [cpu[(ec.COMPARE_CONFIG, k)] - cpu[("b", k)]
+                 for (name, k) in cpu if name == "b" and (ec.COMPARE_CONFIG, k) in cpu]
+        compare = {"b2_minus_b_per_round": pairs,
+                   "median_us": statistics.median(pairs) if pairs else None,
+                   "b/b2": (per[ec.COMPARE_CONFIG]["cpu_us_per_request"]
+                            / per["b"]["cpu_us_per_request"])}
+    return {"configs": per, "ratios": ratios, "cpu_ratios": cpu_ratios, "compare": compare,
             # Differences of CPU µs/req (DIFFS): host calls, logic, cold verification.
             **{key: cpu_diff(x, y) for key, x, y, _ in DIFFS},
             "noise": noisy,
@@ -712,6 +727,12 @@ def render_markdown(summary: dict, meta: dict) -> str:
                      f"{fmt(summary['cpu_ratios'].get(k), '.2f')} | {fmt(v, '.2f')} |")
     lines += ["", "| Envoy CPU per request | µs |", "|---|---:|"]
     lines += [f"| {what} | {fmt(summary.get(key), '.1f')} |" for key, _, _, what in DIFFS]
+    if summary.get("compare"):
+        c = summary["compare"]
+        rounds = ", ".join(f"{d:+.1f}" for d in c["b2_minus_b_per_round"])
+        lines += ["", f"**(b2) − (b), paired by round** (the `--compare` build minus this one, "
+                  f"Envoy CPU µs/req): {rounds}; median {fmt(c['median_us'], '+.1f')} µs; "
+                  f"b/b2 by CPU {c['b/b2']:.3f} (above 1: this build is cheaper)."]
     lines += ["", "Where the CPU went (medians over the measured windows; a config whose Envoy is "
               "not near 100 % was limited by something else):", "",
               "| config | Envoy CPU | wrk CPU | other work on Envoy's core (max) "
@@ -727,6 +748,9 @@ def render_markdown(summary: dict, meta: dict) -> str:
         if meta["wasm"].get("size_bytes") is not None
         else "- filter: not built (relay configs not run)",
     ]
+    if meta.get("compare_wasm"):
+        cw = meta["compare_wasm"]
+        lines.append(f"- (b2): `{cw['path']}`, {cw['size_bytes']:,} bytes")
     for key, label in (("nop_wasm", "(n)"), ("probe_wasm", "(p)")):
         if meta.get(key):
             nw = meta[key]
@@ -794,6 +818,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--probe-repeat", metavar="STEP=N",
                     help="build (p) repeating one host call N times per request (the "
                          "per-step table in bench/README.md)")
+    ap.add_argument("--compare", type=Path, metavar="WASM",
+                    help="also run (b2): (b) with this other build of the relay, right after "
+                         "(b) in every round; the report adds (b2) − (b) paired by round")
     ap.add_argument("--connections", type=int, default=32, help="wrk -c (32)")
     ap.add_argument("--threads", type=int, default=1, help="wrk -t (1)")
     ap.add_argument("--tokens", type=int, default=None,
@@ -827,6 +854,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--only: unknown configuration(s) {unknown}; choose from "
                  f"{','.join(ec.CONFIG_NAMES)}")
     args.configs = [n for n in ec.CONFIG_NAMES if n in names]  # canonical order
+    if args.compare is not None:
+        if not args.compare.is_file():
+            ap.error(f"--compare: {args.compare} is not a file")
+        if "b" not in args.configs:
+            ap.error("--compare runs next to (b): include b in --only")
+        at = args.configs.index("b") + 1
+        args.configs = args.configs[:at] + [ec.COMPARE_CONFIG] + args.configs[at:]
     if args.rounds < 1 or args.duration < 1 or args.warmup < 0:
         ap.error("--rounds and --duration must be >= 1, --warmup >= 0")
     if any(n in ec.MISS_CONFIGS for n in args.configs) and args.threads != 1:
@@ -906,6 +940,10 @@ def main(argv: list[str] | None = None) -> int:
             meta["wasm"].update(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
         else:
             meta["wasm"]["size_bytes"] = None
+        if args.compare is not None:
+            data = bench.compare_copy.read_bytes()
+            meta["compare_wasm"] = {"path": str(args.compare), "size_bytes": len(data),
+                                    "sha256": hashlib.sha256(data).hexdigest()}
         if any(n in ec.NOP_CONFIGS for n in args.configs):
             how = build_nop(bench.nop_copy)
             data = bench.nop_copy.read_bytes()
@@ -963,8 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         raw = {"meta": meta, "summary": summary, "runs": runs,
-               "envoy_configs": {n: bench.envoy_config(n, support.WASM_PATH, NOP_WASM, PROBE_WASM)
-                                 for n in args.configs}}
+               "envoy_configs": {n: bench.envoy_config(
+                   n, args.compare if n == ec.COMPARE_CONFIG else support.WASM_PATH,
+                   NOP_WASM, PROBE_WASM) for n in args.configs}}
         for base in (f"bench-{stamp}", "latest"):
             (args.results_dir / f"{base}.md").write_text(md)
             (args.results_dir / f"{base}.json").write_text(json.dumps(raw, indent=2) + "\n")
