@@ -16,31 +16,71 @@ pub fn host_of(authority: &[u8]) -> Option<&str> {
         return None;
     }
     let authority = std::str::from_utf8(authority).ok()?;
-    let (host, port) = if authority.starts_with('[') {
-        let close = authority.find(']')?;
-        let (host, after) = authority.split_at_checked(close.checked_add(1)?)?;
-        let inner = host.get(1..close)?;
-        let v6 = !inner.is_empty()
-            && inner
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        if !v6 {
-            return None;
-        }
-        let port = match after {
-            "" => "",
-            _ => after.strip_prefix(':')?,
-        };
-        (host, port)
-    } else {
-        let (host, port) = authority.split_once(':').unwrap_or((authority, ""));
-        (host.strip_suffix('.').unwrap_or(host), port)
+    let (host, port) = split_host_port(authority).ok()?;
+    let host = match host.starts_with('[') {
+        true => host,
+        false => host.strip_suffix('.').unwrap_or(host),
     };
     // An empty port is allowed by RFC 3986 (`host:`); anything but digits is not a port.
+    let port = port.unwrap_or("");
     if port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     (host.starts_with('[') || is_dns_name(host)).then_some(host)
+}
+
+/// Why an authority does not split into a host and a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SplitError {
+    /// `[` without `]`.
+    UnterminatedV6,
+    /// Brackets around something that is not an IPv6 address.
+    BadV6,
+    /// Something other than `:port` after the `]`.
+    BadPort,
+}
+
+impl SplitError {
+    /// The problem, for a configuration message.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            SplitError::UnterminatedV6 => "unterminated IPv6 literal",
+            SplitError::BadV6 => "bad IPv6 literal",
+            SplitError::BadPort => "bad port",
+        }
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` split into the host (an IPv6 literal keeps its brackets) and
+/// the text after the port's colon, `None` without a colon. An IPv6 literal carries colons inside
+/// its brackets, so the port follows the `]`; inside them only hex digits, `:` and `.` count.
+/// The caller checks the host's name and the port's digits, by its own rules.
+pub(crate) fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), SplitError> {
+    if !authority.starts_with('[') {
+        return Ok(match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        });
+    }
+    let close = authority.find(']').ok_or(SplitError::UnterminatedV6)?;
+    let (host, after) = authority
+        .split_at_checked(close.saturating_add(1))
+        .ok_or(SplitError::BadV6)?;
+    let inner = host.get(1..close).ok_or(SplitError::BadV6)?;
+    if inner.is_empty()
+        || !inner
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    {
+        return Err(SplitError::BadV6);
+    }
+    match after {
+        "" => Ok((host, None)),
+        _ => Ok((
+            host,
+            Some(after.strip_prefix(':').ok_or(SplitError::BadPort)?),
+        )),
+    }
 }
 
 /// Non-empty labels of letters, digits, `-` and `_`, joined by single dots.
@@ -131,6 +171,29 @@ pub fn serves(patterns: &[HostPattern], authority: Option<&[u8]>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_host_port_table() {
+        type Split<'a> = Result<(&'a str, Option<&'a str>), SplitError>;
+        let cases: &[(&str, Split)] = &[
+            ("app.example.com", Ok(("app.example.com", None))),
+            ("app:8443", Ok(("app", Some("8443")))),
+            ("app:", Ok(("app", Some("")))),
+            // Past the first colon, everything is the port's (its caller refuses it).
+            ("a:b:c", Ok(("a", Some("b:c")))),
+            ("[::1]", Ok(("[::1]", None))),
+            ("[::1]:8080", Ok(("[::1]", Some("8080")))),
+            ("[::ffff:10.0.0.1]:1", Ok(("[::ffff:10.0.0.1]", Some("1")))),
+            ("[::1", Err(SplitError::UnterminatedV6)),
+            ("[]", Err(SplitError::BadV6)),
+            ("[fe80::1%eth0]", Err(SplitError::BadV6)),
+            ("[::1]8080", Err(SplitError::BadPort)),
+            ("[::1]]", Err(SplitError::BadPort)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(&split_host_port(input), want, "{input:?}");
+        }
+    }
 
     #[test]
     fn host_of_strips_port_and_one_trailing_dot() {

@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use super::authority::{split_host_port, SplitError};
+
 /// Longest `return_to` honoured, in bytes (after encoding); a longer one becomes `/`.
 pub const MAX_RETURN_TO_LEN: usize = 2048;
 /// Longest configured path or URL.
@@ -373,32 +375,7 @@ impl<'a> Origin<'a> {
         if authority.contains('@') {
             return Err("must not contain userinfo");
         }
-        // An IPv6 literal carries colons inside its brackets; the port follows the `]`.
-        let (host, port) = if authority.starts_with('[') {
-            let close = authority.find(']').ok_or("unterminated IPv6 literal")?;
-            let (host, after) = authority
-                .split_at_checked(close.saturating_add(1))
-                .ok_or("bad IPv6 literal")?;
-            let inner = host
-                .get(1..host.len().saturating_sub(1))
-                .ok_or("bad IPv6 literal")?;
-            if inner.is_empty()
-                || !inner
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-            {
-                return Err("bad IPv6 literal");
-            }
-            match after {
-                "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':').ok_or("bad port")?)),
-            }
-        } else {
-            match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
+        let (host, port) = split_host_port(authority).map_err(SplitError::message)?;
         if host.is_empty() {
             return Err("has no host");
         }
