@@ -65,14 +65,9 @@ impl<'a> RequestView<'a> {
             Headers::Pairs(p) => p.iter().fold(0usize, |acc, (n, v)| {
                 acc.saturating_add(header_budget::size_of(n.len(), v.len()))
             }),
-            Headers::Wire(map) => {
-                let count = map
-                    .first_chunk::<4>()
-                    .and_then(|c| usize::try_from(u32::from_le_bytes(*c)).ok())
-                    .unwrap_or(0);
-                map.len()
-                    .saturating_add(header_budget::size_of(0, 0).saturating_mul(count))
-            }
+            Headers::Wire(map) => map
+                .len()
+                .saturating_add(header_budget::size_of(0, 0).saturating_mul(declared_count(map))),
         }
     }
 
@@ -158,10 +153,7 @@ pub struct WireIter<'a> {
 impl<'a> WireIter<'a> {
     /// The headers of any map the host hands over in the wire format (request or response).
     pub fn new(map: &'a [u8]) -> WireIter<'a> {
-        let count = map
-            .first_chunk::<4>()
-            .and_then(|c| usize::try_from(u32::from_le_bytes(*c)).ok())
-            .unwrap_or(0);
+        let count = declared_count(map);
         // A count the map cannot hold reads as no header at all.
         let table_end = count.checked_mul(8).and_then(|t| t.checked_add(4));
         match table_end.and_then(|end| Some((map.get(4..end)?, map.get(end..)?))) {
@@ -176,6 +168,11 @@ impl<'a> WireIter<'a> {
 
 fn len_at(chunk: &[u8; 4]) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(*chunk)).ok()
+}
+
+/// The number of headers a wire-format map's table declares (0 when it has no count).
+fn declared_count(map: &[u8]) -> usize {
+    map.first_chunk::<4>().and_then(len_at).unwrap_or(0)
 }
 
 impl<'a> Iterator for WireIter<'a> {
