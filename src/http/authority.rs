@@ -17,16 +17,18 @@ pub fn host_of(authority: &[u8]) -> Option<&str> {
     }
     let authority = std::str::from_utf8(authority).ok()?;
     let (host, port) = split_host_port(authority).ok()?;
-    let host = match host.starts_with('[') {
-        true => host,
-        false => host.strip_suffix('.').unwrap_or(host),
+    let v6 = host.starts_with('[');
+    let host = if v6 {
+        host
+    } else {
+        host.strip_suffix('.').unwrap_or(host)
     };
     // An empty port is allowed by RFC 3986 (`host:`); anything but digits is not a port.
     let port = port.unwrap_or("");
     if port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    (host.starts_with('[') || is_dns_name(host)).then_some(host)
+    (v6 || is_dns_name(host)).then_some(host)
 }
 
 /// Why an authority does not split into a host and a port.

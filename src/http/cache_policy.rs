@@ -135,19 +135,16 @@ struct Lines<'h> {
 impl<'h> Lines<'h> {
     fn add(&mut self, value: &'h [u8]) {
         self.count += 1;
-        match (self.count, self.joined.as_mut()) {
-            (1, _) => self.first = value,
-            (_, None) => {
-                let mut j = String::from_utf8_lossy(self.first).into_owned();
-                j.push_str(", ");
-                j.push_str(&String::from_utf8_lossy(value));
-                self.joined = Some(j);
-            }
-            (_, Some(j)) => {
-                j.push_str(", ");
-                j.push_str(&String::from_utf8_lossy(value));
-            }
+        if self.count == 1 {
+            self.first = value;
+            return;
         }
+        let first = self.first;
+        let joined = self
+            .joined
+            .get_or_insert_with(|| String::from_utf8_lossy(first).into_owned());
+        joined.push_str(", ");
+        joined.push_str(&String::from_utf8_lossy(value));
     }
 
     /// The lines joined with ", " (bad UTF-8 replaced); `None` when there are none.
