@@ -9,7 +9,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use jwks::KeySet;
-use token::{ClaimRules, TokenError};
+use token::{ClaimRules, HeaderNames, TokenError};
 use token_cache::{Cached, TokenCache};
 
 /// A verified access token: its forwarded claims and its `exp`. Its `Debug` leaves the claim
@@ -25,10 +25,7 @@ pub struct Valid {
 impl fmt::Debug for Valid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Valid")
-            .field(
-                "forwarded",
-                &self.forwarded.iter().map(|(h, _)| h).collect::<Vec<_>>(),
-            )
+            .field("forwarded", &HeaderNames(&self.forwarded))
             .field("exp", &self.exp)
             .field("cached", &self.cached)
             .finish()

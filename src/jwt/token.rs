@@ -63,16 +63,24 @@ pub struct VerifiedToken {
     pub forwarded: Vec<(String, String)>,
 }
 
+/// `(header, value)` pairs in debug output by header name only: claim values stay out of logs.
+pub(crate) struct HeaderNames<'a>(pub(crate) &'a [(String, String)]);
+
+impl fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(header, _)| header))
+            .finish()
+    }
+}
+
 impl fmt::Debug for VerifiedToken {
     /// Claim values stay out of debug output; only header names are shown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifiedToken")
             .field("exp", &self.exp)
             .field("kid", &self.kid)
-            .field(
-                "forwarded",
-                &self.forwarded.iter().map(|(h, _)| h).collect::<Vec<_>>(),
-            )
+            .field("forwarded", &HeaderNames(&self.forwarded))
             .finish()
     }
 }

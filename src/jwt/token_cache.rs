@@ -20,6 +20,8 @@ use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
+use super::token::HeaderNames;
+
 /// How many trailing bytes of a token the table hashes (with the token's length).
 pub const HASHED_TAIL: usize = 32;
 
@@ -77,10 +79,7 @@ impl fmt::Debug for Cached {
         f.debug_struct("Cached")
             .field("valid_until", &self.valid_until)
             .field("exp", &self.exp)
-            .field(
-                "forwarded",
-                &self.forwarded.iter().map(|(h, _)| h).collect::<Vec<_>>(),
-            )
+            .field("forwarded", &HeaderNames(&self.forwarded))
             .finish()
     }
 }

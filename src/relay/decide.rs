@@ -15,7 +15,7 @@ use crate::csrf;
 use crate::http::{cookie, header_budget, Reply, RequestView};
 use crate::jar;
 use crate::jwt::jwks::KeySet;
-use crate::jwt::token::TokenError;
+use crate::jwt::token::{HeaderNames, TokenError};
 use crate::jwt::token_cache::TokenCache;
 use crate::jwt::{Valid, Verifier, VerifyError};
 use crate::session::{self, Session};
@@ -87,10 +87,7 @@ impl fmt::Debug for Forward<'_> {
         f.debug_struct("Forward")
             .field("authorization_bytes", &self.authorization.len())
             .field("cookie_bytes", &self.cookie.as_ref().map(String::len))
-            .field(
-                "claim_headers",
-                &self.headers.iter().map(|(h, _)| h).collect::<Vec<_>>(),
-            )
+            .field("claim_headers", &HeaderNames(self.headers))
             .field("via", &self.via)
             .finish()
     }
