@@ -1,8 +1,9 @@
 //! The `cookies` section: the relay's cookie names and the attributes of those it sets.
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use super::error::ConfigError;
+use super::json::{self, Object};
 use crate::http::cookie::{self, CookieAttrs, SameSite};
 
 /// Names of the relay's cookies and the attributes of those it sets.
@@ -14,9 +15,11 @@ pub struct CookieNames {
     pub attrs: CookieAttrs,
 }
 
-#[derive(Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields, default)]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    derive(schemars::JsonSchema),
+    serde(deny_unknown_fields, default)
+)]
 pub struct RawCookies {
     pub access_token: String,
     pub session: String,
@@ -36,6 +39,33 @@ impl Default for RawCookies {
             same_site: "Strict".into(),
             secure: true,
         }
+    }
+}
+
+impl RawCookies {
+    /// Every member is optional: one left out keeps its default.
+    pub(super) fn read(v: Value, at: &str) -> Result<RawCookies, ConfigError> {
+        let mut o = Object::new(
+            v,
+            at,
+            &[
+                "access_token",
+                "session",
+                "csrf",
+                "path",
+                "same_site",
+                "secure",
+            ],
+        )?;
+        let d = RawCookies::default();
+        Ok(RawCookies {
+            access_token: o.or("access_token", json::string, || d.access_token)?,
+            session: o.or("session", json::string, || d.session)?,
+            csrf: o.or("csrf", json::string, || d.csrf)?,
+            path: o.or("path", json::string, || d.path)?,
+            same_site: o.or("same_site", json::string, || d.same_site)?,
+            secure: o.or("secure", json::boolean, || d.secure)?,
+        })
     }
 }
 

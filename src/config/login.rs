@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde_json::Value;
 use sha2_11::Digest as _;
 
 use super::cookies::CookieNames;
 use super::error::ConfigError;
+use super::json::{self, Object};
 use crate::http::url::{check_path, check_return_to, parse_config_url};
 
 /// Default `login.session_lifetime_s`: one day.
@@ -47,9 +48,12 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
 /// | `prompt` | none | OpenID `prompt`: space-separated `none`, `login`, `consent`, `select_account` (oidc-provider issues `offline_access` refresh tokens only with `consent`). |
 /// | `extra_authorize_params` | `{}` | Further authorization request parameters (e.g. `audience`, `acr_values`, `ui_locales`); may not override the ones the relay sets. |
 /// | `id_token_issuer` | `issuer` | The `iss` of ID tokens (and of RFC 9207 `iss` callback parameters), for IdPs whose access tokens name another issuer (Entra ID v1 access tokens with v2 ID tokens). |
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    derive(schemars::JsonSchema),
+    serde(deny_unknown_fields)
+)]
 pub struct RawLogin {
     pub authorization_endpoint: String,
     pub redirect_uri: String,
@@ -62,9 +66,51 @@ pub struct RawLogin {
     pub post_logout_redirect: Option<String>,
     pub session_lifetime_s: Option<u64>,
     pub prompt: Option<String>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub extra_authorize_params: BTreeMap<String, String>,
     pub id_token_issuer: Option<String>,
+}
+
+impl RawLogin {
+    const FIELDS: &'static [&'static str] = &[
+        "authorization_endpoint",
+        "redirect_uri",
+        "login_path",
+        "logout_path",
+        "userinfo_path",
+        "scopes",
+        "revocation_path",
+        "end_session_endpoint",
+        "post_logout_redirect",
+        "session_lifetime_s",
+        "prompt",
+        "extra_authorize_params",
+        "id_token_issuer",
+    ];
+
+    /// The `login` object found at `at`.
+    pub(crate) fn read(v: Value, at: &str) -> Result<RawLogin, ConfigError> {
+        let mut o = Object::new(v, at, Self::FIELDS)?;
+        Ok(RawLogin {
+            authorization_endpoint: o.required("authorization_endpoint", json::string)?,
+            redirect_uri: o.required("redirect_uri", json::string)?,
+            login_path: o.optional("login_path", json::string)?,
+            logout_path: o.optional("logout_path", json::string)?,
+            userinfo_path: o.optional("userinfo_path", json::string)?,
+            scopes: o.optional("scopes", json::strings)?,
+            revocation_path: o.optional("revocation_path", json::string)?,
+            end_session_endpoint: o.optional("end_session_endpoint", json::string)?,
+            post_logout_redirect: o.optional("post_logout_redirect", json::string)?,
+            session_lifetime_s: o.optional("session_lifetime_s", json::unsigned)?,
+            prompt: o.optional("prompt", json::string)?,
+            extra_authorize_params: o.or(
+                "extra_authorize_params",
+                json::string_map,
+                BTreeMap::new,
+            )?,
+            id_token_issuer: o.optional("id_token_issuer", json::string)?,
+        })
+    }
 }
 
 /// The compiled `login` section.

@@ -5,6 +5,7 @@
 
 mod cookies;
 mod error;
+mod json;
 mod login;
 mod refresh;
 mod secret;
@@ -14,12 +15,12 @@ mod upstream;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 pub use cookies::CookieNames;
 use cookies::{cookie_names, RawCookies};
 pub use error::ConfigError;
+use json::Object;
 pub use login::RawLogin;
 pub use login::{LoginConfig, Route, DEFAULT_SESSION_LIFETIME_S};
 use refresh::{refresh_config, RawEndpoint, RawRefresh, RawSessionKey, RawUpstreamTokenHeaders};
@@ -72,31 +73,33 @@ pub struct Config {
     pub token_use_pinned: bool,
 }
 
-// ---- raw serde shapes -------------------------------------------------------------------
+// ---- raw shapes (as written; read by `json`, described by the schema) --------------------
 
-#[derive(Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    derive(schemars::JsonSchema),
+    serde(deny_unknown_fields)
+)]
 struct RawConfig {
     protected_prefixes: Vec<String>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     public_prefixes: Vec<String>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     case_insensitive_prefixes: bool,
     issuer: String,
     audiences: Vec<String>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     required_claims: BTreeMap<String, Value>,
-    #[serde(default = "default_algorithms")]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default = "default_algorithms"))]
     algorithms: Vec<String>,
-    #[serde(default = "default_clock_skew")]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default = "default_clock_skew"))]
     clock_skew_s: u64,
     jwks: RawJwks,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     cookies: RawCookies,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     forward_claims: BTreeMap<String, String>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     token_cache_size: Option<usize>,
     session_keys: Option<Vec<RawSessionKey>>,
     token_endpoint: Option<RawEndpoint>,
@@ -111,19 +114,106 @@ struct RawConfig {
     max_request_headers_bytes: Option<usize>,
     login: Option<RawLogin>,
     hosts: Option<Vec<String>>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     forward_relay_cookies_to_unprotected: bool,
 }
 
-#[derive(Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
+impl RawConfig {
+    const FIELDS: &'static [&'static str] = &[
+        "protected_prefixes",
+        "public_prefixes",
+        "case_insensitive_prefixes",
+        "issuer",
+        "audiences",
+        "required_claims",
+        "algorithms",
+        "clock_skew_s",
+        "jwks",
+        "cookies",
+        "forward_claims",
+        "token_cache_size",
+        "session_keys",
+        "token_endpoint",
+        "client_id",
+        "client_secret",
+        "client_auth",
+        "refresh_margin_s",
+        "refresh_grace_s",
+        "refresh_backoff_s",
+        "upstream_token_headers",
+        "csrf",
+        "max_request_headers_bytes",
+        "login",
+        "hosts",
+        "forward_relay_cookies_to_unprotected",
+    ];
+
+    fn read(v: Value, at: &str) -> Result<RawConfig, ConfigError> {
+        let mut o = Object::new(v, at, Self::FIELDS)?;
+        Ok(RawConfig {
+            protected_prefixes: o.required("protected_prefixes", json::strings)?,
+            public_prefixes: o.or("public_prefixes", json::strings, Vec::new)?,
+            case_insensitive_prefixes: o
+                .or("case_insensitive_prefixes", json::boolean, || false)?,
+            issuer: o.required("issuer", json::string)?,
+            audiences: o.required("audiences", json::strings)?,
+            required_claims: o.or("required_claims", json::value_map, BTreeMap::new)?,
+            algorithms: o.or("algorithms", json::strings, default_algorithms)?,
+            clock_skew_s: o.or("clock_skew_s", json::unsigned, default_clock_skew)?,
+            jwks: o.required("jwks", RawJwks::read)?,
+            cookies: o.or("cookies", RawCookies::read, RawCookies::default)?,
+            forward_claims: o.or("forward_claims", json::string_map, BTreeMap::new)?,
+            token_cache_size: o.optional("token_cache_size", json::size)?,
+            session_keys: o.optional("session_keys", |v, at| {
+                json::list(v, at, RawSessionKey::read)
+            })?,
+            token_endpoint: o.optional("token_endpoint", RawEndpoint::read)?,
+            client_id: o.optional("client_id", json::string)?,
+            client_secret: o.optional("client_secret", RawSecret::read)?,
+            client_auth: o.optional("client_auth", json::string)?,
+            refresh_margin_s: o.optional("refresh_margin_s", json::unsigned)?,
+            refresh_grace_s: o.optional("refresh_grace_s", json::unsigned)?,
+            refresh_backoff_s: o.optional("refresh_backoff_s", json::unsigned)?,
+            upstream_token_headers: o
+                .optional("upstream_token_headers", RawUpstreamTokenHeaders::read)?,
+            csrf: o.optional("csrf", RawCsrf::read)?,
+            max_request_headers_bytes: o.optional("max_request_headers_bytes", json::size)?,
+            login: o.optional("login", RawLogin::read)?,
+            hosts: o.optional("hosts", json::strings)?,
+            forward_relay_cookies_to_unprotected: o.or(
+                "forward_relay_cookies_to_unprotected",
+                json::boolean,
+                || false,
+            )?,
+        })
+    }
+}
+
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    derive(schemars::JsonSchema),
+    serde(deny_unknown_fields)
+)]
 struct RawCsrf {
     allowed_origins: Vec<String>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     double_submit: bool,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     same_origin_posts: bool,
+}
+
+impl RawCsrf {
+    const FIELDS: &'static [&'static str] =
+        &["allowed_origins", "double_submit", "same_origin_posts"];
+
+    fn read(v: Value, at: &str) -> Result<RawCsrf, ConfigError> {
+        let mut o = Object::new(v, at, Self::FIELDS)?;
+        Ok(RawCsrf {
+            allowed_origins: o.required("allowed_origins", json::strings)?,
+            double_submit: o.or("double_submit", json::boolean, || false)?,
+            same_origin_posts: o.or("same_origin_posts", json::boolean, || false)?,
+        })
+    }
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -134,15 +224,33 @@ fn default_clock_skew() -> u64 {
     30
 }
 
-#[derive(Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    derive(schemars::JsonSchema),
+    serde(deny_unknown_fields)
+)]
 struct RawJwks {
     inline: Option<Value>,
     cluster: Option<String>,
     authority: Option<String>,
     path: Option<String>,
     refresh_s: Option<u64>,
+}
+
+impl RawJwks {
+    const FIELDS: &'static [&'static str] =
+        &["inline", "cluster", "authority", "path", "refresh_s"];
+
+    fn read(v: Value, at: &str) -> Result<RawJwks, ConfigError> {
+        let mut o = Object::new(v, at, Self::FIELDS)?;
+        Ok(RawJwks {
+            inline: o.optional("inline", json::any)?,
+            cluster: o.optional("cluster", json::string)?,
+            authority: o.optional("authority", json::string)?,
+            path: o.optional("path", json::string)?,
+            refresh_s: o.optional("refresh_s", json::unsigned)?,
+        })
+    }
 }
 
 // ---- parsing and validation ---------------------------------------------------------------
@@ -162,31 +270,7 @@ impl Config {
     /// Parses and validates the plugin configuration (a JSON object). Secret fields written as
     /// `{"env": "VAR"}` are read through `env`: the filter passes the Wasm VM's environment.
     pub fn parse_with_env(json: &[u8], env: EnvLookup) -> Result<Config, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let mut problem = inner.to_string();
-            if inner.classify() == serde_json::error::Category::Data {
-                // The field path says where; the line/column of a one-line JSON says nothing.
-                if let Some(i) = problem.find(" at line ") {
-                    problem.truncate(i);
-                }
-            }
-            let mut field = if path == "." { String::new() } else { path };
-            // serde reports a missing field at its parent: name the field itself.
-            if let Some(name) = problem
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next())
-            {
-                field = if field.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{field}.{name}")
-                };
-            }
-            ConfigError::new(field, problem)
-        })?;
+        let raw = RawConfig::read(json::document(json)?, "")?;
         Config::validate(raw, env)
     }
 

@@ -2,10 +2,11 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::error::ConfigError;
+use super::json::{self, Object};
 use super::secret::{EnvLookup, RawSecret};
 use super::upstream::{upstream, Upstream};
 use crate::http::cookie;
@@ -45,6 +46,16 @@ pub struct UpstreamTokenHeaders {
     pub refresh_token: Option<String>,
 }
 
+impl RawUpstreamTokenHeaders {
+    pub(super) fn read(v: Value, at: &str) -> Result<RawUpstreamTokenHeaders, ConfigError> {
+        let mut o = Object::new(v, at, &["access_token", "refresh_token"])?;
+        Ok(RawUpstreamTokenHeaders {
+            access_token: o.optional("access_token", json::string)?,
+            refresh_token: o.optional("refresh_token", json::string)?,
+        })
+    }
+}
+
 /// Silent refresh: sealed sessions and the token endpoint.
 #[derive(Debug)]
 pub struct RefreshConfig {
@@ -62,17 +73,31 @@ pub struct RefreshConfig {
     pub upstream_token_headers: Option<UpstreamTokenHeaders>,
 }
 
-#[derive(Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    derive(schemars::JsonSchema),
+    serde(deny_unknown_fields)
+)]
 pub struct RawSessionKey {
     pub kid: String,
     pub key: RawSecret,
 }
 
-#[derive(Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
+impl RawSessionKey {
+    pub(super) fn read(v: Value, at: &str) -> Result<RawSessionKey, ConfigError> {
+        let mut o = Object::new(v, at, &["kid", "key"])?;
+        Ok(RawSessionKey {
+            kid: o.required("kid", json::string)?,
+            key: o.required("key", RawSecret::read)?,
+        })
+    }
+}
+
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    derive(schemars::JsonSchema),
+    serde(deny_unknown_fields)
+)]
 pub struct RawEndpoint {
     pub cluster: Option<String>,
     pub authority: Option<String>,
@@ -80,9 +105,23 @@ pub struct RawEndpoint {
     pub timeout_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
+impl RawEndpoint {
+    pub(super) fn read(v: Value, at: &str) -> Result<RawEndpoint, ConfigError> {
+        let mut o = Object::new(v, at, &["cluster", "authority", "path", "timeout_ms"])?;
+        Ok(RawEndpoint {
+            cluster: o.optional("cluster", json::string)?,
+            authority: o.optional("authority", json::string)?,
+            path: o.optional("path", json::string)?,
+            timeout_ms: o.optional("timeout_ms", json::unsigned)?,
+        })
+    }
+}
+
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    derive(schemars::JsonSchema),
+    serde(deny_unknown_fields)
+)]
 pub struct RawUpstreamTokenHeaders {
     pub access_token: Option<String>,
     pub refresh_token: Option<String>,

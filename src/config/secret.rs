@@ -3,7 +3,6 @@
 //! `vm_config.environment_variables`, Istio's `vmConfig.env`), so the configuration itself
 //! holds no secret.
 
-use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -38,24 +37,24 @@ pub struct EnvRef {
 
 const SHAPE: &str = r#"must be a string or {"env": "VARIABLE_NAME"}"#;
 
-impl<'de> Deserialize<'de> for RawSecret {
-    /// By hand: serde's untagged enums say only "did not match any variant", and a value of
-    /// the wrong type would be quoted in the error (the line must never carry a secret).
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawSecret, D::Error> {
-        use serde::de::Error;
-        match Value::deserialize(d)? {
+impl RawSecret {
+    /// Checked by hand: a value of the wrong type is never quoted in the error (the line must
+    /// never carry a secret).
+    pub(super) fn read(v: Value, at: &str) -> Result<RawSecret, ConfigError> {
+        match v {
             Value::String(s) => Ok(RawSecret::Literal(s)),
             Value::Object(map) => match (map.len(), map.get("env")) {
                 (1, Some(Value::String(name))) => {
-                    check_name(name).map_err(D::Error::custom)?;
+                    check_name(name).map_err(|p| ConfigError::new(at, p))?;
                     Ok(RawSecret::Env(EnvRef { env: name.clone() }))
                 }
-                (1, Some(_)) => Err(D::Error::custom(
+                (1, Some(_)) => Err(ConfigError::new(
+                    at,
                     r#"`env` must be a string naming an environment variable"#,
                 )),
-                _ => Err(D::Error::custom(SHAPE)),
+                _ => Err(ConfigError::new(at, SHAPE)),
             },
-            _ => Err(D::Error::custom(SHAPE)),
+            _ => Err(ConfigError::new(at, SHAPE)),
         }
     }
 }

@@ -61,7 +61,7 @@ fn raw_login(extra: Value) -> Value {
 }
 
 fn try_login(c: &Config, extra: Value) -> Result<LoginConfig, ConfigError> {
-    let raw: RawLogin = serde_json::from_value(raw_login(extra)).unwrap();
+    let raw = RawLogin::read(raw_login(extra), "login").unwrap();
     LoginConfig::new(raw, &c.cookies)
 }
 
@@ -249,13 +249,16 @@ fn example_configuration_compiles() {
     assert_eq!(l.route("/api/x"), None);
 
     // Only the two URLs are required.
-    let raw: RawLogin = serde_json::from_value(json!({
-        "authorization_endpoint": "http://127.0.0.1:9000/auth?tenant=a",
-        "redirect_uri": "http://localhost:8080/cb",
-        "post_logout_redirect": "/bye?x=1",
-        "prompt": "login consent",
-        "extra_authorize_params": {"audience": "https://api", "ui_locales": "de en"},
-    }))
+    let raw = RawLogin::read(
+        json!({
+            "authorization_endpoint": "http://127.0.0.1:9000/auth?tenant=a",
+            "redirect_uri": "http://localhost:8080/cb",
+            "post_logout_redirect": "/bye?x=1",
+            "prompt": "login consent",
+            "extra_authorize_params": {"audience": "https://api", "ui_locales": "de en"},
+        }),
+        "login",
+    )
     .unwrap();
     let l = LoginConfig::new(raw, &c.cookies).unwrap();
     assert_eq!(
@@ -424,9 +427,12 @@ fn bad_configurations_name_their_field() {
         assert_eq!(f, field, "{what}: {problem}");
         assert!(!problem.is_empty() && !problem.contains('\n'), "{what}");
     }
-    // Unknown members and missing required ones are serde errors.
-    assert!(serde_json::from_value::<RawLogin>(raw_login(json!({"scope": "openid"}))).is_err());
-    assert!(serde_json::from_value::<RawLogin>(raw_login(json!({"redirect_uri": null}))).is_err());
+    // Unknown members and missing required ones are refused while reading, named.
+    let e = RawLogin::read(raw_login(json!({"scope": "openid"})), "login").unwrap_err();
+    assert_eq!(e.field, "login.scope", "{e}");
+    assert!(e.problem.starts_with("unknown field `scope`"), "{e}");
+    let e = RawLogin::read(raw_login(json!({"redirect_uri": null})), "login").unwrap_err();
+    assert_eq!(e.field, "login.redirect_uri", "{e}");
 }
 
 // ---- login start ----
