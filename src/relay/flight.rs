@@ -28,6 +28,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2_11::Digest;
 
 use crate::idp::Tokens;
@@ -71,12 +72,12 @@ impl fmt::Debug for RefreshId {
     }
 }
 
-/// One record in the shared refresh table.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One record in the shared refresh table, stored as one JSON object: `id`, the kind `k`
+/// (`lease`, `done`, `failed`, `invalid`) and the kind's members.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     /// Hex of the `RefreshId` the record is about.
     pub id: String,
-    #[serde(flatten)]
     pub state: RecordState,
 }
 
@@ -92,16 +93,11 @@ impl fmt::Debug for Record {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "k", rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq)]
 pub enum RecordState {
     /// A VM is refreshing; dead after `until` (the call's timeout plus slack). `failures`
     /// carries the session's consecutive failures so far into the attempt.
-    Lease {
-        until: u64,
-        #[serde(default)]
-        failures: u32,
-    },
+    Lease { until: u64, failures: u32 },
     /// The refresh succeeded at `at`; reused until `at + grace`. `sealed`: the new tokens,
     /// sealed with the session key (see [`Record::done`]).
     Done { at: u64, sealed: String },
@@ -109,7 +105,6 @@ pub enum RecordState {
     Failed {
         retry_at: u64,
         reason: String,
-        #[serde(default)]
         failures: u32,
     },
     /// `invalid_grant` at `at`.
@@ -173,12 +168,63 @@ impl Record {
         }
     }
 
+    /// Written and read by hand: serde's derive for a flattened, internally tagged enum
+    /// buffers every value and linked about 10 KB for this one type.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let quoted = |s: &str| Value::from(s).to_string();
+        let state = match &self.state {
+            RecordState::Lease { until, failures } => {
+                format!(r#""k":"lease","until":{until},"failures":{failures}"#)
+            }
+            RecordState::Done { at, sealed } => {
+                format!(r#""k":"done","at":{at},"sealed":{}"#, quoted(sealed))
+            }
+            RecordState::Failed {
+                retry_at,
+                reason,
+                failures,
+            } => format!(
+                r#""k":"failed","retry_at":{retry_at},"reason":{},"failures":{failures}"#,
+                quoted(reason)
+            ),
+            RecordState::Invalid { at } => format!(r#""k":"invalid","at":{at}"#),
+        };
+        format!(r#"{{"id":{},{state}}}"#, quoted(&self.id)).into_bytes()
     }
 
+    /// `None` for anything that is not a record (other members are ignored; a missing
+    /// `failures` is 0, as records written before it existed).
     pub fn decode(bytes: &[u8]) -> Option<Record> {
-        serde_json::from_slice(bytes).ok()
+        let Value::Object(m) = serde_json::from_slice(bytes).ok()? else {
+            return None;
+        };
+        let text = |k: &str| m.get(k)?.as_str().map(str::to_owned);
+        let number = |k: &str| m.get(k)?.as_u64();
+        let failures = || match m.get("failures") {
+            None => Some(0),
+            Some(v) => u32::try_from(v.as_u64()?).ok(),
+        };
+        let state = match m.get("k")?.as_str()? {
+            "lease" => RecordState::Lease {
+                until: number("until")?,
+                failures: failures()?,
+            },
+            "done" => RecordState::Done {
+                at: number("at")?,
+                sealed: text("sealed")?,
+            },
+            "failed" => RecordState::Failed {
+                retry_at: number("retry_at")?,
+                reason: text("reason")?,
+                failures: failures()?,
+            },
+            "invalid" => RecordState::Invalid { at: number("at")? },
+            _ => return None,
+        };
+        Some(Record {
+            id: text("id")?,
+            state,
+        })
     }
 
     /// The session's consecutive transient failures this record knows of (0 after a success).
@@ -384,6 +430,66 @@ mod tests {
         }
         assert!(!format!("{:?}", done(&id, 1)).contains("rt2"));
         assert_eq!(Record::decode(b"garbage"), None);
+    }
+
+    /// The stored form is the one earlier releases wrote and read (serde's derive): VMs of two
+    /// releases share the table while Envoy swaps a module.
+    #[test]
+    fn records_keep_their_stored_form() {
+        let id = "00ff".to_owned();
+        let cases = [
+            (
+                RecordState::Lease {
+                    until: 5,
+                    failures: 2,
+                },
+                r#"{"id":"00ff","k":"lease","until":5,"failures":2}"#,
+            ),
+            (
+                RecordState::Done {
+                    at: 7,
+                    sealed: "a\"b".into(),
+                },
+                r#"{"id":"00ff","k":"done","at":7,"sealed":"a\"b"}"#,
+            ),
+            (
+                RecordState::Failed {
+                    retry_at: 9,
+                    reason: "timeout".into(),
+                    failures: 3,
+                },
+                r#"{"id":"00ff","k":"failed","retry_at":9,"reason":"timeout","failures":3}"#,
+            ),
+            (
+                RecordState::Invalid { at: 11 },
+                r#"{"id":"00ff","k":"invalid","at":11}"#,
+            ),
+        ];
+        for (state, stored) in cases {
+            let r = Record {
+                id: id.clone(),
+                state,
+            };
+            assert_eq!(String::from_utf8(r.encode()).unwrap(), stored);
+            assert_eq!(Record::decode(stored.as_bytes()), Some(r));
+        }
+        let lenient = br#"{"k":"failed","retry_at":9,"reason":"x","id":"ab","extra":1}"#;
+        assert_eq!(
+            Record::decode(lenient).map(|r| r.failures()),
+            Some(0),
+            "a missing `failures` is 0, unknown members are ignored"
+        );
+        for broken in [
+            r#"{"id":"ab","k":"lease"}"#,
+            r#"{"id":"ab","k":"lease","until":-1}"#,
+            r#"{"id":"ab","k":"lease","until":1,"failures":4294967296}"#,
+            r#"{"id":"ab","k":"other","at":1}"#,
+            r#"{"k":"invalid","at":1}"#,
+            r#"{"id":1,"k":"invalid","at":1}"#,
+            r#"["id","k"]"#,
+        ] {
+            assert_eq!(Record::decode(broken.as_bytes()), None, "{broken}");
+        }
     }
 
     #[test]
