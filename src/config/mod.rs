@@ -274,8 +274,8 @@ impl Config {
         Config::validate(raw, env)
     }
 
-    /// The JSON Schema of the configuration, derived from the same serde shapes `parse` reads
-    /// (so it cannot drift from them). Host builds only: the filter itself never needs it.
+    /// The JSON Schema of the configuration, derived from the `Raw*` types `parse` fills (a
+    /// test in `json` holds the reader to it). Host builds only: the filter never needs it.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn json_schema() -> Value {
         let mut schema = schemars::schema_for!(RawConfig).to_value();
