@@ -27,7 +27,10 @@ fn env_names(v: &Value, in_secret: bool, out: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
             if let (true, 1, Some(Value::String(name))) = (in_secret, map.len(), map.get("env")) {
-                out.push(name.clone());
+                // Kept sorted and unique as it grows (a sort would link one more sort routine).
+                if let Err(at) = out.binary_search(name) {
+                    out.insert(at, name.clone());
+                }
                 return;
             }
             for (k, val) in map {
@@ -96,8 +99,6 @@ pub(crate) fn startup_line(config: &Config, raw: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<Value>(raw) {
         env_names(&v, false, &mut names);
     }
-    names.sort();
-    names.dedup();
     let from_env = if names.is_empty() {
         String::new()
     } else {
@@ -202,6 +203,19 @@ mod tests {
             !line.contains("hunter2") && !line.contains("4Hi4PszsrQoMyXW1"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn env_names_are_sorted_and_unique() {
+        let v = json!({
+            "session_keys": [{"kid": "a", "key": {"env": "B"}}, {"kid": "b", "key": {"env": "A"}},
+                             {"kid": "c", "key": {"env": "B"}}],
+            "client_secret": {"env": "C"},
+            "forward_claims": {"env": "sub"},
+        });
+        let mut names = Vec::new();
+        env_names(&v, false, &mut names);
+        assert_eq!(names, ["A", "B", "C"]);
     }
 
     #[test]

@@ -4,8 +4,6 @@
 //! number of failures left unlogged in between, so a misspelled cluster is loud without a line
 //! per request.
 
-use std::collections::HashMap;
-
 /// At most one line per this many seconds per kind.
 pub(crate) const LOG_EVERY_S: u64 = 60;
 
@@ -86,14 +84,26 @@ pub(crate) fn dispatch_failed_line(
 /// One allowance per callout kind (per worker VM).
 #[derive(Debug, Default)]
 pub(crate) struct DispatchAlarms {
-    limits: HashMap<Callout, LogLimit>,
+    jwks: LogLimit,
+    refresh: LogLimit,
+    code_exchange: LogLimit,
+    revocation: LogLimit,
 }
 
 impl DispatchAlarms {
+    fn limit(&mut self, kind: Callout) -> &mut LogLimit {
+        match kind {
+            Callout::Jwks => &mut self.jwks,
+            Callout::Refresh => &mut self.refresh,
+            Callout::CodeExchange => &mut self.code_exchange,
+            Callout::Revocation => &mut self.revocation,
+        }
+    }
+
     /// A callout of `kind` to `cluster` could not be dispatched at `now`: logs at error level
     /// unless a line for this kind was written within [`LOG_EVERY_S`].
     pub(crate) fn failed(&mut self, kind: Callout, cluster: &str, why: &str, now: u64) {
-        let limit = self.limits.entry(kind).or_default();
+        let limit = self.limit(kind);
         if let Some(suppressed) = limit.allow(now, LOG_EVERY_S) {
             log::error!("{}", dispatch_failed_line(kind, cluster, why, suppressed));
         }
@@ -126,8 +136,8 @@ mod tests {
         a.failed(Callout::Jwks, "idp-jwks", "BadArgument", 10);
         a.failed(Callout::Jwks, "idp-jwks", "BadArgument", 11);
         a.failed(Callout::Refresh, "idp", "BadArgument", 11);
-        let jwks = a.limits.get(&Callout::Jwks).cloned().unwrap_or_default();
-        let refresh = a.limits.get(&Callout::Refresh).cloned().unwrap_or_default();
+        let jwks = a.limit(Callout::Jwks).clone();
+        let refresh = a.limit(Callout::Refresh).clone();
         assert_eq!((jwks.next_at, jwks.suppressed), (70, 1));
         assert_eq!((refresh.next_at, refresh.suppressed), (71, 0));
 

@@ -241,7 +241,15 @@ impl KeySet {
                 continue;
             };
             match parse_key(jwk) {
-                Ok(Some(parsed)) => keys.push(parsed),
+                // Sorted by kid for lookups; of two keys with one kid, the first in the
+                // document stays. Inserted in place: a sort would link one more sort routine.
+                Ok(Some(parsed)) => {
+                    if let Err(at) = keys.binary_search_by(|k: &(String, KeyMaterial)| {
+                        k.0.as_str().cmp(parsed.0.as_str())
+                    }) {
+                        keys.insert(at, parsed);
+                    }
+                }
                 Ok(None) => {}
                 Err(JwksError::MalformedKey { problem, .. }) => {
                     let kid = jwk.get("kid").and_then(Value::as_str).unwrap_or_default();
@@ -250,9 +258,6 @@ impl KeySet {
                 Err(e) => return Err(e),
             }
         }
-        // Stable sort keeps equal kids in document order, so dedup keeps the first one.
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        keys.dedup_by(|later, first| later.0 == first.0);
         if keys.is_empty() {
             return Err(match rejected.first() {
                 Some((kid, problem)) => malformed(kid, problem),

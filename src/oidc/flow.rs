@@ -95,13 +95,16 @@ pub fn stale_flow_cookies(
             None
         };
         match flow {
-            Some(f) => readable.push((name, f.t, i)),
+            // Kept newest first as it grows (at most MAX_FLOW_COOKIES_READ entries).
+            Some(f) => {
+                let at = readable.partition_point(|&(_, t, j)| (t, j) > (f.t, i));
+                readable.insert(at, (name, f.t, i));
+            }
             None => stale.push(name),
         }
     }
     if present.len() > FLOW_COOKIES_TOLERATED {
-        // Newest first; the first FLOW_COOKIES_KEPT stay.
-        readable.sort_by_key(|&(_, t, i)| std::cmp::Reverse((t, i)));
+        // The first FLOW_COOKIES_KEPT stay.
         stale.extend(readable.iter().skip(FLOW_COOKIES_KEPT).map(|(n, _, _)| *n));
     }
     stale

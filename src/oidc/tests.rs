@@ -633,6 +633,31 @@ fn stale_flow_cookies_are_cleaned_up() {
     assert_eq!(cleared_names(&r), vec![names[0].to_string()]);
 }
 
+/// Flows started in the same second: the header's order decides, older (listed first) go.
+#[test]
+fn stale_flow_cookies_tie_on_position() {
+    let c = config(json!({}));
+    let l = login(&c);
+    let flows: Vec<String> = (0..4u8)
+        .map(|i| started(&c, &l, "/", 10 * i + 1, NOW).2)
+        .collect();
+    let names: Vec<&str> = flows.iter().map(|f| f.split_once('=').unwrap().0).collect();
+    let r = start(
+        &c,
+        &l,
+        refresh(&c),
+        "",
+        &flows.join("; "),
+        NOW + 1,
+        &random(200),
+    );
+    let mut cleared = cleared_names(&r);
+    cleared.sort();
+    let mut want = vec![names[0].to_string(), names[1].to_string()];
+    want.sort();
+    assert_eq!(cleared, want);
+}
+
 #[test]
 fn return_to_table() {
     let ok: &[(&str, &str)] = &[
