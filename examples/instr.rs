@@ -19,6 +19,7 @@
 //!   cache), the work of a cache miss;
 //! - `rsa-crate N`: the RS256 signature check alone through rsa 0.10's `verify_prehash`;
 //! - `session N`: sealing and unsealing a session cookie (AES-256-GCM), the refresh path;
+//! - `record N`: writing and reading back a success record of the shared refresh table;
 //! - `jwks N`: parsing the benchmark's RS256 key set.
 //!
 //! A third argument `R` repeats the `N` steps R times and prints the fastest batch's time per
@@ -373,6 +374,22 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
                 assert!(session::unseal(&keys, black_box(&sealed), NOW).is_ok());
             }
         }
+        "record" => {
+            // The refresh table's traffic: a success record (its sealed outcome about as long
+            // as a real one) written and read back, as each worker does once per refresh.
+            use edge_token_relay::relay::flight::{Record, RecordState};
+            let record = Record {
+                id: "ab".repeat(16),
+                state: RecordState::Done {
+                    at: NOW,
+                    sealed: "x".repeat(1400),
+                },
+            };
+            for _ in 0..n {
+                let bytes = black_box(&record).encode();
+                assert!(Record::decode(black_box(&bytes)).is_some());
+            }
+        }
         "jwks" => {
             let text = k.jwks.to_string();
             for _ in 0..n {
@@ -381,7 +398,7 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
         }
         other => fail(&format!(
             "unknown mode {other}: hit, response, header_map, cold-rs256, cold-es256, cold-eddsa, \
-             rsa-crate, session, jwks"
+             rsa-crate, session, record, jwks"
         )),
     }
 }

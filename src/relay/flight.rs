@@ -26,8 +26,10 @@
 //! session cookie, bound to the record's id) and the record is cleared after the grace window.
 
 use std::fmt;
+use std::io::Write as _;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer as _, Serialize};
 use serde_json::Value;
 use sha2_11::Digest;
 
@@ -111,6 +113,91 @@ pub enum RecordState {
     Invalid { at: u64 },
 }
 
+/// A record's members as read, before they are checked to make one of its kinds. Kept as
+/// values so that a member the kind does not have is ignored whatever its type, as serde's
+/// derive did.
+#[derive(Default)]
+struct Members {
+    id: Option<Value>,
+    kind: Option<Value>,
+    until: Option<Value>,
+    at: Option<Value>,
+    retry_at: Option<Value>,
+    sealed: Option<Value>,
+    reason: Option<Value>,
+    failures: Option<Value>,
+}
+
+impl Members {
+    fn record(self) -> Option<Record> {
+        fn text(v: Option<Value>) -> Option<String> {
+            match v? {
+                Value::String(s) => Some(s),
+                _ => None,
+            }
+        }
+        let number = |v: Option<Value>| v?.as_u64();
+        // Absent in records written before it existed.
+        let failures = |v: Option<Value>| match v {
+            None => Some(0),
+            Some(n) => u32::try_from(n.as_u64()?).ok(),
+        };
+        let state = match text(self.kind)?.as_str() {
+            "lease" => RecordState::Lease {
+                until: number(self.until)?,
+                failures: failures(self.failures)?,
+            },
+            "done" => RecordState::Done {
+                at: number(self.at)?,
+                sealed: text(self.sealed)?,
+            },
+            "failed" => RecordState::Failed {
+                retry_at: number(self.retry_at)?,
+                reason: text(self.reason)?,
+                failures: failures(self.failures)?,
+            },
+            "invalid" => RecordState::Invalid {
+                at: number(self.at)?,
+            },
+            _ => return None,
+        };
+        Some(Record {
+            id: text(self.id)?,
+            state,
+        })
+    }
+}
+
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Members;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a refresh record")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+        let mut m = Members::default();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: Value = map.next_value()?;
+            let slot = match key.as_str() {
+                "id" => &mut m.id,
+                "k" => &mut m.kind,
+                "until" => &mut m.until,
+                "at" => &mut m.at,
+                "retry_at" => &mut m.retry_at,
+                "sealed" => &mut m.sealed,
+                "reason" => &mut m.reason,
+                "failures" => &mut m.failures,
+                _ => continue,
+            };
+            *slot = Some(value);
+        }
+        Ok(m)
+    }
+}
+
 /// The plaintext of a sealed outcome. `rid` binds it to its record, so a sealed value moved
 /// to another session's record does not open there. It has no `rt` member, so it never opens
 /// as a session cookie, and a session never opens as this.
@@ -169,62 +256,59 @@ impl Record {
     }
 
     /// Written and read by hand: serde's derive for a flattened, internally tagged enum
-    /// buffers every value and linked about 10 KB for this one type.
+    /// buffers every value in serde's `Content` and linked about 29 KB for this one type.
     pub fn encode(&self) -> Vec<u8> {
-        let quoted = |s: &str| Value::from(s).to_string();
-        let state = match &self.state {
-            RecordState::Lease { until, failures } => {
-                format!(r#""k":"lease","until":{until},"failures":{failures}"#)
-            }
+        let text = match &self.state {
+            RecordState::Done { sealed, .. } => sealed.len(),
+            RecordState::Failed { reason, .. } => reason.len(),
+            RecordState::Lease { .. } | RecordState::Invalid { .. } => 0,
+        };
+        let mut out = Vec::with_capacity(96 + self.id.len() + text);
+        // Writing into a Vec cannot fail; should it, the record is left out, as before.
+        match self.write(&mut out) {
+            Some(()) => out,
+            None => Vec::new(),
+        }
+    }
+
+    /// The stored form, byte for byte what serde's derive wrote: `id`, `k`, then the kind's
+    /// members in declaration order; strings with serde_json's escaping.
+    fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+        out.extend_from_slice(br#"{"id":"#);
+        serde_json::to_writer(&mut *out, &self.id).ok()?;
+        match &self.state {
+            RecordState::Lease { until, failures } => write!(
+                out,
+                r#","k":"lease","until":{until},"failures":{failures}}}"#
+            )
+            .ok(),
             RecordState::Done { at, sealed } => {
-                format!(r#""k":"done","at":{at},"sealed":{}"#, quoted(sealed))
+                write!(out, r#","k":"done","at":{at},"sealed":"#).ok()?;
+                serde_json::to_writer(&mut *out, sealed).ok()?;
+                out.push(b'}');
+                Some(())
             }
             RecordState::Failed {
                 retry_at,
                 reason,
                 failures,
-            } => format!(
-                r#""k":"failed","retry_at":{retry_at},"reason":{},"failures":{failures}"#,
-                quoted(reason)
-            ),
-            RecordState::Invalid { at } => format!(r#""k":"invalid","at":{at}"#),
-        };
-        format!(r#"{{"id":{},{state}}}"#, quoted(&self.id)).into_bytes()
+            } => {
+                write!(out, r#","k":"failed","retry_at":{retry_at},"reason":"#).ok()?;
+                serde_json::to_writer(&mut *out, reason).ok()?;
+                write!(out, r#","failures":{failures}}}"#).ok()
+            }
+            RecordState::Invalid { at } => write!(out, r#","k":"invalid","at":{at}}}"#).ok(),
+        }
     }
 
     /// `None` for anything that is not a record (other members are ignored; a missing
-    /// `failures` is 0, as records written before it existed).
+    /// `failures` is 0, as records written before it existed). Read in one pass over the
+    /// JSON, without building a document.
     pub fn decode(bytes: &[u8]) -> Option<Record> {
-        let Value::Object(m) = serde_json::from_slice(bytes).ok()? else {
-            return None;
-        };
-        let text = |k: &str| m.get(k)?.as_str().map(str::to_owned);
-        let number = |k: &str| m.get(k)?.as_u64();
-        let failures = || match m.get("failures") {
-            None => Some(0),
-            Some(v) => u32::try_from(v.as_u64()?).ok(),
-        };
-        let state = match m.get("k")?.as_str()? {
-            "lease" => RecordState::Lease {
-                until: number("until")?,
-                failures: failures()?,
-            },
-            "done" => RecordState::Done {
-                at: number("at")?,
-                sealed: text("sealed")?,
-            },
-            "failed" => RecordState::Failed {
-                retry_at: number("retry_at")?,
-                reason: text("reason")?,
-                failures: failures()?,
-            },
-            "invalid" => RecordState::Invalid { at: number("at")? },
-            _ => return None,
-        };
-        Some(Record {
-            id: text("id")?,
-            state,
-        })
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let members = de.deserialize_map(MembersVisitor).ok()?;
+        de.end().ok()?;
+        members.record()
     }
 
     /// The session's consecutive transient failures this record knows of (0 after a success).
@@ -473,6 +557,16 @@ mod tests {
             assert_eq!(String::from_utf8(r.encode()).unwrap(), stored);
             assert_eq!(Record::decode(stored.as_bytes()), Some(r));
         }
+        let other_kinds_members =
+            br#"{"id":"ab","k":"invalid","at":1,"until":"x","failures":null}"#;
+        assert_eq!(
+            Record::decode(other_kinds_members),
+            Some(Record {
+                id: "ab".into(),
+                state: RecordState::Invalid { at: 1 }
+            }),
+            "members of other kinds are ignored, whatever their type"
+        );
         let lenient = br#"{"k":"failed","retry_at":9,"reason":"x","id":"ab","extra":1}"#;
         assert_eq!(
             Record::decode(lenient).map(|r| r.failures()),
@@ -483,6 +577,7 @@ mod tests {
             r#"{"id":"ab","k":"lease"}"#,
             r#"{"id":"ab","k":"lease","until":-1}"#,
             r#"{"id":"ab","k":"lease","until":1,"failures":4294967296}"#,
+            r#"{"id":"ab","k":"lease","until":1,"failures":null}"#,
             r#"{"id":"ab","k":"other","at":1}"#,
             r#"{"k":"invalid","at":1}"#,
             r#"{"id":1,"k":"invalid","at":1}"#,
