@@ -104,7 +104,7 @@ impl HttpContext for Http {
                 None
             };
             let outcome = st.admit(self.id, headers, now);
-            self.due = ResponseDue::after(&outcome, rotating, cookie);
+            self.due = ResponseDue::after(&outcome, cookie);
             match outcome {
                 Outcome::Pass | Outcome::Continue => return Action::Continue,
                 Outcome::Wait(_) => return Action::Pause,

@@ -14,20 +14,18 @@ pub(crate) struct ResponseDue {
     pub(crate) protected: bool,
     /// The request's Cookie header, kept only when an upstream may rotate tokens itself.
     pub(crate) cookie: Option<Vec<u8>>,
-    /// `upstream_token_headers` is configured: those headers never reach the browser.
-    pub(crate) rotating: bool,
 }
 
 impl ResponseDue {
     /// What a request's outcome leaves for its response. Forwarded, or parked and resumed
-    /// later: protected either way. `cookie` (the request's Cookie header when `rotating`) is
-    /// kept only for a protected request, the only kind whose session the relay owns.
-    pub(crate) fn after(outcome: &Outcome, rotating: bool, cookie: Option<Vec<u8>>) -> ResponseDue {
+    /// later: protected either way. `cookie` (the request's Cookie header, read only when
+    /// `upstream_token_headers` is configured) is kept only for a protected request, the only
+    /// kind whose session the relay owns.
+    pub(crate) fn after(outcome: &Outcome, cookie: Option<Vec<u8>>) -> ResponseDue {
         let protected = matches!(outcome, Outcome::Continue | Outcome::Wait(_));
         ResponseDue {
             protected,
             cookie: cookie.filter(|_| protected),
-            rotating,
         }
     }
 }
@@ -45,8 +43,7 @@ impl<H: Host> Vm<H> {
             Some(cookie) => cookies.extend(self.upstream_rotation(&cookie)),
             // Not a session the relay owns (a public path, an unprotected one, a refusal):
             // tokens an upstream sends there must not reach the browser's JavaScript.
-            None if due.rotating => self.drop_rotated_headers(),
-            None => {}
+            None => self.drop_rotated_headers(),
         }
         if !due.protected {
             return;
@@ -63,7 +60,8 @@ impl<H: Host> Vm<H> {
         }
     }
 
-    /// Removes the `upstream_token_headers` from a response the relay does not turn into cookies.
+    /// Removes the `upstream_token_headers` (when configured) from a response the relay does not
+    /// turn into cookies.
     fn drop_rotated_headers(&self) {
         let Some(names) = self.config.upstream_token_headers() else {
             return;

@@ -834,7 +834,7 @@ fn a_protected_response_is_kept_out_of_shared_caches_and_others_are_untouched() 
         1,
         request("GET", "/api/orders", Some(cookie.as_bytes()), &[]),
     );
-    respond(&vm, 1, ResponseDue::after(&o, false, None), &upstream);
+    respond(&vm, 1, ResponseDue::after(&o, None), &upstream);
     assert_eq!(
         host.response_lines("cache-control"),
         ["private, max-age=60"]
@@ -854,7 +854,7 @@ fn a_protected_response_is_kept_out_of_shared_caches_and_others_are_untouched() 
         request("GET", "/api/public/x", Some(cookie.as_bytes()), &[]),
     );
     assert!(matches!(o, Outcome::Pass));
-    respond(&vm, 2, ResponseDue::after(&o, false, None), &upstream);
+    respond(&vm, 2, ResponseDue::after(&o, None), &upstream);
     assert_eq!(
         host.response_lines("cache-control"),
         ["public, max-age=60, s-maxage=600"]
@@ -865,7 +865,7 @@ fn a_protected_response_is_kept_out_of_shared_caches_and_others_are_untouched() 
     // The relay's own refusal is not a protected response either.
     let o = arrive(&vm, 3, request("GET", "/api/orders", None, &[]));
     assert!(matches!(o, Outcome::Reply(_)));
-    respond(&vm, 3, ResponseDue::after(&o, false, None), &upstream);
+    respond(&vm, 3, ResponseDue::after(&o, None), &upstream);
     assert_eq!(host.response_lines("vary"), ["Accept-Encoding"]);
 }
 
@@ -883,7 +883,7 @@ fn a_refreshed_response_carries_the_new_cookies_and_is_never_stored() {
     respond(
         &vm,
         4,
-        ResponseDue::after(&o, false, None),
+        ResponseDue::after(&o, None),
         &[("cache-control", "max-age=60")],
     );
     let cookies = host.response_lines("set-cookie");
@@ -915,7 +915,7 @@ fn tokens_an_upstream_rotates_become_cookies_on_protected_paths_and_vanish_elsew
         request("GET", "/api/orders", Some(cookie.as_bytes()), &[]),
     );
     assert!(matches!(o, Outcome::Continue));
-    let due = ResponseDue::after(&o, true, Some(cookie.clone().into_bytes()));
+    let due = ResponseDue::after(&o, Some(cookie.clone().into_bytes()));
     respond(&vm, 1, due, &upstream);
     assert!(host.response_lines("x-new-access-token").is_empty());
     assert!(host.response_lines("x-new-refresh-token").is_empty());
@@ -941,7 +941,7 @@ fn tokens_an_upstream_rotates_become_cookies_on_protected_paths_and_vanish_elsew
         request("GET", "/api/public/x", Some(cookie.as_bytes()), &[]),
     );
     assert!(matches!(o, Outcome::Pass));
-    let due = ResponseDue::after(&o, true, Some(cookie.into_bytes()));
+    let due = ResponseDue::after(&o, Some(cookie.into_bytes()));
     assert!(due.cookie.is_none() && !due.protected);
     respond(&vm, 2, due, &upstream);
     assert!(host.response_lines("x-new-access-token").is_empty());
