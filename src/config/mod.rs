@@ -550,10 +550,8 @@ fn jwks_source(raw: RawJwks) -> Result<JwksSource, ConfigError> {
                 "give either `inline` or `cluster`/`authority`/`path`, not both",
             ));
         }
-        let bytes = serde_json::to_vec(&inline)
+        let keys = KeySet::from_document(&inline)
             .map_err(|e| ConfigError::new("jwks.inline", e.to_string()))?;
-        let keys =
-            KeySet::parse(&bytes).map_err(|e| ConfigError::new("jwks.inline", e.to_string()))?;
         return Ok(JwksSource::Inline(Rc::new(keys)));
     }
     let upstream = upstream("jwks", raw.cluster, raw.authority, raw.path)?;

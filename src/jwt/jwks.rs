@@ -217,10 +217,19 @@ impl KeySet {
     /// Parses a JWKS document (`{"keys":[...]}`), refusing it whole when a supported key has
     /// broken material (for key sets written into the configuration: a typo must stop the start).
     pub fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
-        let set = KeySet::parse_lenient(json)?;
-        match set.rejected.first() {
+        KeySet::parse_lenient(json)?.refusing_broken()
+    }
+
+    /// [`KeySet::parse`] of a JWKS document already parsed (the configuration's `jwks.inline`).
+    pub fn from_document(doc: &Value) -> Result<KeySet, JwksError> {
+        KeySet::lenient_from_document(doc)?.refusing_broken()
+    }
+
+    /// The set, or the first broken key's error when any key was skipped.
+    fn refusing_broken(self) -> Result<KeySet, JwksError> {
+        match self.rejected.first() {
             Some((kid, problem)) => Err(malformed(kid, problem)),
-            None => Ok(set),
+            None => Ok(self),
         }
     }
 
@@ -230,6 +239,10 @@ impl KeySet {
     /// usable (with the first broken key's error, if there was one).
     pub fn parse_lenient(json: &[u8]) -> Result<KeySet, JwksError> {
         let doc: Value = serde_json::from_slice(json).map_err(|_| JwksError::NotJson)?;
+        KeySet::lenient_from_document(&doc)
+    }
+
+    fn lenient_from_document(doc: &Value) -> Result<KeySet, JwksError> {
         let entries = doc
             .get("keys")
             .and_then(Value::as_array)
