@@ -372,18 +372,25 @@ class Bench:
             shutil.copyfile(support.WASM_PATH, self.wasm_copy)
         # (b2)'s module (--compare), snapshotted the same way.
         self.compare_copy = workdir / "compare.wasm"
+        self.compare_source = args.compare
         if args.compare is not None:
             shutil.copyfile(args.compare, self.compare_copy)
         # (n)'s and (p)'s modules, built into the work directory when selected.
         self.nop_copy = workdir / "bench_nop.wasm"
         self.probe_copy = workdir / "bench_probe.wasm"
 
-    def envoy_config(self, name: str, wasm_path: Path | None = None,
-                     nop_path: Path | None = None, probe_path: Path | None = None) -> dict:
-        own = self.compare_copy if name == ec.COMPARE_CONFIG else self.wasm_copy
-        return ec.config_for(name, jwks=self.jwks, wasm_path=wasm_path or own,
-                             nop_wasm_path=nop_path or self.nop_copy,
-                             probe_wasm_path=probe_path or self.probe_copy, token=self.token,
+    def envoy_config(self, name: str, originals: bool = False) -> dict:
+        """`name`'s Envoy configuration, loading the snapshots of the modules (or, for the
+        results file, the paths they were copied from)."""
+        if originals:
+            relay, compare, nop, probe = (support.WASM_PATH, self.compare_source, NOP_WASM,
+                                          PROBE_WASM)
+        else:
+            relay, compare, nop, probe = (self.wasm_copy, self.compare_copy, self.nop_copy,
+                                          self.probe_copy)
+        return ec.config_for(name, jwks=self.jwks,
+                             wasm_path=compare if name == ec.COMPARE_CONFIG else relay,
+                             nop_wasm_path=nop, probe_wasm_path=probe, token=self.token,
                              miss_jwks=self.miss_jwks)
 
     def ensure_tokens(self, alg: str, n: int):
@@ -1001,9 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         raw = {"meta": meta, "summary": summary, "runs": runs,
-               "envoy_configs": {n: bench.envoy_config(
-                   n, args.compare if n == ec.COMPARE_CONFIG else support.WASM_PATH,
-                   NOP_WASM, PROBE_WASM) for n in args.configs}}
+               "envoy_configs": {n: bench.envoy_config(n, originals=True)
+                                 for n in args.configs}}
         for base in (f"bench-{stamp}", "latest"):
             (args.results_dir / f"{base}.md").write_text(md)
             (args.results_dir / f"{base}.json").write_text(json.dumps(raw, indent=2) + "\n")
