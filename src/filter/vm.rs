@@ -2,7 +2,7 @@
 //! the one routine that takes a request from `decide` to done: `Vm::process`.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -67,7 +67,8 @@ pub(crate) struct Vm<H> {
     pub(crate) cache: TokenCache,
     pub(crate) jwks: Option<JwksSync>,
     pub(crate) flights: Option<Flights>,
-    pub(crate) waiters: BTreeMap<u32, Waiter>,
+    /// Parked requests by context id.
+    pub(crate) waiters: HashMap<u32, Waiter>,
     /// Set-Cookie values for the response of a forwarded stream, by context id.
     pub(crate) response_cookies: HashMap<u32, Vec<String>>,
     pub(crate) metrics: Metrics,
@@ -95,7 +96,7 @@ impl<H: Host> Vm<H> {
             cache,
             jwks,
             flights,
-            waiters: BTreeMap::new(),
+            waiters: HashMap::new(),
             response_cookies: HashMap::new(),
             metrics,
             alarms: DispatchAlarms::default(),
@@ -272,6 +273,7 @@ pub(crate) fn finish_waiters<H: Host>(
             return;
         };
         let st = &mut *guard;
+        // All of them are decided in this one pass, so their order does not matter.
         let ids: Vec<u32> = st
             .waiters
             .iter()
