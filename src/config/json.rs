@@ -7,7 +7,6 @@
 //! to it: the same fields, the same required ones.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
@@ -128,9 +127,13 @@ pub(super) fn join(parent: &str, name: &str) -> String {
 pub(super) type Read<T> = fn(Value, &str) -> Result<T, ConfigError>;
 
 /// A JSON object read as one of the `Raw*` shapes: only `fields` may appear.
+///
+/// Its members are kept as a list and taken from it by name: removing from serde_json's map
+/// (a B-tree) would link the tree's rebalancing code, about 7 KB of `.wasm`, for a handful of
+/// members read once.
 pub(super) struct Object<'a> {
     at: &'a str,
-    map: Map<String, Value>,
+    members: Vec<(String, Value)>,
 }
 
 impl<'a> Object<'a> {
@@ -149,12 +152,21 @@ impl<'a> Object<'a> {
                 format!("unknown field `{key}`, expected {}", one_of(fields)),
             ));
         }
-        Ok(Object { at, map })
+        Ok(Object {
+            at,
+            members: map.into_iter().collect(),
+        })
+    }
+
+    /// The member `name`, taken out (keys are unique: the document refused duplicates).
+    fn take(&mut self, name: &str) -> Option<Value> {
+        let i = self.members.iter().position(|(k, _)| k == name)?;
+        Some(self.members.swap_remove(i).1)
     }
 
     /// A field that must be present.
     pub(super) fn required<T>(&mut self, name: &str, read: Read<T>) -> Result<T, ConfigError> {
-        match self.map.remove(name) {
+        match self.take(name) {
             Some(v) => read(v, &join(self.at, name)),
             None => Err(ConfigError::new(
                 join(self.at, name),
@@ -169,7 +181,7 @@ impl<'a> Object<'a> {
         name: &str,
         read: Read<T>,
     ) -> Result<Option<T>, ConfigError> {
-        match self.map.remove(name) {
+        match self.take(name) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => read(v, &join(self.at, name)).map(Some),
         }
@@ -182,7 +194,7 @@ impl<'a> Object<'a> {
         read: Read<T>,
         default: impl FnOnce() -> T,
     ) -> Result<T, ConfigError> {
-        match self.map.remove(name) {
+        match self.take(name) {
             None => Ok(default()),
             Some(v) => read(v, &join(self.at, name)),
         }
@@ -271,29 +283,30 @@ pub(super) fn strings(v: Value, at: &str) -> Result<Vec<String>, ConfigError> {
     list(v, at, string)
 }
 
-/// An object with free keys, each value read by `item` at `at.key`. Inserted one by one:
-/// collecting into a map would link a sort for each value type (the keys arrive sorted).
+/// An object with free keys, each value read by `item` at `at.key`: a list in key order, each
+/// key once (the document refused duplicates). A list rather than a map: the callers only walk
+/// it, and each map type would link its own B-tree code.
 pub(super) fn map_of<T>(
     v: Value,
     at: &str,
     item: Read<T>,
-) -> Result<BTreeMap<String, T>, ConfigError> {
+) -> Result<Vec<(String, T)>, ConfigError> {
     let Value::Object(map) = v else {
         return Err(invalid_type(&v, at, "a map"));
     };
-    let mut out = BTreeMap::new();
+    let mut out = Vec::with_capacity(map.len());
     for (k, x) in map {
         let value = item(x, &join(at, &k))?;
-        out.insert(k, value);
+        out.push((k, value));
     }
     Ok(out)
 }
 
-pub(super) fn string_map(v: Value, at: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+pub(super) fn string_map(v: Value, at: &str) -> Result<Vec<(String, String)>, ConfigError> {
     map_of(v, at, string)
 }
 
-pub(super) fn value_map(v: Value, at: &str) -> Result<BTreeMap<String, Value>, ConfigError> {
+pub(super) fn value_map(v: Value, at: &str) -> Result<Vec<(String, Value)>, ConfigError> {
     map_of(v, at, any)
 }
 

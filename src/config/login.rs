@@ -1,6 +1,8 @@
 //! The `login` section: the OIDC login the relay runs at the edge (authorization code + PKCE,
 //! callback, logout), validated once.
 
+// Only the JSON Schema (host builds) describes the free-key maps as maps.
+#[cfg(not(target_arch = "wasm32"))]
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -66,8 +68,12 @@ pub struct RawLogin {
     pub post_logout_redirect: Option<String>,
     pub session_lifetime_s: Option<u64>,
     pub prompt: Option<String>,
-    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
-    pub extra_authorize_params: BTreeMap<String, String>,
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default),
+        schemars(with = "BTreeMap<String, String>", extend("default" = {}))
+    )]
+    pub extra_authorize_params: Vec<(String, String)>,
     pub id_token_issuer: Option<String>,
 }
 
@@ -103,11 +109,7 @@ impl RawLogin {
             post_logout_redirect: o.optional("post_logout_redirect", json::string)?,
             session_lifetime_s: o.optional("session_lifetime_s", json::unsigned)?,
             prompt: o.optional("prompt", json::string)?,
-            extra_authorize_params: o.or(
-                "extra_authorize_params",
-                json::string_map,
-                BTreeMap::new,
-            )?,
+            extra_authorize_params: o.or("extra_authorize_params", json::string_map, Vec::new)?,
             id_token_issuer: o.optional("id_token_issuer", json::string)?,
         })
     }
@@ -389,7 +391,7 @@ fn check_prompt(prompt: &str) -> Result<(), ConfigError> {
 
 /// Further authorization parameters: plain names, not the relay's own, bounded values.
 fn extra_authorize_params(
-    raw: BTreeMap<String, String>,
+    raw: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let mut out = Vec::with_capacity(raw.len());
     for (k, v) in raw {

@@ -12,6 +12,8 @@ mod secret;
 mod summary;
 mod upstream;
 
+// Only the JSON Schema (host builds) describes the free-key maps as maps.
+#[cfg(not(target_arch = "wasm32"))]
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -88,8 +90,12 @@ struct RawConfig {
     case_insensitive_prefixes: bool,
     issuer: String,
     audiences: Vec<String>,
-    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
-    required_claims: BTreeMap<String, Value>,
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default),
+        schemars(with = "BTreeMap<String, Value>", extend("default" = {}))
+    )]
+    required_claims: Vec<(String, Value)>,
     #[cfg_attr(not(target_arch = "wasm32"), serde(default = "default_algorithms"))]
     algorithms: Vec<String>,
     #[cfg_attr(not(target_arch = "wasm32"), serde(default = "default_clock_skew"))]
@@ -97,8 +103,12 @@ struct RawConfig {
     jwks: RawJwks,
     #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     cookies: RawCookies,
-    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
-    forward_claims: BTreeMap<String, String>,
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default),
+        schemars(with = "BTreeMap<String, String>", extend("default" = {}))
+    )]
+    forward_claims: Vec<(String, String)>,
     #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     token_cache_size: Option<usize>,
     session_keys: Option<Vec<RawSessionKey>>,
@@ -157,12 +167,12 @@ impl RawConfig {
                 .or("case_insensitive_prefixes", json::boolean, || false)?,
             issuer: o.required("issuer", json::string)?,
             audiences: o.required("audiences", json::strings)?,
-            required_claims: o.or("required_claims", json::value_map, BTreeMap::new)?,
+            required_claims: o.or("required_claims", json::value_map, Vec::new)?,
             algorithms: o.or("algorithms", json::strings, default_algorithms)?,
             clock_skew_s: o.or("clock_skew_s", json::unsigned, default_clock_skew)?,
             jwks: o.required("jwks", RawJwks::read)?,
             cookies: o.or("cookies", RawCookies::read, RawCookies::default)?,
-            forward_claims: o.or("forward_claims", json::string_map, BTreeMap::new)?,
+            forward_claims: o.or("forward_claims", json::string_map, Vec::new)?,
             token_cache_size: o.optional("token_cache_size", json::size)?,
             session_keys: o.optional("session_keys", |v, at| {
                 json::list(v, at, RawSessionKey::read)
@@ -321,15 +331,17 @@ impl Config {
         let mut required_claims = raw.required_claims;
         // A Cognito ID token verifies like an access token (same keys, issuer and client id in
         // `aud`): only `token_use` tells them apart, so it is pinned unless set explicitly.
-        let token_use_pinned =
-            is_cognito_issuer(&raw.issuer) && !required_claims.contains_key("token_use");
+        let token_use_pinned = is_cognito_issuer(&raw.issuer)
+            && !required_claims.iter().any(|(name, _)| name == "token_use");
         if token_use_pinned {
-            required_claims.insert("token_use".into(), Value::from("access"));
+            // In key order, like the claims read from the configuration.
+            let at = required_claims.partition_point(|(name, _)| name.as_str() < "token_use");
+            required_claims.insert(at, ("token_use".into(), Value::from("access")));
         }
         let rules = ClaimRules {
             issuer: raw.issuer,
             audiences: raw.audiences,
-            required_claims: required_claims.into_iter().collect(),
+            required_claims,
             algorithms,
             clock_skew_s: raw.clock_skew_s,
             forward_claims: forward_claims(raw.forward_claims)?,
@@ -475,7 +487,7 @@ fn algorithms(names: &[String]) -> Result<AlgSet, ConfigError> {
 }
 
 /// `forward_claims`: lower-cased header names the relay may own, each with a claim.
-fn forward_claims(raw: BTreeMap<String, String>) -> Result<Vec<(String, String)>, ConfigError> {
+fn forward_claims(raw: Vec<(String, String)>) -> Result<Vec<(String, String)>, ConfigError> {
     let mut forward_claims = Vec::with_capacity(raw.len());
     for (header, claim) in raw {
         let field = format!("forward_claims.{header}");

@@ -13,8 +13,14 @@ fn is_secret(name: &str) -> bool {
 fn strip_secrets(v: &mut Value) {
     match v {
         Value::Object(map) => {
-            map.retain(|k, _| !is_secret(k));
-            map.values_mut().for_each(strip_secrets);
+            // Rebuilt rather than filtered in place: `retain` would link the B-tree's
+            // rebalancing code for this one use.
+            for (k, mut val) in std::mem::take(map) {
+                if !is_secret(&k) {
+                    strip_secrets(&mut val);
+                    map.insert(k, val);
+                }
+            }
         }
         Value::Array(items) => items.iter_mut().for_each(strip_secrets),
         _ => {}
