@@ -2,6 +2,7 @@
 //! tokens, and the one way the rest of the relay gets a token checked: [`Verifier`].
 
 pub mod jwks;
+mod montgomery;
 pub mod token;
 pub mod token_cache;
 

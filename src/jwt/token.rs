@@ -333,13 +333,15 @@ const SHA256_DIGEST_INFO: [u8; 19] = [
 ///
 /// The same steps as rsa 0.10's `VerifyingKey::verify_prehash`, with one difference: the
 /// public exponent is applied by square-and-multiply on the key's precomputed Montgomery form
-/// (for e = 65537, 16 squarings and one multiplication) instead of rsa's constant-time
+/// (for e = 65537, 16 squarings, by [`super::montgomery`], and one multiplication through
+/// crypto-bigint) instead of rsa's constant-time
 /// fixed-window exponentiation (a 16-entry table, then a multiplication per 4 bits), which
 /// protects secret exponents and costs twice as much for a public one. Everything here is
 /// public (key, signature, message), so nothing needs to be constant-time.
 fn rs256_ok(key: &rsa::PublicKey, message: &[u8], signature: &[u8]) -> bool {
-    use crypto_bigint::modular::BoxedMontyForm;
-    use crypto_bigint::{MontyForm, MontyMultiplier};
+    use super::montgomery::Word;
+    use crypto_bigint::modular::{BoxedMontyForm, MontyParams};
+    use crypto_bigint::{BoxedUint, MontyForm, MontyMultiplier};
     use rsa::traits::PublicKeyParts;
 
     let k = key.size();
@@ -369,9 +371,20 @@ fn rs256_ok(key: &rsa::PublicKey, message: &[u8], signature: &[u8]) -> bool {
     // Products are written in place through one multiplier (its scratch buffer reused): no
     // allocation per step.
     let mut mm = <BoxedMontyForm as MontyForm>::Multiplier::from(key.n_params());
+    // Squarings by the filter's own Montgomery squaring (crypto-bigint squares by multiplying);
+    // `acc` stays fully reduced throughout.
+    let params = key.n_params();
+    let modulus = params.modulus().as_ref().as_words();
+    let m_neg_inv = AsRef::<MontyParams<BoxedUint>>::as_ref(params)
+        .mod_neg_inv()
+        .0;
+    let mut scratch = vec![0; 2 * modulus.len()];
     let mut acc = base.clone();
     for i in (0..bits - 1).rev() {
-        mm.square_assign(&mut acc);
+        let a = acc.as_montgomery_mut().as_mut_words();
+        if !Word::square(a, &mut scratch, modulus, m_neg_inv) {
+            return false;
+        }
         if e.bit_vartime(i) {
             mm.mul_assign(&mut acc, if i == 0 { &plain } else { &base });
         }
