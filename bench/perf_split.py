@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where Envoy's CPU goes for (p) and (b): a sampling profile of the Envoy worker, split by kind.
 
-Runs `bench/run.py --only p,b` under `perf record -a -g` and sorts every sample of Envoy's
+Runs `bench/run.py --only p,b` (or the two configurations `--pair` names) under `perf record -a -g` and sorts every sample of Envoy's
 worker thread into four kinds by its call chain:
 
 - Wasm code: the leaf is JIT-compiled code (V8's compiled Wasm; perf shows it as anonymous
@@ -21,7 +21,7 @@ read off the same samples as the round's own total.
 Needs Linux `perf` with permission to record every CPU (root, or
 `kernel.perf_event_paranoid` <= 0). Not part of `make test`.
 
-    .venv/bin/python bench/perf_split.py [--rounds 6] [--duration 4] [--warmup 1]
+    .venv/bin/python bench/perf_split.py [--rounds 6] [--duration 4] [--warmup 1] [--pair p,b]
 """
 
 from __future__ import annotations
@@ -91,7 +91,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--pair", default="p,b", metavar="X,Y",
+                    help="the two configurations to profile, alternated by round (default p,b; "
+                         "b,e splits a cold RS256 verification)")
     args = ap.parse_args()
+    x, _, y = args.pair.partition(",")
+    if not x or not y or x == y:
+        ap.error("--pair takes two different configurations, such as p,b")
     if shutil.which("perf") is None:
         print("perf_split: `perf` is not installed (Debian: apt-get install linux-perf)",
               file=sys.stderr)
@@ -99,7 +105,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edge-token-relay-perf-") as tmp:
         data = Path(tmp) / "perf.data"
         cmd = ["perf", "record", "-a", "-g", "-F", "999", "-o", str(data), "--",
-               sys.executable, str(HERE / "run.py"), "--only", "p,b",
+               sys.executable, str(HERE / "run.py"), "--only", f"{x},{y}",
                "--rounds", str(args.rounds), "--duration", str(args.duration),
                "--warmup", str(args.warmup), "--results-dir", tmp]
         run = subprocess.run(cmd, capture_output=True, text=True)
@@ -122,20 +128,20 @@ def main() -> int:
         print(f"perf_split: {len(pids)} profiled Envoy processes for {len(rounds)} rounds; "
               "cannot pair them", file=sys.stderr)
         return 1
-    per: dict[str, dict[str, list[float]]] = {k: {"p": [], "b": []} for k in KINDS}
-    cpu: dict[str, list[float]] = {"p": [], "b": []}
+    per: dict[str, dict[str, list[float]]] = {k: {x: [], y: []} for k in KINDS}
+    cpu: dict[str, list[float]] = {x: [], y: []}
     for pid, (name, us) in zip(pids, rounds):
         c = counts[pid]
         cpu[name].append(us)
         for k in KINDS:
             per[k][name].append(c[k] / c["total"] * us)
     print(f"{len(rounds)} rounds; µs of Envoy CPU per request, medians over rounds\n")
-    print("| kind | (p) | (b) | (b) − (p), median of pairs |")
+    print(f"| kind | ({x}) | ({y}) | ({y}) − ({x}), median of pairs |")
     print("|---|---:|---:|---:|")
     rows = [("Envoy CPU, all", cpu)] + [(k, per[k]) for k in KINDS]
     for label, v in rows:
-        pairs = [b - p for p, b in zip(v["p"], v["b"])]
-        print(f"| {label} | {statistics.median(v['p']):.2f} | {statistics.median(v['b']):.2f} "
+        pairs = [b - a for a, b in zip(v[x], v[y])]
+        print(f"| {label} | {statistics.median(v[x]):.2f} | {statistics.median(v[y]):.2f} "
               f"| {statistics.median(pairs):+.2f} |")
     return 0
 
