@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Where Envoy's CPU goes for (p) and (b): a sampling profile of the Envoy worker, split by kind.
 
-Runs `bench/run.py --only p,b` (or the two configurations `--pair` names) under `perf record -a -g` and sorts every sample of Envoy's
-worker thread into four kinds by its call chain:
+Runs `bench/run.py --only p,b` (or the two configurations `--pair` names) under
+`perf record -a -g` and sorts every sample of Envoy's worker thread into four kinds by its call
+chain:
 
 - Wasm code: the leaf is JIT-compiled code (V8's compiled Wasm; perf shows it as anonymous
   executable memory);

@@ -30,7 +30,7 @@ impl LogLimit {
 }
 
 /// The relay's own HTTP callouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Callout {
     Jwks,
     Refresh,

@@ -76,8 +76,11 @@ macro_rules! word {
                 let mut top: $word = 0;
                 let mut i = 0;
                 while i + 1 < n {
-                    // Positions i ..= i + n + 1.
-                    let Some(w) = t.get_mut(i..i + n + 2) else {
+                    // Positions i ..= i + n + 1: `w` up to i + n − 1, then the pass's last two.
+                    let Some((w, [wn, wn1])) = t
+                        .get_mut(i..i + n + 2)
+                        .and_then(|w| w.split_last_chunk_mut::<2>())
+                    else {
                         return false;
                     };
                     let (Some(&w0), Some(&w1), Some(&m0), Some(&m1)) =
@@ -93,7 +96,7 @@ macro_rules! word {
                     let u1 = x1.wrapping_mul(m_neg_inv);
                     let mut c1 = (wide(u1) * wide(m0) + wide(x1)) >> BITS;
                     let (Some(row), Some(m_hi), Some(m_lo)) =
-                        (w.get_mut(2..n), m.get(2..), m.get(1..n - 1))
+                        (w.get_mut(2..), m.get(2..), m.get(1..n - 1))
                     else {
                         return false;
                     };
@@ -104,20 +107,14 @@ macro_rules! word {
                         *wj = v1 as $word;
                         c1 = v1 >> BITS;
                     }
-                    let (Some(&m_last), Some(&wn), Some(&wn1)) =
-                        (m.get(n - 1), w.get(n), w.get(n + 1))
-                    else {
+                    let Some(&m_last) = m.last() else {
                         return false;
                     };
-                    let x = wide(wn) + c0 + wide(top);
+                    let x = wide(*wn) + c0 + wide(top);
                     let v1 = wide(u1) * wide(m_last) + (x as $word as $wide) + c1;
-                    let x2 = wide(wn1) + (v1 >> BITS) + (x >> BITS);
-                    if let Some(wn) = w.get_mut(n) {
-                        *wn = v1 as $word;
-                    }
-                    if let Some(wn1) = w.get_mut(n + 1) {
-                        *wn1 = x2 as $word;
-                    }
+                    let x2 = wide(*wn1) + (v1 >> BITS) + (x >> BITS);
+                    *wn = v1 as $word;
+                    *wn1 = x2 as $word;
                     top = (x2 >> BITS) as $word;
                     i += 2;
                 }

@@ -377,17 +377,17 @@ fn rs256_ok_with(
     if bits == 0 {
         return false;
     }
-    let base = BoxedMontyForm::new(s.clone(), key.n_params());
+    let params = key.n_params();
+    let base = BoxedMontyForm::new(s.clone(), params);
     // The plain value of s taken as a Montgomery form: a Montgomery multiplication by it
     // (a·s·R⁻¹) turns the Montgomery form of s^(e-1) (s^(e-1)·R) into s^e itself. e is odd for
     // any real RSA key, so the last step is that multiplication and the result needs no
     // conversion back (one Montgomery reduction fewer).
-    let plain = BoxedMontyForm::from_montgomery(s, key.n_params());
+    let plain = BoxedMontyForm::from_montgomery(s, params);
     // Products are written in place through one multiplier (its scratch buffer reused): no
     // allocation per step.
-    let mut mm = <BoxedMontyForm as MontyForm>::Multiplier::from(key.n_params());
+    let mut mm = <BoxedMontyForm as MontyForm>::Multiplier::from(params);
     // `acc` stays fully reduced throughout, whichever squaring runs.
-    let params = key.n_params();
     let modulus = params.modulus().as_ref().as_words();
     let m_neg_inv = AsRef::<MontyParams<BoxedUint>>::as_ref(params)
         .mod_neg_inv()
