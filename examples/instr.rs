@@ -152,7 +152,10 @@ fn keys() -> Keys {
         .map(|k| Es256.sign(&k, es_input.as_bytes()).as_bytes().into_owned())
         .unwrap_or_default();
     let ed_input = input("EdDSA", "bench-eddsa");
-    let ed_sig = <Ed25519 as Algorithm>::SigningKey::from_slice(&[ed_seed, ed_x.clone()].concat())
+    let ed_sig =
+        <<Ed25519 as Algorithm>::SigningKey as jwt_compact::alg::SigningKey<Ed25519>>::from_slice(
+            &ed_seed,
+        )
         .map(|k| {
             Ed25519
                 .sign(&k, ed_input.as_bytes())

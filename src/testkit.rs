@@ -43,7 +43,10 @@ pub fn claims() -> Value {
 
 /// Signs `claims` with the test key under `kid`.
 pub fn sign_with_kid(claims: &Value, kid: &str) -> String {
-    let key = <Ed25519 as Algorithm>::SigningKey::from_slice(&[hex(ED_SEED), hex(ED_X)].concat())
+    let key =
+        <<Ed25519 as Algorithm>::SigningKey as jwt_compact::alg::SigningKey<Ed25519>>::from_slice(
+            &hex(ED_SEED),
+        )
         .unwrap();
     let header = json!({"alg": "EdDSA", "kid": kid, "typ": "JWT"});
     let input = format!(

@@ -163,7 +163,7 @@ impl std::error::Error for JwksError {}
 
 /// Verifying key for ES256 (`p256::ecdsa::VerifyingKey`, as used by jwt-compact).
 pub(crate) type Es256Key = <Es256 as Algorithm>::VerifyingKey;
-/// Verifying key for EdDSA (`ed25519_compact::PublicKey`, as used by jwt-compact).
+/// Verifying key for EdDSA (`ed25519_dalek::VerifyingKey`, as used by jwt-compact).
 pub(crate) type Ed25519Key = <Ed25519 as Algorithm>::VerifyingKey;
 /// Verifying key for RS256: the public key with the PKCS#1 v1.5 SHA-256 prefix precomputed.
 pub(crate) type Rs256Key = rsa::pkcs1v15::VerifyingKey<sha2_11::Sha256>;
@@ -446,8 +446,10 @@ fn ed25519_key(jwk: &Map<String, Value>, kid: &str) -> Result<Ed25519Key, JwksEr
     let x = b64_member(jwk, kid, "x", "missing \"x\"", "\"x\" is not base64url")?;
     let key = <Ed25519Key as jwt_compact::alg::VerifyingKey<Ed25519>>::from_slice(&x)
         .map_err(|_| malformed(kid, "Ed25519 \"x\" must be 32 bytes"))?;
-    key.validate()
-        .map_err(|_| malformed(kid, "not a valid Ed25519 public key"))?;
+    // A small-order key would accept forged signatures under a lax check.
+    if key.is_weak() {
+        return Err(malformed(kid, "not a valid Ed25519 public key"));
+    }
     Ok(key)
 }
 

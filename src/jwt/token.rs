@@ -8,8 +8,8 @@
 //!    lookup, key algorithm equals header `alg`;
 //! 2. signature over the ASCII `header.payload`: RS256 with rsa 0.10's key and crypto-bigint's
 //!    Montgomery arithmetic ([`rs256_ok`]: PKCS#1 v1.5, SHA-256 from
-//!    sha2 0.11); ES256 and EdDSA through jwt-compact's [`Algorithm`] implementations
-//!    (p256, ed25519-compact);
+//!    sha2 0.11); ES256 with p256 on the same SHA-256 digest; EdDSA with ed25519-dalek's strict
+//!    check ([`ed25519_ok`]). The keys are the types jwt-compact defines for these algorithms;
 //! 3. claims: `exp` (required), `nbf`, `iss`, audience (`aud`, or `client_id` when `aud` is
 //!    absent), required claims, then time with clock skew;
 //! 4. claims to forward as request headers.
@@ -20,13 +20,11 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use jwt_compact::alg::Ed25519;
-use jwt_compact::{Algorithm, AlgorithmSignature};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use sha2_11::Digest as _;
 
-use super::jwks::{Alg, AlgSet, KeyMaterial, KeySet};
+use super::jwks::{Alg, AlgSet, Ed25519Key, KeyMaterial, KeySet};
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -317,7 +315,7 @@ fn signature_ok(key: &KeyMaterial, message: &[u8], signature: &[u8]) -> bool {
             )
             .is_ok()
         }
-        KeyMaterial::EdDsa(key) => jwt_compact_verify(&Ed25519, key, message, signature),
+        KeyMaterial::EdDsa(key) => ed25519_ok(key, message, signature),
     }
 }
 
@@ -458,20 +456,11 @@ fn rs256_ok_with(
         && hash == digest.as_slice()
 }
 
-fn jwt_compact_verify<A: Algorithm>(
-    alg: &A,
-    key: &A::VerifyingKey,
-    message: &[u8],
-    signature: &[u8],
-) -> bool {
-    // jwt-compact's signature parsers expect the length to be checked first.
-    if let Some(len) = <A::Signature as AlgorithmSignature>::LENGTH {
-        if signature.len() != len.get() {
-            return false;
-        }
-    }
-    match A::Signature::try_from_slice(signature) {
-        Ok(signature) => alg.verify_signature(&signature, key, message),
+/// EdDSA (RFC 8032) with ed25519-dalek's strict check: besides a canonical `S`, it refuses a
+/// small-order `R` and a weak key, as RFC 8032 leaves open and the JWKS loader already does.
+fn ed25519_ok(key: &Ed25519Key, message: &[u8], signature: &[u8]) -> bool {
+    match ed25519_dalek::Signature::from_slice(signature) {
+        Ok(signature) => key.verify_strict(message, &signature).is_ok(),
         Err(_) => false,
     }
 }
@@ -591,7 +580,8 @@ fn has_control(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jwt_compact::alg::{Es256, Hs256, Hs256Key};
+    use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key};
+    use jwt_compact::{Algorithm, AlgorithmSignature};
     use proptest::prelude::*;
     use rsa::signature::hazmat::PrehashSigner;
     use serde_json::json;
@@ -655,7 +645,6 @@ mod tests {
         FIXTURE.get_or_init(|| {
             let rsa_keys: Value =
                 serde_json::from_str(include_str!("../testdata/rsa_test_keys.json")).unwrap();
-            let ed_secret = [hex(ED_SEED), hex(ED_X)].concat();
             let jwks = json!({"keys": [
                 public_rsa_jwk("rsa", &rsa_keys["rsa2048"]),
                 public_rsa_jwk("rsa3072", &rsa_keys["rsa3072"]),
@@ -668,7 +657,8 @@ mod tests {
                 rsa_other: rsa_signer(&rsa_keys["rsa2048_other"]),
                 rsa3072: rsa_signer(&rsa_keys["rsa3072"]),
                 es: EsSigner::from_slice(&hex(P256_D)).unwrap(),
-                ed: EdSigner::from_slice(&ed_secret).unwrap(),
+                ed: <EdSigner as jwt_compact::alg::SigningKey<Ed25519>>::from_slice(&hex(ED_SEED))
+                    .unwrap(),
                 rsa_public_jwk: public_rsa_jwk("rsa", &rsa_keys["rsa2048"]).to_string(),
                 keys: KeySet::parse(jwks.to_string().as_bytes()).unwrap(),
             }
@@ -1882,5 +1872,55 @@ mod tests {
             prop_assert!(!rs256_both(key, &message, &raw));
             prop_assert_eq!(rs256_both(key, &message, &raw), rsa_crate_verifies(key, &message, &raw));
         }
+    }
+
+    /// EdDSA keeps the checks the module made before it moved to ed25519-dalek: RFC 8032's
+    /// answer, no non-canonical `S`, and no small-order `R` even when the equation holds.
+    #[test]
+    fn ed25519_strict_check() {
+        use curve25519_dalek::Scalar;
+        use ed25519_dalek::Verifier;
+        let fx = fixture();
+        let KeyMaterial::EdDsa(key) = fx.keys.get("ed").unwrap() else {
+            panic!("ed key")
+        };
+        // RFC 8032 7.1 TEST 1: the empty message.
+        let rfc = hex(concat!(
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555",
+            "fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+        ));
+        assert!(ed25519_ok(key, b"", &rfc));
+        assert!(!ed25519_ok(key, b"x", &rfc));
+        assert!(!ed25519_ok(key, b"", &rfc[..63]));
+        // S + L: the same point equation, a non-canonical scalar.
+        let l = hex("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010");
+        let mut high = rfc.clone();
+        let mut carry = 0u16;
+        for (s, l) in high[32..].iter_mut().zip(&l) {
+            let sum = u16::from(*s) + u16::from(*l) + carry;
+            *s = sum.to_le_bytes()[0];
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0);
+        assert!(!ed25519_ok(key, b"", &high));
+        // R = the identity (small order) with S = k·a satisfies [S]B = R + [k]A: a lax check
+        // accepts it, the strict one must not.
+        let message = b"small-order R";
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let hash = sha2_11::Sha512::new()
+            .chain_update(identity)
+            .chain_update(key.as_bytes())
+            .chain_update(message)
+            .finalize();
+        let k = Scalar::from_bytes_mod_order_wide(&hash.into());
+        let a = fx.ed.to_scalar();
+        let forged = [identity, (k * a).to_bytes()].concat();
+        let sig = ed25519_dalek::Signature::from_slice(&forged).unwrap();
+        assert!(
+            key.verify(message, &sig).is_ok(),
+            "the lax check accepts it"
+        );
+        assert!(!ed25519_ok(key, message, &forged));
     }
 }
