@@ -17,11 +17,9 @@ export ENVOY
 #    (rust-web-src) and links with LLVM's wasm-ld; `make toolchain` apt-gets what is missing.
 DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi \
                  -Zunstable-options -Cpanic=immediate-abort
-# Building std ourselves allows two unstable size and speed settings (docs/building.md): a panic
-# traps at once (no message formatting in the module), and crypto-bigint, the RS256 bignum, uses
-# 32-bit limbs (wasm32 has no 64 x 64 -> 128-bit multiply) while aes and polyval keep theirs.
-DEB_CARGOFLAGS := -Zbuild-std=std,panic_abort -Zprofile-rustflags \
-                  --config 'profile.release.package.crypto-bigint.rustflags = ["--cfg", "cpubits=\"32\""]'
+# Building std ourselves allows an unstable size setting (docs/building.md): a panic traps at
+# once (no message formatting in the module).
+DEB_CARGOFLAGS := -Zbuild-std=std,panic_abort
 DEB_PACKAGES  := rustc-web cargo-web rust-web-src wasi-libc lld-16 binaryen
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
 # Optional size pass after cargo: binaryen's wasm-opt, used when it is on PATH (features as rustc

@@ -18,7 +18,6 @@ use base64::{
 };
 use jwt_compact::alg::{Ed25519, Es256};
 use jwt_compact::Algorithm;
-use rsa::BoxedUint;
 use serde_json::{Map, Value};
 
 /// A JWS signature algorithm this crate can verify.
@@ -165,8 +164,7 @@ impl std::error::Error for JwksError {}
 pub(crate) type Es256Key = <Es256 as Algorithm>::VerifyingKey;
 /// Verifying key for EdDSA (`ed25519_dalek::VerifyingKey`, as used by jwt-compact).
 pub(crate) type Ed25519Key = <Ed25519 as Algorithm>::VerifyingKey;
-/// Verifying key for RS256: the public key with the PKCS#1 v1.5 SHA-256 prefix precomputed.
-pub(crate) type Rs256Key = rsa::pkcs1v15::VerifyingKey<sha2_11::Sha256>;
+pub(crate) use super::rs256::Rs256Key;
 
 /// Parsed key material, ready to verify signatures.
 pub(crate) enum KeyMaterial {
@@ -412,7 +410,7 @@ fn rsa_key(jwk: &Map<String, Value>, kid: &str) -> Result<Option<Rs256Key>, Jwks
     if e.is_empty() {
         return Err(malformed(kid, "\"e\" is zero"));
     }
-    // Exponents above 2^33-1 are refused by rsa anyway; this bounds the work done on them.
+    // Exponents above 2^33-1 are refused anyway; this names the problem.
     if e.len() > 8 {
         return Err(malformed(kid, "\"e\" is too large"));
     }
@@ -420,12 +418,9 @@ fn rsa_key(jwk: &Map<String, Value>, kid: &str) -> Result<Option<Rs256Key>, Jwks
     if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
         return Ok(None);
     }
-    let key = rsa::PublicKey::new(
-        BoxedUint::from_be_slice_vartime(n),
-        BoxedUint::from_be_slice_vartime(e),
-    )
-    .map_err(|_| malformed(kid, "\"n\"/\"e\" do not form a valid RSA public key"))?;
-    Ok(Some(Rs256Key::new(key)))
+    let key = Rs256Key::new(n, e)
+        .map_err(|_| malformed(kid, "\"n\"/\"e\" do not form a valid RSA public key"))?;
+    Ok(Some(key))
 }
 
 fn p256_key(jwk: &Map<String, Value>, kid: &str) -> Result<Es256Key, JwksError> {

@@ -3,6 +3,7 @@
 
 pub mod jwks;
 mod montgomery;
+mod rs256;
 pub mod token;
 pub mod token_cache;
 

@@ -1,21 +1,31 @@
-//! Montgomery squaring for RS256's public exponent (e = 65537: 16 squarings, one product).
+//! Montgomery arithmetic for RS256's public exponent (e = 65537: 16 squarings, one product).
 //!
-//! crypto-bigint squares a Montgomery form by a general Montgomery multiplication, 2n² word
-//! products for an n-word modulus (its dedicated squarings cover a few 64-bit-word widths, not
-//! a 2048-bit key in the 32-bit words the filter is built with). Here a square computes each
-//! cross product once, n(n+1)/2 products, then reduces, n² more; the reduction clears two
-//! words per pass, so two independent products share each step and their carry chains
-//! overlap. Under V8 a cold RS256 verification takes about a fifth less time than with the
-//! crate's squaring.
+//! A square computes each cross product once, n(n+1)/2 word products for an n-word modulus,
+//! then reduces, n² more; the reduction clears two words per pass, so two independent products
+//! share each step and their carry chains overlap. (crypto-bigint, with the 32-bit words wasm32
+//! wants, squares by a general multiplication, 2n² products; under V8 a cold RS256 check took a
+//! fifth longer with it.) A multiplication is the schoolbook product and the same reduction.
 //!
-//! Everything squared here is public (key and signature), so the code is variable-time.
+//! Everything here is public (key and signature), so the code is variable-time. The tests hold
+//! it to crypto-bigint's results.
 
-/// The word sizes crypto-bigint may be built with: `u32` (the filter's wasm32 build) and `u64`.
+/// Word sizes: `u32` is what RS256 uses ([`super::rs256`]); `u64` is kept for the tests, which
+/// check the algorithm at both widths.
 pub(crate) trait Word: Copy {
     /// `a ← a²·R⁻¹ mod m`, fully reduced, for `a < m`, `R = 2^(bits of m's words)` and
-    /// `m_neg_inv = −m⁻¹ mod 2^word`. `scratch` holds twice as many words as `m`. False (and `a`
-    /// unspecified) when the lengths do not fit.
+    /// `m_neg_inv = −m⁻¹ mod 2^word`. `scratch` holds at least twice as many words as `m`.
+    /// False (and `a` unspecified) when the lengths do not fit.
     fn square(a: &mut [Self], scratch: &mut [Self], m: &[Self], m_neg_inv: Self) -> bool;
+
+    /// `a ← a·b·R⁻¹ mod m`, fully reduced, for `a, b < m`; `scratch` holds at least twice as
+    /// many words as `m`. False (and `a` unspecified) when the lengths do not fit.
+    fn mul(a: &mut [Self], b: &[Self], scratch: &mut [Self], m: &[Self], m_neg_inv: Self) -> bool;
+
+    /// The Montgomery reduction of [`Word::square`] and [`Word::mul`].
+    fn reduce(a: &mut [Self], t: &mut [Self], m: &[Self], m_neg_inv: Self) -> bool;
+
+    /// `−m0⁻¹ mod 2^word` for an odd `m0`, the lowest word of a modulus.
+    fn neg_inv(m0: Self) -> Self;
 }
 
 macro_rules! word {
@@ -27,9 +37,12 @@ macro_rules! word {
             fn square(a: &mut [Self], t: &mut [Self], m: &[Self], m_neg_inv: Self) -> bool {
                 const BITS: u32 = <$word>::BITS;
                 let n = m.len();
-                if n == 0 || a.len() != n || t.len() != 2 * n {
+                if n == 0 || a.len() != n {
                     return false;
                 }
+                let Some(t) = t.get_mut(..2 * n) else {
+                    return false;
+                };
                 let wide = <$wide>::from;
 
                 // t = a²: each cross product a[i]·a[j] (i < j) once, then doubled, plus the
@@ -70,6 +83,53 @@ macro_rules! word {
                     carry = v >> BITS;
                 }
 
+                Self::reduce(a, t, m, m_neg_inv)
+            }
+
+            // The schoolbook product, then the squaring's reduction (two words per pass). Used
+            // twice per RS256 check (into Montgomery form, and the exponent's last bit).
+            #[inline(never)]
+            fn mul(
+                a: &mut [Self],
+                b: &[Self],
+                t: &mut [Self],
+                m: &[Self],
+                m_neg_inv: Self,
+            ) -> bool {
+                const BITS: u32 = <$word>::BITS;
+                let n = m.len();
+                if n == 0 || a.len() != n || b.len() != n {
+                    return false;
+                }
+                let Some(t) = t.get_mut(..2 * n) else {
+                    return false;
+                };
+                let wide = <$wide>::from;
+                t.fill(0);
+                for (i, &ai) in a.iter().enumerate() {
+                    let Some((row, [next])) = t
+                        .get_mut(i..i + n + 1)
+                        .and_then(|w| w.split_last_chunk_mut::<1>())
+                    else {
+                        return false;
+                    };
+                    let mut carry: $wide = 0;
+                    for (tj, &bj) in row.iter_mut().zip(b) {
+                        let v = wide(ai) * wide(bj) + wide(*tj) + carry;
+                        *tj = v as $word;
+                        carry = v >> BITS;
+                    }
+                    *next = carry as $word;
+                }
+                Self::reduce(a, t, m, m_neg_inv)
+            }
+
+            /// `a ← t·R⁻¹ mod m` for `t < m·R` in `2n` words (`t` is overwritten).
+            #[inline(always)]
+            fn reduce(a: &mut [Self], t: &mut [Self], m: &[Self], m_neg_inv: Self) -> bool {
+                const BITS: u32 = <$word>::BITS;
+                let n = m.len();
+                let wide = <$wide>::from;
                 // Montgomery reduction: add u·m so that t's lowest word becomes zero, then drop
                 // it, two words per pass (two independent products per step, so the carry
                 // chains overlap). `top` is the carry out of the top word so far (0 or 1).
@@ -158,6 +218,16 @@ macro_rules! word {
                 }
                 true
             }
+
+            fn neg_inv(m0: Self) -> Self {
+                // Newton's iteration doubles the correct low bits each step (m0 is its own
+                // inverse to 3 bits): 3 → 6 → ... → 96 ≥ 64.
+                let mut inv = m0;
+                for _ in 0..5 {
+                    inv = inv.wrapping_mul((2 as $word).wrapping_sub(m0.wrapping_mul(inv)));
+                }
+                inv.wrapping_neg()
+            }
         }
     };
 }
@@ -166,7 +236,7 @@ word!(u32, u64);
 word!(u64, u128);
 
 /// `x < y` for two numbers of the same length, least significant word first.
-fn below<W: Copy + Ord>(x: &[W], y: &[W]) -> bool {
+pub(crate) fn below<W: Copy + Ord>(x: &[W], y: &[W]) -> bool {
     for (a, b) in x.iter().rev().zip(y.iter().rev()) {
         if a != b {
             return a < b;
@@ -215,6 +285,11 @@ mod tests {
     }
 
     fn check(modulus: &[u64], a: &[u64]) {
+        check_mul(
+            modulus,
+            a,
+            &a.iter().rev().map(|w| w ^ 0x5555).collect::<Vec<_>>(),
+        );
         let m = BoxedUint::from_words(modulus.iter().copied());
         let Some(m) = Option::<Odd<BoxedUint>>::from(m.to_odd()) else {
             return;
@@ -226,6 +301,8 @@ mod tests {
             .mod_neg_inv()
             .0;
         assert_eq!(k, neg_inv(modulus[0]));
+        assert_eq!(k, u64::neg_inv(modulus[0]));
+        assert_eq!(k as u32, u32::neg_inv(modulus[0] as u32));
 
         let mut x64 = a.as_words().to_vec();
         let mut t64 = vec![0; 2 * modulus.len()];
@@ -240,6 +317,40 @@ mod tests {
             &mut t32,
             &m32,
             neg_inv(modulus[0]) as u32
+        ));
+        assert_eq!(joined(&x32), expected.as_words(), "32-bit words");
+    }
+
+    /// crypto-bigint's Montgomery multiplication against `Word::mul`, both word sizes.
+    fn check_mul(modulus: &[u64], a: &[u64], b: &[u64]) {
+        let m = BoxedUint::from_words(modulus.iter().copied());
+        let Some(m) = Option::<Odd<BoxedUint>>::from(m.to_odd()) else {
+            return;
+        };
+        let params = BoxedMontyParams::new_vartime(m.clone());
+        let a = BoxedUint::from_words(a.iter().copied()).rem_vartime(m.as_nz_ref());
+        let b = BoxedUint::from_words(b.iter().copied()).rem_vartime(m.as_nz_ref());
+        let mut x = BoxedMontyForm::from_montgomery(a.clone(), &params);
+        let y = BoxedMontyForm::from_montgomery(b.clone(), &params);
+        let mut mm = <BoxedMontyForm as MontyForm>::Multiplier::from(&params);
+        mm.mul_assign(&mut x, &y);
+        let expected = x.as_montgomery();
+        let k = neg_inv(modulus[0]);
+
+        let mut x64 = a.as_words().to_vec();
+        let mut t64 = vec![0; 2 * modulus.len()];
+        assert!(u64::mul(&mut x64, b.as_words(), &mut t64, modulus, k));
+        assert_eq!(x64, expected.as_words(), "64-bit words");
+
+        let m32 = halves(modulus);
+        let mut x32 = halves(a.as_words());
+        let mut t32 = vec![0; 2 * m32.len()];
+        assert!(u32::mul(
+            &mut x32,
+            &halves(b.as_words()),
+            &mut t32,
+            &m32,
+            k as u32
         ));
         assert_eq!(joined(&x32), expected.as_words(), "32-bit words");
     }
@@ -267,6 +378,10 @@ mod tests {
         assert!(!u32::square(&mut [1, 2], &mut [0; 3], &m, 1));
         assert!(!u32::square(&mut [1], &mut [0; 4], &m, 1));
         assert!(!u32::square(&mut [], &mut [], &[], 1));
+        assert!(!u32::mul(&mut [1, 2], &[1, 2], &mut [0; 3], &m, 1));
+        assert!(!u32::mul(&mut [1, 2], &[1], &mut [0; 4], &m, 1));
+        assert!(!u32::mul(&mut [1], &[1, 2], &mut [0; 4], &m, 1));
+        assert!(!u32::mul(&mut [], &[], &mut [0; 4], &[], 1));
     }
 
     proptest! {

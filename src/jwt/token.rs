@@ -6,10 +6,10 @@
 //!
 //! 1. size cap, three base64url segments, header: `alg` allowlist, `typ`, no `crit`, `kid`
 //!    lookup, key algorithm equals header `alg`;
-//! 2. signature over the ASCII `header.payload`: RS256 with rsa 0.10's key and crypto-bigint's
-//!    Montgomery arithmetic ([`rs256_ok`]: PKCS#1 v1.5, SHA-256 from
-//!    sha2 0.11); ES256 with p256 on the same SHA-256 digest; EdDSA with ed25519-dalek's strict
-//!    check ([`ed25519_ok`]). The keys are the types jwt-compact defines for these algorithms;
+//! 2. signature over the ASCII `header.payload`: RS256 with the filter's own Montgomery
+//!    arithmetic ([`super::rs256`]: PKCS#1 v1.5, SHA-256 from sha2 0.11); ES256 with p256 on the
+//!    same SHA-256 digest; EdDSA with ed25519-dalek's strict check ([`ed25519_ok`]). The ES256
+//!    and EdDSA keys are the types jwt-compact defines for these algorithms;
 //! 3. claims: `exp` (required), `nbf`, `iss`, audience (`aud`, or `client_id` when `aud` is
 //!    absent), required claims, then time with clock skew;
 //! 4. claims to forward as request headers.
@@ -299,9 +299,7 @@ fn parse_header(json: &[u8]) -> Result<JoseHeader<'_>, TokenError> {
 
 fn signature_ok(key: &KeyMaterial, message: &[u8], signature: &[u8]) -> bool {
     match key {
-        KeyMaterial::Rs256(key) => {
-            rs256_ok(AsRef::<rsa::PublicKey>::as_ref(&**key), message, signature)
-        }
+        KeyMaterial::Rs256(key) => key.verify(message, signature),
         KeyMaterial::Es256(key) => {
             // Prehash with the same SHA-256 as RS256: one SHA-256 implementation in the module.
             let Ok(signature) = p256::ecdsa::Signature::from_slice(signature) else {
@@ -317,143 +315,6 @@ fn signature_ok(key: &KeyMaterial, message: &[u8], signature: &[u8]) -> bool {
         }
         KeyMaterial::EdDsa(key) => ed25519_ok(key, message, signature),
     }
-}
-
-/// The DER prefix of a SHA-256 `DigestInfo` (RFC 8017 §9.2, note 1).
-const SHA256_DIGEST_INFO: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
-    0x00, 0x04, 0x20,
-];
-
-/// RSASSA-PKCS1-v1_5 verification with SHA-256 (RFC 8017 §8.2.2), by the "encode and compare"
-/// method the RFC recommends: `s^e mod n` must equal, byte for byte, the encoding
-/// `00 01 FF..FF 00 || DigestInfo || SHA-256(message)` of the expected digest.
-///
-/// The same steps as rsa 0.10's `VerifyingKey::verify_prehash`, with one difference: the
-/// public exponent is applied by square-and-multiply on the key's precomputed Montgomery form
-/// (for e = 65537, 16 squarings, by [`super::montgomery`] or crypto-bigint as [`OWN_SQUARING`]
-/// says, and one multiplication through crypto-bigint) instead of rsa's constant-time
-/// fixed-window exponentiation (a 16-entry table, then a multiplication per 4 bits), which
-/// protects secret exponents and costs twice as much for a public one. Everything here is
-/// public (key, signature, message), so nothing needs to be constant-time.
-fn rs256_ok(key: &rsa::PublicKey, message: &[u8], signature: &[u8]) -> bool {
-    rs256_ok_with(key, message, signature, OWN_SQUARING)
-}
-
-/// Which squaring RS256 uses. With crypto-bigint's 32-bit words (the Debian build) the crate
-/// squares by multiplying, and the filter's own squaring is about a fifth faster under V8. With
-/// 64-bit words (a rustup build) the crate has a dedicated 2048-bit squaring, which V8 runs
-/// about 6 % faster than the filter's.
-const OWN_SQUARING: bool = std::mem::size_of::<crypto_bigint::Word>() == 4;
-
-fn rs256_ok_with(
-    key: &rsa::PublicKey,
-    message: &[u8],
-    signature: &[u8],
-    own_squaring: bool,
-) -> bool {
-    use super::montgomery::Word;
-    use crypto_bigint::modular::{BoxedMontyForm, MontyParams};
-    use crypto_bigint::{BoxedUint, MontyForm, MontyMultiplier};
-    use rsa::traits::PublicKeyParts;
-
-    let k = key.size();
-    // §8.2.2 step 1: the signature is exactly k octets.
-    if signature.len() != k {
-        return false;
-    }
-    // Step 2a/2b: OS2IP, and the representative must be below n.
-    let Ok(s) = rsa::BoxedUint::from_be_slice(signature, key.n_bits_precision()) else {
-        return false;
-    };
-    if s >= *key.n().as_ref() {
-        return false;
-    }
-    // Step 2b (RSAVP1): m = s^e mod n.
-    let e = key.e();
-    let bits = e.bit_width_vartime();
-    if bits == 0 {
-        return false;
-    }
-    let params = key.n_params();
-    let base = BoxedMontyForm::new(s.clone(), params);
-    // The plain value of s taken as a Montgomery form: a Montgomery multiplication by it
-    // (a·s·R⁻¹) turns the Montgomery form of s^(e-1) (s^(e-1)·R) into s^e itself. e is odd for
-    // any real RSA key, so the last step is that multiplication and the result needs no
-    // conversion back (one Montgomery reduction fewer).
-    let plain = BoxedMontyForm::from_montgomery(s, params);
-    // Products are written in place through one multiplier (its scratch buffer reused): no
-    // allocation per step.
-    let mut mm = <BoxedMontyForm as MontyForm>::Multiplier::from(params);
-    // `acc` stays fully reduced throughout, whichever squaring runs.
-    let modulus = params.modulus().as_ref().as_words();
-    let m_neg_inv = AsRef::<MontyParams<BoxedUint>>::as_ref(params)
-        .mod_neg_inv()
-        .0;
-    let mut scratch = if own_squaring {
-        vec![0; 2 * modulus.len()]
-    } else {
-        Vec::new()
-    };
-    let mut acc = base.clone();
-    for i in (0..bits - 1).rev() {
-        if own_squaring {
-            let a = acc.as_montgomery_mut().as_mut_words();
-            if !Word::square(a, &mut scratch, modulus, m_neg_inv) {
-                return false;
-            }
-        } else {
-            mm.square_assign(&mut acc);
-        }
-        if e.bit_vartime(i) {
-            mm.mul_assign(&mut acc, if i == 0 { &plain } else { &base });
-        }
-    }
-    // The last step multiplied by `plain` exactly when e is odd and has more than one bit.
-    let converted = bits > 1 && e.bit_vartime(0);
-    // Step 2c: I2OSP(m, k). The integer's storage may be wider than k; the extra leading
-    // octets are zero because m < n.
-    let m = if converted {
-        acc.as_montgomery().to_be_bytes()
-    } else {
-        acc.retrieve().to_be_bytes()
-    };
-    let Some(extra) = m.len().checked_sub(k) else {
-        return false;
-    };
-    let Some((high, em)) = m.split_at_checked(extra) else {
-        return false;
-    };
-    if high.iter().any(|b| *b != 0) {
-        return false;
-    }
-    // Steps 3-4: compare with the expected encoding.
-    let digest = sha2_11::Sha256::digest(message);
-    let t_len = SHA256_DIGEST_INFO.len() + digest.len();
-    let Some(ps_len) = k.checked_sub(t_len + 3) else {
-        return false;
-    };
-    // RFC 8017 §9.2 step 5: at least 8 octets of padding (always so for 2048-bit keys).
-    if ps_len < 8 {
-        return false;
-    }
-    let Some((head, rest)) = em.split_at_checked(2) else {
-        return false;
-    };
-    let Some((ps, rest)) = rest.split_at_checked(ps_len) else {
-        return false;
-    };
-    let Some((sep, rest)) = rest.split_at_checked(1) else {
-        return false;
-    };
-    let Some((info, hash)) = rest.split_at_checked(SHA256_DIGEST_INFO.len()) else {
-        return false;
-    };
-    head == [0x00, 0x01]
-        && ps.iter().all(|b| *b == 0xff)
-        && sep == [0x00]
-        && info == SHA256_DIGEST_INFO
-        && hash == digest.as_slice()
 }
 
 /// EdDSA (RFC 8032) with ed25519-dalek's strict check: besides a canonical `S`, it refuses a
@@ -580,6 +441,7 @@ fn has_control(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jwt::rs256::Rs256Key;
     use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key};
     use jwt_compact::{Algorithm, AlgorithmSignature};
     use proptest::prelude::*;
@@ -618,6 +480,8 @@ mod tests {
         rsa3072: RsaSigner,
         es: EsSigner,
         ed: EdSigner,
+        /// The 2048-bit key as rsa 0.10 holds it, the reference for RS256.
+        rsa_public: rsa::PublicKey,
         /// Public JWK members of the 2048-bit key, for the HS256 confusion test.
         rsa_public_jwk: String,
         keys: KeySet,
@@ -659,6 +523,15 @@ mod tests {
                 es: EsSigner::from_slice(&hex(P256_D)).unwrap(),
                 ed: <EdSigner as jwt_compact::alg::SigningKey<Ed25519>>::from_slice(&hex(ED_SEED))
                     .unwrap(),
+                rsa_public: rsa::PublicKey::new(
+                    rsa::BoxedUint::from_be_slice_vartime(&unb64(
+                        rsa_keys["rsa2048"]["n"].as_str().unwrap(),
+                    )),
+                    rsa::BoxedUint::from_be_slice_vartime(&unb64(
+                        rsa_keys["rsa2048"]["e"].as_str().unwrap(),
+                    )),
+                )
+                .unwrap(),
                 rsa_public_jwk: public_rsa_jwk("rsa", &rsa_keys["rsa2048"]).to_string(),
                 keys: KeySet::parse(jwks.to_string().as_bytes()).unwrap(),
             }
@@ -1796,49 +1669,52 @@ mod tests {
     const RFC7515_A2_N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
     const RFC7515_A2_JWS: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw";
 
-    fn public_key(n_b64: &str) -> rsa::PublicKey {
-        rsa::PublicKey::new(
-            rsa::BoxedUint::from_be_slice_vartime(&unb64(n_b64)),
+    fn public_key(n_b64: &str) -> (Rs256Key, rsa::PublicKey) {
+        let n = unb64(n_b64);
+        let ours = Rs256Key::new(&n, &[1, 0, 1]).unwrap();
+        let theirs = rsa::PublicKey::new(
+            rsa::BoxedUint::from_be_slice_vartime(&n),
             rsa::BoxedUint::from_be_slice_vartime(&[1, 0, 1]),
         )
-        .unwrap()
+        .unwrap();
+        (ours, theirs)
     }
 
     #[test]
     fn rs256_verifies_the_rfc7515_a2_example_and_nothing_near_it() {
-        let key = public_key(RFC7515_A2_N);
+        let keys = public_key(RFC7515_A2_N);
         let (input, sig) = RFC7515_A2_JWS.rsplit_once('.').unwrap();
         let sig = unb64(sig);
-        assert!(rs256_both(&key, input.as_bytes(), &sig));
+        assert!(rs256_both(&keys, input.as_bytes(), &sig));
         // Another message, a flipped signature bit, a short or long signature, s >= n.
-        assert!(!rs256_both(&key, b"eyJhbGciOiJSUzI1NiJ9.e30", &sig));
+        assert!(!rs256_both(&keys, b"eyJhbGciOiJSUzI1NiJ9.e30", &sig));
         for i in [0, 1, 127, 255] {
             let mut bad = sig.clone();
             bad[i] ^= 1;
             assert!(
-                !rs256_both(&key, input.as_bytes(), &bad),
+                !rs256_both(&keys, input.as_bytes(), &bad),
                 "bit flipped in byte {i}"
             );
         }
-        assert!(!rs256_both(&key, input.as_bytes(), &sig[1..]));
+        assert!(!rs256_both(&keys, input.as_bytes(), &sig[1..]));
         assert!(!rs256_both(
-            &key,
+            &keys,
             input.as_bytes(),
             &[&[0][..], &sig].concat()
         ));
         let n = unb64(RFC7515_A2_N);
-        assert!(!rs256_both(&key, input.as_bytes(), &n));
-        assert!(!rs256_both(&key, input.as_bytes(), &[0xff; 256]));
+        assert!(!rs256_both(&keys, input.as_bytes(), &n));
+        assert!(!rs256_both(&keys, input.as_bytes(), &[0xff; 256]));
     }
 
-    /// `rs256_ok` with each squaring; they must agree.
-    fn rs256_both(key: &rsa::PublicKey, message: &[u8], signature: &[u8]) -> bool {
-        let own = rs256_ok_with(key, message, signature, true);
-        assert_eq!(own, rs256_ok_with(key, message, signature, false));
+    /// The filter's RS256 check and rsa 0.10's; they must agree.
+    fn rs256_both(keys: &(Rs256Key, rsa::PublicKey), message: &[u8], signature: &[u8]) -> bool {
+        let own = keys.0.verify(message, signature);
+        assert_eq!(own, rsa_crate_verifies(&keys.1, message, signature));
         own
     }
 
-    /// rsa 0.10's own PKCS#1 v1.5 verification, the reference `rs256_ok` must agree with.
+    /// rsa 0.10's own PKCS#1 v1.5 verification, the reference the filter's must agree with.
     fn rsa_crate_verifies(key: &rsa::PublicKey, message: &[u8], sig: &[u8]) -> bool {
         use rsa::signature::hazmat::PrehashVerifier;
         let Ok(sig) = rsa::pkcs1v15::Signature::try_from(sig) else {
@@ -1859,18 +1735,18 @@ mod tests {
             raw in proptest::collection::vec(any::<u8>(), 256),
         ) {
             let fx = fixture();
-            let KeyMaterial::Rs256(vk) = fx.keys.get("rsa").unwrap() else { panic!("rsa key") };
-            let key: &rsa::PublicKey = AsRef::<rsa::PublicKey>::as_ref(&**vk);
+            let KeyMaterial::Rs256(ours) = fx.keys.get("rsa").unwrap() else { panic!("rsa key") };
+            let theirs = &fx.rsa_public;
             let mut sig = sign(if other_key { Signer::RsaOther } else { Signer::Rsa }, &message);
             if let Some((at, bit)) = flip {
                 sig[at] ^= 1 << bit;
             }
             let expected = !other_key && flip.is_none();
-            prop_assert_eq!(rs256_both(key, &message, &sig), expected);
-            prop_assert_eq!(rsa_crate_verifies(key, &message, &sig), expected);
+            prop_assert_eq!(ours.verify(&message, &sig), expected);
+            prop_assert_eq!(rsa_crate_verifies(theirs, &message, &sig), expected);
             // Arbitrary bytes: both say no (a forgery by chance is out of reach).
-            prop_assert!(!rs256_both(key, &message, &raw));
-            prop_assert_eq!(rs256_both(key, &message, &raw), rsa_crate_verifies(key, &message, &raw));
+            prop_assert!(!ours.verify(&message, &raw));
+            prop_assert!(!rsa_crate_verifies(theirs, &message, &raw));
         }
     }
 
