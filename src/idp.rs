@@ -3,14 +3,17 @@
 //!
 //! Pure: the shell sends the request and passes the answer in.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::config::{ClientAuth, RefreshConfig};
 use crate::http::url::form_encode;
+use crate::json_members::{self, optional_str};
 
 /// Largest token-endpoint answer read.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -86,7 +89,7 @@ fn push_param(body: &mut String, k: &str, v: &str) {
 }
 
 /// What the token endpoint gave back.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct Tokens {
     pub access_token: String,
     /// Present when the IdP rotated the refresh token.
@@ -94,6 +97,26 @@ pub struct Tokens {
     pub refresh_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+}
+
+impl Tokens {
+    /// Tokens as [`Tokens`] serializes them (nested in a sealed refresh outcome): a string
+    /// `access_token`; the others strings, `null` or absent.
+    pub(crate) fn from_object(object: &Map<String, Value>) -> Option<Tokens> {
+        let optional = |name: &str| match object.get(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::String(s)) => Some(Some(s.clone())),
+            Some(_) => None,
+        };
+        let Some(Value::String(access_token)) = object.get("access_token") else {
+            return None;
+        };
+        Some(Tokens {
+            access_token: access_token.clone(),
+            refresh_token: optional("refresh_token")?,
+            id_token: optional("id_token")?,
+        })
+    }
 }
 
 impl fmt::Debug for Tokens {
@@ -175,7 +198,7 @@ impl fmt::Display for RefreshError {
     }
 }
 
-#[derive(Deserialize)]
+/// A 200 answer's members (RFC 6749 §5.1): each a string, `null` or absent; others ignored.
 struct RawTokenResponse {
     access_token: Option<String>,
     refresh_token: Option<String>,
@@ -183,9 +206,19 @@ struct RawTokenResponse {
     token_type: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RawErrorResponse {
-    error: Option<String>,
+impl RawTokenResponse {
+    fn read(body: &[u8]) -> Option<RawTokenResponse> {
+        let members = ["access_token", "refresh_token", "id_token", "token_type"];
+        let [access_token, refresh_token, id_token, token_type] =
+            json_members::read(body, members)?;
+        let string = |m| optional_str(m).ok().map(|s| s.map(Cow::into_owned));
+        Some(RawTokenResponse {
+            access_token: string(access_token)?,
+            refresh_token: string(refresh_token)?,
+            id_token: string(id_token)?,
+            token_type: string(token_type)?,
+        })
+    }
 }
 
 /// Reads a token-endpoint answer (`status` None: no answer at all).
@@ -195,8 +228,8 @@ pub fn parse_token_response(status: Option<u32>, body: &[u8]) -> Result<Tokens, 
         return Err(RefreshError::Transient(Transient::ResponseTooLarge));
     }
     if status == 200 {
-        let raw: RawTokenResponse = serde_json::from_slice(body)
-            .map_err(|_| RefreshError::Transient(Transient::UnparseableResponse))?;
+        let raw = RawTokenResponse::read(body)
+            .ok_or(RefreshError::Transient(Transient::UnparseableResponse))?;
         if let Some(tt) = &raw.token_type {
             if !tt.eq_ignore_ascii_case("bearer") && !tt.eq_ignore_ascii_case("dpop") {
                 return Err(RefreshError::Transient(Transient::UnexpectedTokenType));
@@ -213,9 +246,9 @@ pub fn parse_token_response(status: Option<u32>, body: &[u8]) -> Result<Tokens, 
         });
     }
     if (400..500).contains(&status) {
-        let error = serde_json::from_slice::<RawErrorResponse>(body)
-            .ok()
-            .and_then(|e| e.error);
+        // RFC 6749 §5.2: `error`, a string; anything unreadable is not `invalid_grant`.
+        let error = json_members::read(body, ["error"])
+            .and_then(|[error]| optional_str(error).ok().flatten());
         if error.as_deref() == Some("invalid_grant") {
             return Err(RefreshError::InvalidGrant);
         }
@@ -318,6 +351,10 @@ mod tests {
         let t = parse_token_response(Some(200), ok).unwrap();
         assert_eq!(t.access_token, "a.b.c");
         assert_eq!(t.refresh_token.as_deref(), Some("new"));
+        // Escaped strings, `null` members and unknown members of any type.
+        let escaped = br#"{"access_token":"a\u002eb","id_token":null,"x":[{"y":1}],"scope":"s"}"#;
+        let t = parse_token_response(Some(200), escaped).unwrap();
+        assert_eq!((t.access_token.as_str(), t.id_token), ("a.b", None));
         let no_rotation = br#"{"access_token":"a.b.c","token_type":"bearer"}"#;
         assert_eq!(
             parse_token_response(Some(200), no_rotation)
@@ -363,10 +400,37 @@ mod tests {
                 br#"{"access_token":5}"#,
                 RefreshError::Transient(Transient::UnparseableResponse),
             ),
+            // One object, each member once (an array of the members in order was read as
+            // one before the filter had its own reader).
+            (
+                Some(200),
+                br#"["x", null, null, "Bearer"]"#,
+                RefreshError::Transient(Transient::UnparseableResponse),
+            ),
+            (
+                Some(200),
+                br#"{"access_token":"x","access_token":"y"}"#,
+                RefreshError::Transient(Transient::UnparseableResponse),
+            ),
+            (
+                Some(200),
+                br#"{"access_token":"x","id_token":{}}"#,
+                RefreshError::Transient(Transient::UnparseableResponse),
+            ),
             (
                 Some(400),
                 br#"{"error":"invalid_grant"}"#,
                 RefreshError::InvalidGrant,
+            ),
+            (
+                Some(400),
+                br#"{"error":"invalid_grant","error":"invalid_grant"}"#,
+                RefreshError::Transient(Transient::Endpoint4xx),
+            ),
+            (
+                Some(400),
+                br#"["invalid_grant"]"#,
+                RefreshError::Transient(Transient::Endpoint4xx),
             ),
             (
                 Some(400),

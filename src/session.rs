@@ -31,8 +31,9 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Serialize;
+
+use crate::json_members::{self, optional_str, Member};
 use zeroize::Zeroizing;
 
 /// Longest sealed value [`unseal`] accepts, in bytes. [`seal`] does not enforce it: a caller
@@ -321,37 +322,60 @@ struct PayloadOut<'a> {
     idt: Option<&'a str>,
 }
 
-/// Plaintext as read. Unknown members are ignored; duplicates of these are refused by serde;
-/// `null` counts as absent for `exp` and `idt`.
-#[derive(Deserialize)]
+/// Plaintext as read. Unknown members are ignored; duplicates of these are refused; `null`
+/// counts as absent for `exp` and `idt`.
 struct PayloadIn {
     rt: String,
-    #[serde(default)]
     exp: Option<u64>,
-    #[serde(default)]
     idt: Option<String>,
 }
 
+impl PayloadIn {
+    fn read(json: &[u8]) -> Option<PayloadIn> {
+        let [rt, exp, idt] = json_members::read(json, ["rt", "exp", "idt"])?;
+        let exp = match exp {
+            None | Some(Member::Null) => None,
+            Some(Member::U64(exp)) => Some(exp),
+            Some(_) => return None,
+        };
+        Some(PayloadIn {
+            rt: rt?.into_string()?,
+            exp,
+            idt: optional_str(idt).ok()?.map(Cow::into_owned),
+        })
+    }
+}
+
 /// The protected header members we act on. Other members are ignored (they are authenticated
-/// as AAD all the same); duplicates of these are refused by serde.
-#[derive(Deserialize)]
+/// as AAD all the same); duplicates of these are refused.
 struct Header<'a> {
-    #[serde(borrow)]
     alg: Cow<'a, str>,
-    #[serde(borrow)]
     enc: Cow<'a, str>,
-    #[serde(borrow)]
     kid: Cow<'a, str>,
-    /// jose never compresses unless asked; a compressed value is not ours.
-    #[serde(default, deserialize_with = "present")]
+    /// jose never compresses unless asked; a compressed value is not ours. Present with any
+    /// value, `null` included.
     zip: bool,
     /// We implement no extensions, so any `crit` must be refused (RFC 7516 §4.1.13).
-    #[serde(default, deserialize_with = "present")]
     crit: bool,
 }
 
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+impl Header<'_> {
+    fn read(json: &[u8]) -> Option<Header<'_>> {
+        let [alg, enc, kid, zip, crit] =
+            json_members::read(json, ["alg", "enc", "kid", "zip", "crit"])?;
+        let (Some(Member::Str(alg)), Some(Member::Str(enc)), Some(Member::Str(kid))) =
+            (alg, enc, kid)
+        else {
+            return None;
+        };
+        Some(Header {
+            alg,
+            enc,
+            kid,
+            zip: zip.is_some(),
+            crit: crit.is_some(),
+        })
+    }
 }
 
 /// Seals `session` with the current key and the caller's fresh random `iv` (never reuse an IV
@@ -410,7 +434,7 @@ fn seal_plaintext(
 /// from the plaintext is parsed before the tag has been verified.
 pub fn unseal(keys: &SessionKeys, compact: &str, now: u64) -> Result<Unsealed, SessionError> {
     let (plaintext, needs_reseal) = open(keys, compact)?;
-    let payload: PayloadIn = from_json_object(&plaintext).ok_or(SessionError::BadPayload)?;
+    let payload = PayloadIn::read(&plaintext).ok_or(SessionError::BadPayload)?;
     if payload.rt.is_empty() {
         return Err(SessionError::BadPayload);
     }
@@ -442,16 +466,17 @@ pub fn seal_json<T: Serialize>(keys: &SessionKeys, value: &T, iv: [u8; 12]) -> S
     seal_plaintext(&keys.current, plaintext, iv).unwrap_or_default()
 }
 
-/// Opens a value sealed by [`seal_json`] (or any compact JWE of the session format) and parses
-/// its plaintext, which must be a JSON object, as `T`. The same checks as [`unseal`] up to the
-/// tag; then [`SessionError::BadPayload`] when the plaintext is not a `T`. Time-based checks are
-/// the caller's. The flag is `needs_reseal`: sealed with a key other than the current one.
-pub fn unseal_json<T: DeserializeOwned>(
+/// Opens a value sealed by [`seal_json`] (or any compact JWE of the session format) and reads
+/// its plaintext with `read`. The same checks as [`unseal`] up to the tag; then
+/// [`SessionError::BadPayload`] when `read` refuses the plaintext. Time-based checks are the
+/// caller's. The flag is `needs_reseal`: sealed with a key other than the current one.
+pub fn unseal_json<T>(
     keys: &SessionKeys,
     compact: &str,
+    read: impl FnOnce(&[u8]) -> Option<T>,
 ) -> Result<(T, bool), SessionError> {
     let (plaintext, needs_reseal) = open(keys, compact)?;
-    let value = from_json_object(&plaintext).ok_or(SessionError::BadPayload)?;
+    let value = read(&plaintext).ok_or(SessionError::BadPayload)?;
     Ok((value, needs_reseal))
 }
 
@@ -481,7 +506,7 @@ fn open(keys: &SessionKeys, compact: &str) -> Result<(Zeroizing<Vec<u8>>, bool),
     }
 
     let header_json = b64_decode(header_b64)?;
-    let header: Header<'_> = from_json_object(&header_json).ok_or(SessionError::Malformed)?;
+    let header = Header::read(&header_json).ok_or(SessionError::Malformed)?;
     if header.alg != "dir" || header.enc != "A256GCM" || header.zip || header.crit {
         return Err(SessionError::Malformed);
     }
@@ -507,15 +532,6 @@ fn open(keys: &SessionKeys, compact: &str) -> Result<(Zeroizing<Vec<u8>>, bool),
     Ok((plaintext, needs_reseal))
 }
 
-/// Parses a JSON object into `T`. (serde's derived structs would also take a JSON array of the
-/// members in order; a JOSE header or our payload is always an object.)
-fn from_json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Option<T> {
-    if json.trim_ascii_start().first() != Some(&b'{') {
-        return None;
-    }
-    serde_json::from_slice(json).ok()
-}
-
 /// Strict base64url: no padding, canonical trailing bits.
 fn b64_decode(segment: &str) -> Result<Vec<u8>, SessionError> {
     URL_SAFE_NO_PAD
@@ -527,6 +543,7 @@ fn b64_decode(segment: &str) -> Result<Vec<u8>, SessionError> {
 mod tests {
     use super::*;
     use crate::http::cookie::{self, chunk, read_chunked};
+    use serde::Deserialize;
 
     const NOW: u64 = 1_800_000_000;
     const K1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"; // 00 01 .. 1f
@@ -1300,10 +1317,22 @@ mod tests {
 
     // ---- sealed JSON values other than the session ----
 
-    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, PartialEq, Serialize)]
     struct Other {
         a: String,
         n: u64,
+    }
+
+    /// Read as the filter's own sealed values are: one object, these members once each.
+    fn other(plaintext: &[u8]) -> Option<Other> {
+        let [a, n] = json_members::read(plaintext, ["a", "n"])?;
+        let Some(Member::U64(n)) = n else {
+            return None;
+        };
+        Some(Other {
+            a: a?.into_string()?,
+            n,
+        })
     }
 
     #[test]
@@ -1315,34 +1344,34 @@ mod tests {
         };
         let sealed = seal_json(&ks, &v, [3; 12]);
         assert_eq!(sealed.split('.').count(), 5);
-        let (back, needs_reseal) = unseal_json::<Other>(&ks, &sealed).unwrap();
+        let (back, needs_reseal) = unseal_json(&ks, &sealed, other).unwrap();
         assert_eq!(back, v);
         assert!(!needs_reseal);
         // Sealed under an older key: opens, flagged.
         let old = seal_raw(&ks, "2026-05", br#"{"a":"o","n":1}"#, [4; 12]);
-        assert!(unseal_json::<Other>(&ks, &old).unwrap().1);
+        assert!(unseal_json(&ks, &old, other).unwrap().1);
         // Neither format opens as the other.
         assert_eq!(unseal(&ks, &sealed, NOW), Err(SessionError::BadPayload));
         let s = seal(&ks, &session("rt", None), [5; 12]);
         assert_eq!(
-            unseal_json::<Other>(&ks, &s).unwrap_err(),
+            unseal_json(&ks, &s, other).unwrap_err(),
             SessionError::BadPayload
         );
         // The same checks as a session up to the tag.
         let mut tampered = sealed.clone();
         tampered.push('A');
-        assert!(unseal_json::<Other>(&ks, &tampered).is_err());
+        assert!(unseal_json(&ks, &tampered, other).is_err());
         assert_eq!(
-            unseal_json::<Other>(&keys(&[("other", K2)]), &sealed).unwrap_err(),
+            unseal_json(&keys(&[("other", K2)]), &sealed, other).unwrap_err(),
             SessionError::UnknownKey
         );
         assert_eq!(
-            unseal_json::<Other>(&ks, "").unwrap_err(),
+            unseal_json(&ks, "", other).unwrap_err(),
             SessionError::Malformed
         );
         let arr = seal_raw(&ks, "2026-11", br#"["o",1]"#, [6; 12]);
         assert_eq!(
-            unseal_json::<Other>(&ks, &arr).unwrap_err(),
+            unseal_json(&ks, &arr, other).unwrap_err(),
             SessionError::BadPayload
         );
     }

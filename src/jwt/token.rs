@@ -20,9 +20,10 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use sha2_11::Digest as _;
+
+use crate::json_members::{self, optional_str, Member};
 
 use super::jwks::{Alg, AlgSet, Ed25519Key, KeyMaterial, KeySet};
 
@@ -182,22 +183,13 @@ impl fmt::Display for TokenError {
 impl std::error::Error for TokenError {}
 
 /// The JOSE header members we act on. Unknown members are ignored, duplicates of these are
-/// rejected by serde.
-#[derive(Deserialize)]
+/// refused.
 struct JoseHeader<'a> {
-    #[serde(borrow)]
     alg: Cow<'a, str>,
-    #[serde(default, borrow)]
     kid: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
     typ: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "present")]
+    /// Present with any value, `null` included: only the member's presence matters.
     crit: bool,
-}
-
-/// True for any value, `null` included: only the member's presence matters.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// `typ` values accepted case-insensitively: JWT (RFC 7519) and JWT access tokens (RFC 9068).
@@ -289,12 +281,17 @@ fn decode_b64(segment: &str) -> Result<Vec<u8>, TokenError> {
 }
 
 fn parse_header(json: &[u8]) -> Result<JoseHeader<'_>, TokenError> {
-    // serde would also accept a JSON array for a struct; a JOSE header must be an object.
-    let first = json.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') {
+    let [alg, kid, typ, crit] =
+        json_members::read(json, ["alg", "kid", "typ", "crit"]).ok_or(TokenError::Malformed)?;
+    let Some(Member::Str(alg)) = alg else {
         return Err(TokenError::Malformed);
-    }
-    serde_json::from_slice(json).map_err(|_| TokenError::Malformed)
+    };
+    Ok(JoseHeader {
+        alg,
+        kid: optional_str(kid).map_err(|()| TokenError::Malformed)?,
+        typ: optional_str(typ).map_err(|()| TokenError::Malformed)?,
+        crit: crit.is_some(),
+    })
 }
 
 fn signature_ok(key: &KeyMaterial, message: &[u8], signature: &[u8]) -> bool {

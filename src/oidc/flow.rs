@@ -1,10 +1,11 @@
 //! The login flow cookie: one per login, sealed with the session keys, carrying the PKCE
 //! verifier, `state`, `nonce`, the page to return to and the creation time.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{LoginConfig, RefreshConfig};
 use crate::http::cookie::{self, CookieAttrs, SameSite};
+use crate::json_members::{self, Member};
 use crate::session;
 
 /// Lifetime of a flow cookie (and of a login flow), seconds.
@@ -20,7 +21,7 @@ pub const MAX_FLOW_COOKIES_CLEARED: usize = 64;
 
 /// The sealed content of a flow cookie. Member names differ from the session's (`rt`), so a
 /// flow never opens as a session nor a session as a flow.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 pub struct Flow {
     /// PKCE code verifier.
     pub v: String,
@@ -34,6 +35,23 @@ pub struct Flow {
     pub t: u64,
 }
 
+impl Flow {
+    /// The plaintext of a flow cookie: one object with each member once, `t` an integer.
+    pub fn read(json: &[u8]) -> Option<Flow> {
+        let [v, s, n, r, t] = json_members::read(json, ["v", "s", "n", "r", "t"])?;
+        let Some(Member::U64(t)) = t else {
+            return None;
+        };
+        Some(Flow {
+            v: v?.into_string()?,
+            s: s?.into_string()?,
+            n: n?.into_string()?,
+            r: r?.into_string()?,
+            t,
+        })
+    }
+}
+
 /// Why a flow cookie could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowProblem {
@@ -42,7 +60,7 @@ pub enum FlowProblem {
 }
 
 pub fn open_flow(refresh: &RefreshConfig, value: &str, now: u64) -> Result<Flow, FlowProblem> {
-    let (flow, _) = session::unseal_json::<Flow>(&refresh.session_keys, value)
+    let (flow, _) = session::unseal_json(&refresh.session_keys, value, Flow::read)
         .map_err(|_| FlowProblem::Invalid)?;
     if now >= flow.t.saturating_add(FLOW_MAX_AGE_S) {
         return Err(FlowProblem::Expired);

@@ -499,7 +499,7 @@ fn authorization_request_carries_pkce_state_and_nonce() {
         set[0]
     );
     let sealed = flow_cookie.split_once('=').unwrap().1;
-    let (flow, _) = session::unseal_json::<Flow>(&refresh(&c).session_keys, sealed).unwrap();
+    let (flow, _) = session::unseal_json(&refresh(&c).session_keys, sealed, Flow::read).unwrap();
     assert_eq!(flow.s, state);
     assert_eq!(flow.n, param(&p, "nonce"));
     assert_eq!(flow.r, "/a?b=c");
@@ -720,7 +720,7 @@ fn return_to_table() {
             .split_once('=')
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .unwrap();
-        session::unseal_json::<Flow>(&refresh(&c).session_keys, &v)
+        session::unseal_json(&refresh(&c).session_keys, &v, Flow::read)
             .unwrap()
             .0
             .r

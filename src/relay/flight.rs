@@ -29,11 +29,12 @@ use std::fmt;
 use std::io::Write as _;
 
 use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer as _, Serialize};
+use serde::{Deserializer as _, Serialize};
 use serde_json::Value;
 use sha2_11::Digest;
 
 use crate::idp::Tokens;
+use crate::json_members::{self, Member};
 use crate::session::{seal_json, unseal_json, SessionKeys};
 
 /// Slots in the shared refresh table (each holds at most one live record).
@@ -201,10 +202,23 @@ impl<'de> Visitor<'de> for MembersVisitor {
 /// The plaintext of a sealed outcome. `rid` binds it to its record, so a sealed value moved
 /// to another session's record does not open there. It has no `rt` member, so it never opens
 /// as a session cookie, and a session never opens as this.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct SealedTokens {
     rid: String,
     tokens: Tokens,
+}
+
+impl SealedTokens {
+    fn read(json: &[u8]) -> Option<SealedTokens> {
+        let [rid, tokens] = json_members::read(json, ["rid", "tokens"])?;
+        let Some(Member::Object(tokens)) = tokens else {
+            return None;
+        };
+        Some(SealedTokens {
+            rid: rid?.into_string()?,
+            tokens: Tokens::from_object(&tokens)?,
+        })
+    }
 }
 
 /// What became of a refresh: the one name for it, wherever it was learned.
@@ -351,7 +365,7 @@ impl Record {
         match &self.state {
             RecordState::Lease { .. } => Seen::InFlight,
             RecordState::Done { at, sealed } => {
-                match unseal_json::<SealedTokens>(keys, sealed) {
+                match unseal_json(keys, sealed, SealedTokens::read) {
                     Ok((s, _)) if s.rid == self.id => {
                         Seen::Settled(RefreshOutcome::Tokens(s.tokens))
                     }

@@ -1,0 +1,233 @@
+//! Reading the named members of one JSON object: the one reader behind the small JSON values
+//! the filter reads (JOSE headers, sealed session and flow payloads, sealed refresh outcomes,
+//! token-endpoint answers).
+//!
+//! One pass over the bytes, no document built, strings borrowed when they have no escapes.
+//! What serde's derive did for each of these types, it does once: unknown members are skipped
+//! whatever they hold, a named member written twice is refused, and the input must be exactly
+//! one object (the derive also took an array of the members in order). The callers decide
+//! what is required and what each member's type must be.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// A member's value as read.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Member<'a> {
+    Str(Cow<'a, str>),
+    /// A non-negative integer that fits in 64 bits.
+    U64(u64),
+    Null,
+    /// An object, as a document (only the refresh outcome nests one, a few members long).
+    Object(Map<String, Value>),
+    /// Anything else: another number, a boolean, an array.
+    Other,
+}
+
+impl<'a> Member<'a> {
+    /// The string, or `None` for any other type.
+    pub(crate) fn into_string(self) -> Option<String> {
+        match self {
+            Member::Str(s) => Some(s.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// An optional member's value: absent and `null` are `Ok(None)`; a string is `Ok(Some)`; any
+/// other type is `Err(())`.
+pub(crate) fn optional_str(member: Option<Member<'_>>) -> Result<Option<Cow<'_, str>>, ()> {
+    match member {
+        None | Some(Member::Null) => Ok(None),
+        Some(Member::Str(s)) => Ok(Some(s)),
+        Some(_) => Err(()),
+    }
+}
+
+/// The members of the object in `json` named in `names`, in that order (`None`: absent).
+/// `None` when `json` is not one JSON object or names a member twice.
+pub(crate) fn read<'a, const N: usize>(
+    json: &'a [u8],
+    names: [&str; N],
+) -> Option<[Option<Member<'a>>; N]> {
+    let mut out = [const { None }; N];
+    read_into(json, &names, &mut out)?;
+    Some(out)
+}
+
+/// [`read`] without the array size in its type, so that one copy serves every caller.
+fn read_into<'a>(json: &'a [u8], names: &[&str], out: &mut [Option<Member<'a>>]) -> Option<()> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    de.deserialize_map(Members { names, out }).ok()?;
+    de.end().ok()
+}
+
+struct Members<'n, 'o, 'a> {
+    names: &'n [&'n str],
+    out: &'o mut [Option<Member<'a>>],
+}
+
+impl<'de> Visitor<'de> for Members<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let slot = self
+                .names
+                .iter()
+                .position(|name| *name == key)
+                .and_then(|i| self.out.get_mut(i));
+            match slot {
+                Some(slot) if slot.is_some() => return Err(A::Error::custom("duplicate member")),
+                Some(slot) => *slot = Some(map.next_value()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A member name, borrowed from the input when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(ValueVisitor).and_then(|m| match m {
+            Member::Str(s) => Ok(Key(s)),
+            _ => Err(D::Error::custom("member name")),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Member<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Member<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Member<'de>, E> {
+        Ok(Member::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Member<'de>, E> {
+        Ok(Member::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Member<'de>, E> {
+        Ok(Member::Str(Cow::Owned(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Member<'de>, E> {
+        Ok(Member::U64(v))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Member<'de>, E> {
+        Ok(Member::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Member<'de>, E> {
+        Ok(Member::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Member<'de>, E> {
+        Ok(Member::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Member<'de>, E> {
+        Ok(Member::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Member<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Member::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Member<'de>, A::Error> {
+        Map::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Member::Object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_named_members_and_skips_the_rest() {
+        let json = br#" {"a": "x", "skip": {"deep": [1, {"b": 2}]}, "b": 7, "c": null,
+            "d": -1, "e": 1.5, "f": true, "g": [1], "h": {"k": "v"}, "i": "\u0041"} "#;
+        let [a, b, c, d, e, f, g, h, i, z] =
+            read(json, ["a", "b", "c", "d", "e", "f", "g", "h", "i", "z"]).unwrap();
+        assert_eq!(a, Some(Member::Str(Cow::Borrowed("x"))));
+        assert!(matches!(a, Some(Member::Str(Cow::Borrowed(_)))));
+        assert_eq!(b, Some(Member::U64(7)));
+        assert_eq!(c, Some(Member::Null));
+        for other in [d, e, f, g] {
+            assert_eq!(other, Some(Member::Other));
+        }
+        let Some(Member::Object(h)) = h else {
+            panic!("object")
+        };
+        assert_eq!(h.get("k"), Some(&Value::from("v")));
+        // An escaped string is decoded, so it is owned.
+        assert!(matches!(i, Some(Member::Str(Cow::Owned(ref s))) if s == "A"));
+        assert_eq!(z, None);
+    }
+
+    #[test]
+    fn only_one_object_with_each_named_member_once() {
+        for bad in [
+            &br#"{"a": 1, "a": 2}"#[..],
+            br#"{"a": 1, "\u0061": 2}"#,
+            br#"["x", 1]"#,
+            br#""a""#,
+            b"null",
+            b"",
+            br#"{"a": 1} {}"#,
+            br#"{"a": 1"#,
+            br#"{"a": 1,}"#,
+            br#"{"a": 1} x"#,
+        ] {
+            assert!(
+                read(bad, ["a"]).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Repeated unknown members are skipped, as serde's derive did.
+        assert_eq!(
+            read(br#"{"x": 1, "x": 2, "a": 3}"#, ["a"]).unwrap(),
+            [Some(Member::U64(3))]
+        );
+        assert_eq!(read(b"{}", ["a"]).unwrap(), [None]);
+    }
+
+    #[test]
+    fn optional_strings() {
+        assert_eq!(optional_str(None), Ok(None));
+        assert_eq!(optional_str(Some(Member::Null)), Ok(None));
+        assert_eq!(
+            optional_str(Some(Member::Str(Cow::Borrowed("v")))),
+            Ok(Some(Cow::Borrowed("v")))
+        );
+        assert_eq!(optional_str(Some(Member::U64(1))), Err(()));
+        assert_eq!(optional_str(Some(Member::Other)), Err(()));
+    }
+}
