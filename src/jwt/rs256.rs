@@ -2,7 +2,7 @@
 //! arithmetic ([`super::montgomery`]) in 32-bit words.
 //!
 //! The public exponent is applied by square-and-multiply on Montgomery forms: for e = 65537,
-//! 16 squarings and 2 multiplications, plus one multiplication into Montgomery form. A
+//! 16 squarings and one multiplication, plus one multiplication into Montgomery form. A
 //! bignum library's constant-time exponentiation protects secret exponents and costs about
 //! twice as much; everything here is public (key, signature, message), so the code is
 //! variable-time. 32-bit words suit wasm32, which multiplies 64-bit values natively but has
