@@ -8,12 +8,11 @@ use std::fmt;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use crate::json::{Map, ObjectWriter, ToJson, Value};
 
 use crate::config::{ClientAuth, RefreshConfig};
 use crate::http::url::form_encode;
-use crate::json_members::{self, optional_str};
+use crate::json::members::{self as json_members, optional_str};
 
 /// Largest token-endpoint answer read.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -89,20 +88,29 @@ fn push_param(body: &mut String, k: &str, v: &str) {
 }
 
 /// What the token endpoint gave back.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Tokens {
     pub access_token: String,
     /// Present when the IdP rotated the refresh token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+}
+
+/// `access_token`, then the others when present.
+impl ToJson for Tokens {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        ObjectWriter::new(out)
+            .str("access_token", &self.access_token)
+            .opt_str("refresh_token", self.refresh_token.as_deref())
+            .opt_str("id_token", self.id_token.as_deref())
+            .end();
+    }
 }
 
 impl Tokens {
     /// Tokens as [`Tokens`] serializes them (nested in a sealed refresh outcome): a string
     /// `access_token`; the others strings, `null` or absent.
-    pub(crate) fn from_object(object: &Map<String, Value>) -> Option<Tokens> {
+    pub(crate) fn from_object(object: &Map) -> Option<Tokens> {
         let optional = |name: &str| match object.get(name) {
             None | Some(Value::Null) => Some(None),
             Some(Value::String(s)) => Some(Some(s.clone())),

@@ -10,7 +10,7 @@ pub mod csrf;
 pub mod http;
 pub mod idp;
 pub mod jar;
-mod json_members;
+pub mod json;
 pub mod jwt;
 pub mod oidc;
 pub mod random;

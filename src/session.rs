@@ -31,9 +31,9 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use serde::Serialize;
 
-use crate::json_members::{self, optional_str, Member};
+use crate::json::members::{self as json_members, optional_str, Member};
+use crate::json::{ObjectWriter, ToJson};
 use zeroize::Zeroizing;
 
 /// Longest sealed value [`unseal`] accepts, in bytes. [`seal`] does not enforce it: a caller
@@ -313,13 +313,22 @@ impl std::error::Error for SessionError {}
 
 /// Plaintext as written: member order `rt`, `exp`, `idt` as `JSON.stringify({rt, exp, idt})`
 /// writes it, absent members omitted.
-#[derive(Serialize)]
 struct PayloadOut<'a> {
     rt: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     exp: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     idt: Option<&'a str>,
+}
+
+impl ToJson for PayloadOut<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let mut o = ObjectWriter::new(out);
+        o.str("rt", self.rt);
+        if let Some(exp) = self.exp {
+            o.u64("exp", exp);
+        }
+        o.opt_str("idt", self.idt);
+        o.end();
+    }
 }
 
 /// Plaintext as read. Unknown members are ignored; duplicates of these are refused; `null`
@@ -392,9 +401,7 @@ pub fn seal(keys: &SessionKeys, session: &Session, iv: [u8; 12]) -> String {
     };
     let extra = session.id_token.as_ref().map_or(0, String::len);
     let mut plaintext = Zeroizing::new(Vec::with_capacity(session.rt.len() + extra + 64));
-    if serde_json::to_writer(&mut *plaintext, &payload).is_err() {
-        return String::new();
-    }
+    payload.write_json(&mut plaintext);
     seal_plaintext(&keys.current, plaintext, iv).unwrap_or_default()
 }
 
@@ -458,11 +465,9 @@ pub fn unseal(keys: &SessionKeys, compact: &str, now: u64) -> Result<Unsealed, S
 ///
 /// Should serialization or the AEAD refuse, the result is the empty string, which
 /// [`unseal_json`] refuses as [`SessionError::Malformed`].
-pub fn seal_json<T: Serialize>(keys: &SessionKeys, value: &T, iv: [u8; 12]) -> String {
+pub fn seal_json<T: ToJson>(keys: &SessionKeys, value: &T, iv: [u8; 12]) -> String {
     let mut plaintext = Zeroizing::new(Vec::with_capacity(256));
-    if serde_json::to_writer(&mut *plaintext, value).is_err() {
-        return String::new();
-    }
+    value.write_json(&mut plaintext);
     seal_plaintext(&keys.current, plaintext, iv).unwrap_or_default()
 }
 

@@ -1,6 +1,6 @@
 //! The `cookies` section: the relay's cookie names and the attributes of those it sets.
 
-use serde_json::Value;
+use crate::json::Value;
 
 use super::error::ConfigError;
 use super::json::{self, Object};

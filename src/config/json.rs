@@ -6,112 +6,18 @@
 //! at start. The JSON Schema still comes from the `Raw*` types, and a test holds this reader
 //! to it: the same fields, the same required ones.
 
-use std::cell::Cell;
-use std::fmt;
-
-use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use crate::json::{self, Value};
 
 use super::error::ConfigError;
 
-/// Parses the configuration document. Syntax errors keep serde_json's line and column; a key
-/// written twice in one object is refused with its path (serde_json's `Value` would keep the
-/// last one silently).
+/// Parses the configuration document. Syntax errors name the line and column; a key written
+/// twice in one object is refused with its path (a plain reading would keep the last one
+/// silently).
 pub(super) fn document(json: &[u8]) -> Result<Value, ConfigError> {
-    let duplicate = Cell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let parsed = Strict {
-        at: String::new(),
-        duplicate: &duplicate,
-    }
-    .deserialize(&mut de)
-    .and_then(|v| de.end().map(|()| v));
-    match (parsed, duplicate.take()) {
-        (Ok(v), _) => Ok(v),
-        (Err(_), Some((field, name))) => {
-            Err(ConfigError::new(field, format!("duplicate field `{name}`")))
-        }
-        (Err(e), None) => Err(ConfigError::new("", e.to_string())),
-    }
-}
-
-/// A JSON value built like serde_json's own, refusing duplicate keys. The path and the
-/// duplicate travel beside the error, which serde lets carry only a message.
-struct Strict<'a> {
-    at: String,
-    duplicate: &'a Cell<Option<(String, String)>>,
-}
-
-impl<'de> DeserializeSeed<'de> for Strict<'_> {
-    type Value = Value;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Strict<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(Strict {
-            at: format!("{}[{}]", self.at, items.len()),
-            duplicate: self.duplicate,
-        })? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let at = join(&self.at, &key);
-            if out.contains_key(&key) {
-                self.duplicate.set(Some((at, key)));
-                return Err(A::Error::custom("duplicate field"));
-            }
-            let value = map.next_value_seed(Strict {
-                at,
-                duplicate: self.duplicate,
-            })?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
-    }
+    json::from_slice_strict(json).map_err(|e| match e.duplicate() {
+        Some((field, name)) => ConfigError::new(field, format!("duplicate field `{name}`")),
+        None => ConfigError::new("", e.to_string()),
+    })
 }
 
 /// `parent.name`, or `name` at the top.
@@ -128,9 +34,7 @@ pub(super) type Read<T> = fn(Value, &str) -> Result<T, ConfigError>;
 
 /// A JSON object read as one of the `Raw*` shapes: only `fields` may appear.
 ///
-/// Its members are kept as a list and taken from it by name: removing from serde_json's map
-/// (a B-tree) would link the tree's rebalancing code, about 7 KB of `.wasm`, for a handful of
-/// members read once.
+/// Its members are kept as a list and taken from it by name, each name once.
 pub(super) struct Object<'a> {
     at: &'a str,
     members: Vec<(String, Value)>,

@@ -5,7 +5,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use crate::json::Value;
 use sha2_11::Digest as _;
 
 use super::cookies::CookieNames;

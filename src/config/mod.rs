@@ -17,7 +17,7 @@ mod upstream;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use serde_json::Value;
+use crate::json::Value;
 
 pub use cookies::CookieNames;
 use cookies::{cookie_names, RawCookies};
@@ -93,7 +93,7 @@ struct RawConfig {
     #[cfg_attr(
         not(target_arch = "wasm32"),
         serde(default),
-        schemars(with = "BTreeMap<String, Value>", extend("default" = {}))
+        schemars(with = "BTreeMap<String, serde_json::Value>", extend("default" = {}))
     )]
     required_claims: Vec<(String, Value)>,
     #[cfg_attr(not(target_arch = "wasm32"), serde(default = "default_algorithms"))]
@@ -240,6 +240,7 @@ fn default_clock_skew() -> u64 {
     serde(deny_unknown_fields)
 )]
 struct RawJwks {
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(with = "Option<serde_json::Value>"))]
     inline: Option<Value>,
     cluster: Option<String>,
     authority: Option<String>,
@@ -287,17 +288,17 @@ impl Config {
     /// The JSON Schema of the configuration, derived from the `Raw*` types `parse` fills (a
     /// test in `json` holds the reader to it). Host builds only: the filter never needs it.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn json_schema() -> Value {
+    pub fn json_schema() -> serde_json::Value {
         let mut schema = schemars::schema_for!(RawConfig).to_value();
         if let Some(obj) = schema.as_object_mut() {
             obj.insert(
                 "title".into(),
-                Value::from("edge-token-relay plugin configuration"),
+                serde_json::Value::from("edge-token-relay plugin configuration"),
             );
             // The shapes only: ranges and cross-field rules are checked by `check-config`.
             obj.insert(
                 "description".into(),
-                Value::from(
+                serde_json::Value::from(
                     "The shape of the plugin configuration (field names, types, required \
                      fields). Ranges and rules between fields are checked by check-config.",
                 ),

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde_json::Value;
+use crate::json::Value;
 use zeroize::Zeroizing;
 
 use super::error::ConfigError;

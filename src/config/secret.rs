@@ -3,7 +3,7 @@
 //! `vm_config.environment_variables`, Istio's `vmConfig.env`), so the configuration itself
 //! holds no secret.
 
-use serde_json::Value;
+use crate::json::Value;
 use zeroize::Zeroizing;
 
 use super::error::ConfigError;

@@ -1,6 +1,6 @@
 //! The start-up line: which build runs with which configuration, without a secret in it.
 
-use serde_json::Value;
+use crate::json::Value;
 
 use super::{Config, JwksSource};
 
@@ -58,7 +58,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 /// A short digest of the configuration JSON with its secrets removed. Keys are re-serialized
 /// in sorted order, so the same settings give the same hash however the JSON was written.
 pub(crate) fn config_hash(raw: &[u8]) -> String {
-    let canonical = match serde_json::from_slice::<Value>(raw) {
+    let canonical = match crate::json::from_slice(raw) {
         Ok(mut v) => {
             strip_secrets(&mut v);
             v.to_string()
@@ -102,7 +102,7 @@ pub(crate) fn startup_line(config: &Config, raw: &[u8]) -> String {
     .map(|(name, _)| name)
     .collect();
     let mut names = Vec::new();
-    if let Ok(v) = serde_json::from_slice::<Value>(raw) {
+    if let Ok(v) = crate::json::from_slice(raw) {
         env_names(&v, false, &mut names);
     }
     let from_env = if names.is_empty() {

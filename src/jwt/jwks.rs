@@ -18,7 +18,7 @@ use base64::{
 };
 use jwt_compact::alg::{Ed25519, Es256};
 use jwt_compact::Algorithm;
-use serde_json::{Map, Value};
+use crate::json::{Map, Value};
 
 /// A JWS signature algorithm this crate can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -236,7 +236,7 @@ impl KeySet {
     /// so one bad key in a rotation does not void the good ones. Fails only when no key is
     /// usable (with the first broken key's error, if there was one).
     pub fn parse_lenient(json: &[u8]) -> Result<KeySet, JwksError> {
-        let doc: Value = serde_json::from_slice(json).map_err(|_| JwksError::NotJson)?;
+        let doc: Value = crate::json::from_slice(json).map_err(|_| JwksError::NotJson)?;
         KeySet::lenient_from_document(&doc)
     }
 
@@ -338,7 +338,7 @@ fn malformed(kid: &str, problem: &'static str) -> JwksError {
 }
 
 /// Returns `Ok(None)` for keys to skip, `Err` for supported keys with broken material.
-fn parse_key(jwk: &Map<String, Value>) -> Result<Option<(String, KeyMaterial)>, JwksError> {
+fn parse_key(jwk: &Map) -> Result<Option<(String, KeyMaterial)>, JwksError> {
     if let Some(usage) = jwk.get("use") {
         if usage.as_str() != Some("sig") {
             return Ok(None);
@@ -380,7 +380,7 @@ fn parse_key(jwk: &Map<String, Value>) -> Result<Option<(String, KeyMaterial)>, 
 }
 
 fn b64_member(
-    jwk: &Map<String, Value>,
+    jwk: &Map,
     kid: &str,
     name: &'static str,
     missing: &'static str,
@@ -399,7 +399,7 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 }
 
 /// `Ok(None)`: modulus size outside 2048..=8192 bits, skip the key.
-fn rsa_key(jwk: &Map<String, Value>, kid: &str) -> Result<Option<Rs256Key>, JwksError> {
+fn rsa_key(jwk: &Map, kid: &str) -> Result<Option<Rs256Key>, JwksError> {
     let n = b64_member(jwk, kid, "n", "missing \"n\"", "\"n\" is not base64url")?;
     let e = b64_member(jwk, kid, "e", "missing \"e\"", "\"e\" is not base64url")?;
     let n = strip_leading_zeros(&n);
@@ -423,7 +423,7 @@ fn rsa_key(jwk: &Map<String, Value>, kid: &str) -> Result<Option<Rs256Key>, Jwks
     Ok(Some(key))
 }
 
-fn p256_key(jwk: &Map<String, Value>, kid: &str) -> Result<Es256Key, JwksError> {
+fn p256_key(jwk: &Map, kid: &str) -> Result<Es256Key, JwksError> {
     let x = b64_member(jwk, kid, "x", "missing \"x\"", "\"x\" is not base64url")?;
     let y = b64_member(jwk, kid, "y", "missing \"y\"", "\"y\" is not base64url")?;
     if x.len() != COORD_LEN || y.len() != COORD_LEN {
@@ -437,7 +437,7 @@ fn p256_key(jwk: &Map<String, Value>, kid: &str) -> Result<Es256Key, JwksError> 
         .map_err(|_| malformed(kid, "not a point on P-256"))
 }
 
-fn ed25519_key(jwk: &Map<String, Value>, kid: &str) -> Result<Ed25519Key, JwksError> {
+fn ed25519_key(jwk: &Map, kid: &str) -> Result<Ed25519Key, JwksError> {
     let x = b64_member(jwk, kid, "x", "missing \"x\"", "\"x\" is not base64url")?;
     let key = <Ed25519Key as jwt_compact::alg::VerifyingKey<Ed25519>>::from_slice(&x)
         .map_err(|_| malformed(kid, "Ed25519 \"x\" must be 32 bytes"))?;

@@ -20,10 +20,10 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use serde_json::{Map, Value};
+use crate::json::{Map, Value};
 use sha2_11::Digest as _;
 
-use crate::json_members::{self, optional_str, Member};
+use crate::json::members::{self as json_members, optional_str, Member};
 
 use super::jwks::{Alg, AlgSet, Ed25519Key, KeyMaterial, KeySet};
 
@@ -251,8 +251,9 @@ pub fn verify(
     }
 
     // 3. Claims, now authenticated.
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+    let Ok(Value::Object(claims)) = crate::json::from_slice(&payload) else {
+        return Err(TokenError::Malformed);
+    };
     let exp = check_claims(&claims, rules, now)?;
 
     // 4. Forwarded claims.
@@ -325,7 +326,7 @@ fn ed25519_ok(key: &Ed25519Key, message: &[u8], signature: &[u8]) -> bool {
 
 /// Checks the authenticated claims; returns `exp`.
 fn check_claims(
-    claims: &Map<String, Value>,
+    claims: &Map,
     rules: &ClaimRules,
     now: u64,
 ) -> Result<u64, TokenError> {
@@ -376,12 +377,18 @@ fn timestamp(value: &Value) -> Result<u64, TokenError> {
     let Value::Number(number) = value else {
         return Err(TokenError::Malformed);
     };
-    let seconds = match (number.as_u64(), number.as_f64()) {
-        (Some(seconds), _) => seconds,
-        // In range and non-negative, so the cast is exact after floor().
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        (None, Some(f)) if (0.0..=MAX_TIMESTAMP_F64).contains(&f.floor()) => f.floor() as u64,
-        _ => return Err(TokenError::Malformed),
+    let seconds = match number.as_u64() {
+        Some(seconds) => seconds,
+        None => {
+            let f = number.as_f64().floor();
+            if !(0.0..=MAX_TIMESTAMP_F64).contains(&f) {
+                return Err(TokenError::Malformed);
+            }
+            // In range and non-negative, so the cast is exact after floor().
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let seconds = f as u64;
+            seconds
+        }
     };
     if seconds > MAX_TIMESTAMP {
         return Err(TokenError::Malformed);
@@ -1601,7 +1608,7 @@ mod tests {
             }
         }
 
-        fn claims(v: serde_json::Value) -> Map<String, Value> {
+        fn claims(v: serde_json::Value) -> Map {
             v.as_object().cloned().unwrap_or_default()
         }
 

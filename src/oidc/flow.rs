@@ -1,11 +1,11 @@
 //! The login flow cookie: one per login, sealed with the session keys, carrying the PKCE
 //! verifier, `state`, `nonce`, the page to return to and the creation time.
 
-use serde::Serialize;
 
 use crate::config::{LoginConfig, RefreshConfig};
 use crate::http::cookie::{self, CookieAttrs, SameSite};
-use crate::json_members::{self, Member};
+use crate::json::members::{self as json_members, Member};
+use crate::json::{ObjectWriter, ToJson};
 use crate::session;
 
 /// Lifetime of a flow cookie (and of a login flow), seconds.
@@ -21,7 +21,6 @@ pub const MAX_FLOW_COOKIES_CLEARED: usize = 64;
 
 /// The sealed content of a flow cookie. Member names differ from the session's (`rt`), so a
 /// flow never opens as a session nor a session as a flow.
-#[derive(Serialize)]
 pub struct Flow {
     /// PKCE code verifier.
     pub v: String,
@@ -33,6 +32,19 @@ pub struct Flow {
     pub r: String,
     /// Creation time, unix seconds.
     pub t: u64,
+}
+
+/// Members in declaration order.
+impl ToJson for Flow {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        ObjectWriter::new(out)
+            .str("v", &self.v)
+            .str("s", &self.s)
+            .str("n", &self.n)
+            .str("r", &self.r)
+            .u64("t", self.t)
+            .end();
+    }
 }
 
 impl Flow {

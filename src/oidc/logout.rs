@@ -8,6 +8,7 @@ use crate::http::url::with_query;
 use crate::http::Reply;
 use crate::idp::{self, TokenRequest};
 use crate::jar;
+use crate::json::{self, ObjectWriter};
 use crate::session;
 
 /// A logout: the answer, and the refresh-token revocation to send (fire and forget) when the
@@ -69,7 +70,9 @@ pub fn logout(
     }
     let mut reply = if json {
         let mut r = Reply::error(200, "logout", "", "");
-        r.body = serde_json::json!({ "redirect_to": location }).to_string();
+        let mut body = Vec::new();
+        ObjectWriter::new(&mut body).str("redirect_to", &location).end();
+        r.body = json::text(body);
         r
     } else {
         Reply::redirect(&location, "logout")

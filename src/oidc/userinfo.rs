@@ -9,7 +9,7 @@
 //! (`nonce`, `at_hash`, `c_hash`) are left out, and no token is ever part of the answer.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use serde_json::Value;
+use crate::json::Value;
 
 use crate::config::{Config, RefreshConfig};
 use crate::http::{cookie, Reply};
@@ -47,7 +47,7 @@ pub fn userinfo(config: &Config, refresh: &RefreshConfig, cookie_header: &str, n
 fn claims(id_token: &str) -> Option<String> {
     let payload = id_token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    let claims: Value = crate::json::from_slice(&bytes).ok()?;
     let mut out = String::from("{");
     for (name, value) in claims.as_object()? {
         if PROTOCOL_CLAIMS.contains(&name.as_str()) {

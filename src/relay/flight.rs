@@ -28,13 +28,11 @@
 use std::fmt;
 use std::io::Write as _;
 
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserializer as _, Serialize};
-use serde_json::Value;
 use sha2_11::Digest;
 
 use crate::idp::Tokens;
-use crate::json_members::{self, Member};
+use crate::json::{write_str, Map, ObjectWriter, ToJson, Value};
+use crate::json::members::{self as json_members, Member};
 use crate::session::{seal_json, unseal_json, SessionKeys};
 
 /// Slots in the shared refresh table (each holds at most one live record).
@@ -117,95 +115,54 @@ pub enum RecordState {
 /// A record's members as read, before they are checked to make one of its kinds. Kept as
 /// values so that a member the kind does not have is ignored whatever its type, as serde's
 /// derive did.
-#[derive(Default)]
-struct Members {
-    id: Option<Value>,
-    kind: Option<Value>,
-    until: Option<Value>,
-    at: Option<Value>,
-    retry_at: Option<Value>,
-    sealed: Option<Value>,
-    reason: Option<Value>,
-    failures: Option<Value>,
-}
-
-impl Members {
-    fn record(self) -> Option<Record> {
-        fn text(v: Option<Value>) -> Option<String> {
-            match v? {
-                Value::String(s) => Some(s),
-                _ => None,
-            }
-        }
-        let number = |v: Option<Value>| v?.as_u64();
-        // Absent in records written before it existed.
-        let failures = |v: Option<Value>| match v {
-            None => Some(0),
-            Some(n) => u32::try_from(n.as_u64()?).ok(),
-        };
-        let state = match text(self.kind)?.as_str() {
-            "lease" => RecordState::Lease {
-                until: number(self.until)?,
-                failures: failures(self.failures)?,
-            },
-            "done" => RecordState::Done {
-                at: number(self.at)?,
-                sealed: text(self.sealed)?,
-            },
-            "failed" => RecordState::Failed {
-                retry_at: number(self.retry_at)?,
-                reason: text(self.reason)?,
-                failures: failures(self.failures)?,
-            },
-            "invalid" => RecordState::Invalid {
-                at: number(self.at)?,
-            },
-            _ => return None,
-        };
-        Some(Record {
-            id: text(self.id)?,
-            state,
-        })
-    }
-}
-
-struct MembersVisitor;
-
-impl<'de> Visitor<'de> for MembersVisitor {
-    type Value = Members;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a refresh record")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
-        let mut m = Members::default();
-        while let Some(key) = map.next_key::<String>()? {
-            let value: Value = map.next_value()?;
-            let slot = match key.as_str() {
-                "id" => &mut m.id,
-                "k" => &mut m.kind,
-                "until" => &mut m.until,
-                "at" => &mut m.at,
-                "retry_at" => &mut m.retry_at,
-                "sealed" => &mut m.sealed,
-                "reason" => &mut m.reason,
-                "failures" => &mut m.failures,
-                _ => continue,
-            };
-            *slot = Some(value);
-        }
-        Ok(m)
-    }
+/// A record from its stored members (other members are ignored; a repeated name keeps its
+/// last value).
+fn record_of(members: &Map) -> Option<Record> {
+    let text = |name: &str| members.get(name)?.as_str().map(str::to_owned);
+    let number = |name: &str| members.get(name)?.as_u64();
+    // Absent in records written before it existed.
+    let failures = || match members.get("failures") {
+        None => Some(0),
+        Some(n) => u32::try_from(n.as_u64()?).ok(),
+    };
+    let state = match text("k")?.as_str() {
+        "lease" => RecordState::Lease {
+            until: number("until")?,
+            failures: failures()?,
+        },
+        "done" => RecordState::Done {
+            at: number("at")?,
+            sealed: text("sealed")?,
+        },
+        "failed" => RecordState::Failed {
+            retry_at: number("retry_at")?,
+            reason: text("reason")?,
+            failures: failures()?,
+        },
+        "invalid" => RecordState::Invalid { at: number("at")? },
+        _ => return None,
+    };
+    Some(Record {
+        id: text("id")?,
+        state,
+    })
 }
 
 /// The plaintext of a sealed outcome. `rid` binds it to its record, so a sealed value moved
 /// to another session's record does not open there. It has no `rt` member, so it never opens
 /// as a session cookie, and a session never opens as this.
-#[derive(Serialize)]
 struct SealedTokens {
     rid: String,
     tokens: Tokens,
+}
+
+impl ToJson for SealedTokens {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let mut o = ObjectWriter::new(out);
+        o.str("rid", &self.rid);
+        self.tokens.write_json(o.name("tokens"));
+        o.end();
+    }
 }
 
 impl SealedTokens {
@@ -289,7 +246,7 @@ impl Record {
     /// members in declaration order; strings with serde_json's escaping.
     fn write(&self, out: &mut Vec<u8>) -> Option<()> {
         out.extend_from_slice(br#"{"id":"#);
-        serde_json::to_writer(&mut *out, &self.id).ok()?;
+        write_str(out, &self.id);
         match &self.state {
             RecordState::Lease { until, failures } => write!(
                 out,
@@ -298,7 +255,7 @@ impl Record {
             .ok(),
             RecordState::Done { at, sealed } => {
                 write!(out, r#","k":"done","at":{at},"sealed":"#).ok()?;
-                serde_json::to_writer(&mut *out, sealed).ok()?;
+                write_str(out, sealed);
                 out.push(b'}');
                 Some(())
             }
@@ -308,7 +265,7 @@ impl Record {
                 failures,
             } => {
                 write!(out, r#","k":"failed","retry_at":{retry_at},"reason":"#).ok()?;
-                serde_json::to_writer(&mut *out, reason).ok()?;
+                write_str(out, reason);
                 write!(out, r#","failures":{failures}}}"#).ok()
             }
             RecordState::Invalid { at } => write!(out, r#","k":"invalid","at":{at}}}"#).ok(),
@@ -319,10 +276,10 @@ impl Record {
     /// `failures` is 0, as records written before it existed). Read in one pass over the
     /// JSON, without building a document.
     pub fn decode(bytes: &[u8]) -> Option<Record> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let members = de.deserialize_map(MembersVisitor).ok()?;
-        de.end().ok()?;
-        members.record()
+        match crate::json::from_slice(bytes).ok()? {
+            Value::Object(members) => record_of(&members),
+            _ => None,
+        }
     }
 
     /// The session's consecutive transient failures this record knows of (0 after a success).

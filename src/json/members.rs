@@ -9,10 +9,9 @@
 //! what is required and what each member's type must be.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use super::read::Reader;
+use super::value::{Map, Value};
 
 /// A member's value as read.
 #[derive(Debug, PartialEq)]
@@ -22,7 +21,7 @@ pub(crate) enum Member<'a> {
     U64(u64),
     Null,
     /// An object, as a document (only the refresh outcome nests one, a few members long).
-    Object(Map<String, Value>),
+    Object(Map),
     /// Anything else: another number, a boolean, an array.
     Other,
 }
@@ -60,111 +59,43 @@ pub(crate) fn read<'a, const N: usize>(
 
 /// [`read`] without the array size in its type, so that one copy serves every caller.
 fn read_into<'a>(json: &'a [u8], names: &[&str], out: &mut [Option<Member<'a>>]) -> Option<()> {
-    let mut de = serde_json::Deserializer::from_slice(json);
-    de.deserialize_map(Members { names, out }).ok()?;
-    de.end().ok()
-}
-
-struct Members<'n, 'o, 'a> {
-    names: &'n [&'n str],
-    out: &'o mut [Option<Member<'a>>],
-}
-
-impl<'de> Visitor<'de> for Members<'_, '_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+    let mut r = Reader::new(json, false);
+    if !r.object_start() {
+        return None;
     }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            let slot = self
-                .names
-                .iter()
-                .position(|name| *name == key)
-                .and_then(|i| self.out.get_mut(i));
-            match slot {
-                Some(slot) if slot.is_some() => return Err(A::Error::custom("duplicate member")),
-                Some(slot) => *slot = Some(map.next_value()?),
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+    let mut first = true;
+    while let Some(name) = r.member_name(first).ok()? {
+        first = false;
+        let slot = names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| out.get_mut(i));
+        match slot {
+            Some(slot) if slot.is_some() => return None,
+            Some(slot) => *slot = Some(member(&mut r)?),
+            // Unknown members are read (so that they must be valid JSON) and dropped.
+            None => {
+                r.value(1).ok()?;
             }
         }
-        Ok(())
     }
+    r.end().ok()
 }
 
-/// A member name, borrowed from the input when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(ValueVisitor).and_then(|m| match m {
-            Member::Str(s) => Ok(Key(s)),
-            _ => Err(D::Error::custom("member name")),
-        })
-    }
+fn member<'a>(r: &mut Reader<'a>) -> Option<Member<'a>> {
+    Some(match r.peek_token()? {
+        b'"' => {
+            r.skip_byte();
+            Member::Str(r.string().ok()?)
+        }
+        b'0'..=b'9' | b'-' => r.number().ok()?.as_u64().map_or(Member::Other, Member::U64),
+        _ => match r.value(1).ok()? {
+            Value::Null => Member::Null,
+            Value::Object(map) => Member::Object(map),
+            _ => Member::Other,
+        },
+    })
 }
-
-impl<'de> Deserialize<'de> for Member<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValueVisitor)
-    }
-}
-
-struct ValueVisitor;
-
-impl<'de> Visitor<'de> for ValueVisitor {
-    type Value = Member<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Member<'de>, E> {
-        Ok(Member::Str(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Member<'de>, E> {
-        Ok(Member::Str(Cow::Owned(v.to_owned())))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Member<'de>, E> {
-        Ok(Member::Str(Cow::Owned(v)))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Member<'de>, E> {
-        Ok(Member::U64(v))
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Member<'de>, E> {
-        Ok(Member::Other)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Member<'de>, E> {
-        Ok(Member::Other)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Member<'de>, E> {
-        Ok(Member::Other)
-    }
-
-    fn visit_unit<E>(self) -> Result<Member<'de>, E> {
-        Ok(Member::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Member<'de>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Member::Other)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Member<'de>, A::Error> {
-        Map::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Member::Object)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,710 @@
+//! Reading JSON text (RFC 8259): a whole document into a [`Value`], or piece by piece for
+//! [`super::members`].
+
+use std::borrow::Cow;
+use std::fmt;
+
+use super::value::{Map, Number, Value};
+
+/// Containers may nest this deep minus one, as in serde_json: deeper input is refused before
+/// it can exhaust the stack.
+const MAX_DEPTH: usize = 128;
+
+/// Why the text is not a JSON document, and where (serde_json's wording and positions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    code: Code,
+    /// 1-based line.
+    line: usize,
+    /// Bytes from the start of the line, up to and including the one at fault.
+    column: usize,
+    /// For [`Code::DuplicateKey`]: the path of the repeated member (`a.b[2].c`).
+    path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Code {
+    EofWhileParsingList,
+    EofWhileParsingObject,
+    EofWhileParsingString,
+    EofWhileParsingValue,
+    ExpectedColon,
+    ExpectedListCommaOrEnd,
+    ExpectedObjectCommaOrEnd,
+    ExpectedSomeIdent,
+    ExpectedSomeValue,
+    InvalidEscape,
+    InvalidNumber,
+    NumberOutOfRange,
+    InvalidUnicodeCodePoint,
+    ControlCharacterWhileParsingString,
+    KeyMustBeAString,
+    LoneLeadingSurrogateInHexEscape,
+    TrailingComma,
+    TrailingCharacters,
+    UnexpectedEndOfHexEscape,
+    RecursionLimitExceeded,
+    DuplicateKey,
+}
+
+impl Code {
+    fn message(self) -> &'static str {
+        match self {
+            Code::EofWhileParsingList => "EOF while parsing a list",
+            Code::EofWhileParsingObject => "EOF while parsing an object",
+            Code::EofWhileParsingString => "EOF while parsing a string",
+            Code::EofWhileParsingValue => "EOF while parsing a value",
+            Code::ExpectedColon => "expected `:`",
+            Code::ExpectedListCommaOrEnd => "expected `,` or `]`",
+            Code::ExpectedObjectCommaOrEnd => "expected `,` or `}`",
+            Code::ExpectedSomeIdent => "expected ident",
+            Code::ExpectedSomeValue => "expected value",
+            Code::InvalidEscape => "invalid escape",
+            Code::InvalidNumber => "invalid number",
+            Code::NumberOutOfRange => "number out of range",
+            Code::InvalidUnicodeCodePoint => "invalid unicode code point",
+            Code::ControlCharacterWhileParsingString => {
+                "control character (\\u0000-\\u001F) found while parsing a string"
+            }
+            Code::KeyMustBeAString => "key must be a string",
+            Code::LoneLeadingSurrogateInHexEscape => "lone leading surrogate in hex escape",
+            Code::TrailingComma => "trailing comma",
+            Code::TrailingCharacters => "trailing characters",
+            Code::UnexpectedEndOfHexEscape => "unexpected end of hex escape",
+            Code::RecursionLimitExceeded => "recursion limit exceeded",
+            Code::DuplicateKey => "duplicate field",
+        }
+    }
+}
+
+impl Error {
+    /// The repeated member's path and name when [`from_slice_strict`] refused a duplicate.
+    pub fn duplicate(&self) -> Option<(&str, &str)> {
+        if self.code != Code::DuplicateKey {
+            return None;
+        }
+        let name = self.path.rsplit('.').next().unwrap_or(&self.path);
+        // `a[0].b` ends in `b`; a path never ends in an index (only names repeat).
+        Some((&self.path, name))
+    }
+
+    /// Adds the containing member's name in front of a duplicate's path.
+    fn under_key(mut self, key: &str) -> Error {
+        if self.code == Code::DuplicateKey {
+            self.path = if self.path.starts_with('[') {
+                format!("{key}{}", self.path)
+            } else {
+                format!("{key}.{}", self.path)
+            };
+        }
+        self
+    }
+
+    /// Adds the containing array's index in front of a duplicate's path.
+    fn under_index(mut self, index: usize) -> Error {
+        if self.code == Code::DuplicateKey {
+            self.path = if self.path.starts_with('[') {
+                format!("[{index}]{}", self.path)
+            } else {
+                format!("[{index}].{}", self.path)
+            };
+        }
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at line {} column {}",
+            self.code.message(),
+            self.line,
+            self.column
+        )
+    }
+}
+
+/// Parses one JSON document; whitespace may surround it, nothing else. A name repeated in an
+/// object keeps its last value.
+pub fn from_slice(json: &[u8]) -> Result<Value, Error> {
+    document(json, false)
+}
+
+/// [`from_slice`], refusing a name repeated in one object (see [`Error::duplicate`]).
+pub fn from_slice_strict(json: &[u8]) -> Result<Value, Error> {
+    document(json, true)
+}
+
+fn document(json: &[u8], strict: bool) -> Result<Value, Error> {
+    let mut r = Reader::new(json, strict);
+    let v = r.value(0)?;
+    r.end()?;
+    Ok(v)
+}
+
+/// A position in JSON text.
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    /// Refuse a repeated name in an object.
+    strict: bool,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8], strict: bool) -> Reader<'a> {
+        Reader {
+            bytes,
+            at: 0,
+            strict,
+        }
+    }
+
+    /// An error at byte index `index` (serde_json counts the column up to it).
+    fn error_at(&self, code: Code, index: usize) -> Error {
+        let before = self.bytes.get(..index.min(self.bytes.len())).unwrap_or_default();
+        let start_of_line = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1);
+        Error {
+            code,
+            line: 1 + before.iter().filter(|b| **b == b'\n').count(),
+            column: before.len() - start_of_line,
+            path: String::new(),
+        }
+    }
+
+    /// An error about the byte at the current position (or the end).
+    fn peek_error(&self, code: Code) -> Error {
+        self.error_at(code, self.at + 1)
+    }
+
+    /// An error after what has been read.
+    fn error(&self, code: Code) -> Error {
+        self.error_at(code, self.at)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    /// The next byte that is not whitespace, not consumed.
+    pub(crate) fn peek_token(&mut self) -> Option<u8> {
+        while let Some(b) = self.peek() {
+            if !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
+                return Some(b);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    /// Consumes the byte [`Reader::peek_token`] returned.
+    pub(crate) fn skip_byte(&mut self) {
+        self.at += 1;
+    }
+
+    /// Only whitespace is left.
+    pub(crate) fn end(&mut self) -> Result<(), Error> {
+        match self.peek_token() {
+            None => Ok(()),
+            Some(_) => Err(self.peek_error(Code::TrailingCharacters)),
+        }
+    }
+
+    /// One value. `depth`: containers already open around it.
+    pub(crate) fn value(&mut self, depth: usize) -> Result<Value, Error> {
+        let Some(b) = self.peek_token() else {
+            return Err(self.peek_error(Code::EofWhileParsingValue));
+        };
+        match b {
+            b'n' => self.ident(b"null").map(|()| Value::Null),
+            b't' => self.ident(b"true").map(|()| Value::Bool(true)),
+            b'f' => self.ident(b"false").map(|()| Value::Bool(false)),
+            b'-' | b'0'..=b'9' => self.number().map(Value::Number),
+            b'"' => {
+                self.at += 1;
+                self.string().map(|s| Value::String(s.into_owned()))
+            }
+            b'[' => {
+                self.enter(depth)?;
+                self.array(depth + 1).map(Value::Array)
+            }
+            b'{' => {
+                self.enter(depth)?;
+                self.object(depth + 1).map(Value::Object)
+            }
+            _ => Err(self.peek_error(Code::ExpectedSomeValue)),
+        }
+    }
+
+    /// Consumes the container's opening byte, unless that would nest too deep.
+    fn enter(&mut self, depth: usize) -> Result<(), Error> {
+        self.at += 1;
+        if depth + 1 >= MAX_DEPTH {
+            return Err(self.error(Code::RecursionLimitExceeded));
+        }
+        Ok(())
+    }
+
+    fn ident(&mut self, word: &[u8]) -> Result<(), Error> {
+        for expected in word {
+            match self.peek() {
+                Some(b) if b == *expected => self.at += 1,
+                Some(_) => return Err(self.peek_error(Code::ExpectedSomeIdent)),
+                None => return Err(self.peek_error(Code::EofWhileParsingValue)),
+            }
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    pub(crate) fn number(&mut self) -> Result<Number, Error> {
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.at += 1;
+                if matches!(self.peek(), Some(b'0'..=b'9')) {
+                    return Err(self.peek_error(Code::InvalidNumber));
+                }
+            }
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            None => return Err(self.peek_error(Code::EofWhileParsingValue)),
+            Some(_) => return Err(self.peek_error(Code::InvalidNumber)),
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if self.digits() == 0 {
+                return Err(self.number_end_error());
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.number_end_error());
+            }
+        }
+        let text = self
+            .bytes
+            .get(start..self.at)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .unwrap_or_default();
+        let number = Number::from_checked_text(text);
+        if number.is_f64() && !number.as_f64().is_finite() {
+            return Err(self.error(Code::NumberOutOfRange));
+        }
+        Ok(number)
+    }
+
+    fn number_end_error(&self) -> Error {
+        match self.peek() {
+            None => self.peek_error(Code::EofWhileParsingValue),
+            Some(_) => self.peek_error(Code::InvalidNumber),
+        }
+    }
+
+    /// The rest of a string whose opening quote is consumed; borrowed when it has no escapes.
+    pub(crate) fn string(&mut self) -> Result<Cow<'a, str>, Error> {
+        let start = self.at;
+        let mut owned: Option<Vec<u8>> = None;
+        let mut chunk_start = start;
+        loop {
+            let Some(b) = self.peek() else {
+                return Err(self.error(Code::EofWhileParsingString));
+            };
+            match b {
+                b'"' => {
+                    let chunk = self.bytes.get(chunk_start..self.at).unwrap_or_default();
+                    self.at += 1;
+                    let text = match owned {
+                        None => Cow::Borrowed(chunk),
+                        Some(mut buf) => {
+                            buf.extend_from_slice(chunk);
+                            Cow::Owned(buf)
+                        }
+                    };
+                    return self.utf8(text);
+                }
+                b'\\' => {
+                    let chunk = self.bytes.get(chunk_start..self.at).unwrap_or_default();
+                    let buf = owned.get_or_insert_with(Vec::new);
+                    buf.extend_from_slice(chunk);
+                    self.at += 1;
+                    self.escape(buf)?;
+                    chunk_start = self.at;
+                }
+                0..=0x1f => {
+                    self.at += 1;
+                    return Err(self.error(Code::ControlCharacterWhileParsingString));
+                }
+                _ => self.at += 1,
+            }
+        }
+    }
+
+    fn utf8(&self, text: Cow<'a, [u8]>) -> Result<Cow<'a, str>, Error> {
+        match text {
+            Cow::Borrowed(bytes) => std::str::from_utf8(bytes).map(Cow::Borrowed).ok(),
+            Cow::Owned(bytes) => String::from_utf8(bytes).map(Cow::Owned).ok(),
+        }
+        .ok_or_else(|| self.error(Code::InvalidUnicodeCodePoint))
+    }
+
+    /// One escape after its backslash, appended to `buf` as UTF-8.
+    fn escape(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        let Some(b) = self.peek() else {
+            return Err(self.error(Code::EofWhileParsingString));
+        };
+        self.at += 1;
+        let byte = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => return self.unicode_escape(buf),
+            _ => return Err(self.error(Code::InvalidEscape)),
+        };
+        buf.push(byte);
+        Ok(())
+    }
+
+    fn hex4(&mut self) -> Result<u16, Error> {
+        let mut n: u16 = 0;
+        for _ in 0..4 {
+            let Some(b) = self.peek() else {
+                return Err(self.error(Code::EofWhileParsingString));
+            };
+            self.at += 1;
+            let digit = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return Err(self.error(Code::InvalidEscape)),
+            };
+            n = (n << 4) | u16::from(digit);
+        }
+        Ok(n)
+    }
+
+    /// `\uXXXX` (its `\u` consumed), a surrogate pair written as two.
+    fn unicode_escape(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        let first = self.hex4()?;
+        let code = match first {
+            0xdc00..=0xdfff => return Err(self.error(Code::LoneLeadingSurrogateInHexEscape)),
+            0xd800..=0xdbff => {
+                if self.peek() != Some(b'\\') {
+                    return Err(self.error(Code::UnexpectedEndOfHexEscape));
+                }
+                self.at += 1;
+                if self.peek() != Some(b'u') {
+                    return Err(self.error(Code::UnexpectedEndOfHexEscape));
+                }
+                self.at += 1;
+                let second = self.hex4()?;
+                if !(0xdc00..=0xdfff).contains(&second) {
+                    return Err(self.error(Code::LoneLeadingSurrogateInHexEscape));
+                }
+                0x10000 + ((u32::from(first) - 0xd800) << 10) + (u32::from(second) - 0xdc00)
+            }
+            _ => u32::from(first),
+        };
+        let c = char::from_u32(code).ok_or_else(|| self.error(Code::InvalidUnicodeCodePoint))?;
+        let mut utf8 = [0u8; 4];
+        buf.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        Ok(())
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Vec<Value>, Error> {
+        let mut items = Vec::new();
+        if self.peek_token() == Some(b']') {
+            self.at += 1;
+            return Ok(items);
+        }
+        loop {
+            let item = self
+                .value(depth)
+                .map_err(|e| e.under_index(items.len()))?;
+            items.push(item);
+            match self.peek_token() {
+                Some(b',') => {
+                    self.at += 1;
+                    if self.peek_token() == Some(b']') {
+                        return Err(self.peek_error(Code::TrailingComma));
+                    }
+                }
+                Some(b']') => {
+                    self.at += 1;
+                    return Ok(items);
+                }
+                Some(_) => return Err(self.peek_error(Code::ExpectedListCommaOrEnd)),
+                None => return Err(self.peek_error(Code::EofWhileParsingList)),
+            }
+        }
+    }
+
+    /// After `{` or `,`: the next member's name and its `:`, or `None` at `}` (consumed).
+    /// `first`: no member read yet, so `}` may come at once.
+    pub(crate) fn member_name(&mut self, first: bool) -> Result<Option<Cow<'a, str>>, Error> {
+        if first {
+            match self.peek_token() {
+                Some(b'}') => {
+                    self.at += 1;
+                    return Ok(None);
+                }
+                None => return Err(self.peek_error(Code::EofWhileParsingObject)),
+                Some(_) => {}
+            }
+        } else {
+            match self.peek_token() {
+                Some(b',') => {
+                    self.at += 1;
+                    if self.peek_token() == Some(b'}') {
+                        return Err(self.peek_error(Code::TrailingComma));
+                    }
+                }
+                Some(b'}') => {
+                    self.at += 1;
+                    return Ok(None);
+                }
+                Some(_) => return Err(self.peek_error(Code::ExpectedObjectCommaOrEnd)),
+                None => return Err(self.peek_error(Code::EofWhileParsingObject)),
+            }
+        }
+        match self.peek_token() {
+            Some(b'"') => self.at += 1,
+            Some(_) => return Err(self.peek_error(Code::KeyMustBeAString)),
+            None => return Err(self.peek_error(Code::EofWhileParsingValue)),
+        }
+        let name = self.string()?;
+        match self.peek_token() {
+            Some(b':') => self.at += 1,
+            Some(_) => return Err(self.peek_error(Code::ExpectedColon)),
+            None => return Err(self.peek_error(Code::EofWhileParsingObject)),
+        }
+        Ok(Some(name))
+    }
+
+    /// The `{` of an object, consumed (`false`: the next token is something else).
+    pub(crate) fn object_start(&mut self) -> bool {
+        if self.peek_token() == Some(b'{') {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Map, Error> {
+        let mut map = Map::new();
+        let mut first = true;
+        while let Some(name) = self.member_name(first)? {
+            first = false;
+            let value = self.value(depth).map_err(|e| e.under_key(&name))?;
+            if self.strict && map.contains_key(&name) {
+                let mut e = self.error(Code::DuplicateKey);
+                e.path = name.into_owned();
+                return Err(e);
+            }
+            map.insert(name.into_owned(), value);
+        }
+        Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// serde_json's reading, as this module's [`Value`].
+    fn serde(json: &[u8]) -> Result<Value, String> {
+        serde_json::from_slice::<serde_json::Value>(json)
+            .map(Value::from)
+            .map_err(|e| e.to_string())
+    }
+
+    fn ours(json: &[u8]) -> Result<Value, String> {
+        from_slice(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn accepts_and_refuses_what_serde_json_does() {
+        let cases: &[&[u8]] = &[
+            b"null",
+            b" true ",
+            b"false",
+            b"0",
+            b"-0",
+            b"-1",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"-9223372036854775808",
+            b"-9223372036854775809",
+            b"1.5",
+            b"1e3",
+            b"1E+3",
+            b"1e-3",
+            b"-0.0e0",
+            b"1e309",
+            b"1e308",
+            b"-1e400",
+            b"1e-400",
+            b"01",
+            b"1.",
+            b".5",
+            b"1e",
+            b"1e+",
+            b"-",
+            b"--1",
+            b"+1",
+            b"0x10",
+            br#""""#,
+            br#""a\"b\\c\/d\b\f\n\r\t""#,
+            br#""\u0041\u00e9\u20ac\ud83d\ude00""#,
+            br#""\ud83d""#,
+            br#""\ud83dx""#,
+            br#""\ude00""#,
+            br#""\ud83d\u0041""#,
+            br#""\u12""#,
+            br#""\u12G4""#,
+            br#""\x""#,
+            b"\"a\x01b\"",
+            b"\"a\x7fb\"",
+            b"\"\xff\"",
+            b"\"\xc3\xa9\"",
+            "\"é\"".as_bytes(),
+            br#""abc"#,
+            b"[]",
+            b"[1, 2 ,3]",
+            b"[1,]",
+            b"[1 2]",
+            b"[",
+            b"[1",
+            b"{}",
+            br#"{"a":1,"b":[true,null],"c":{"d":"e"}}"#,
+            br#"{"a":1,"a":2}"#,
+            br#"{"b":1,"a":2}"#,
+            br#"{"a":1,}"#,
+            br#"{"a" 1}"#,
+            br#"{1:2}"#,
+            br#"{"a":1"#,
+            br#"{"a":"#,
+            br#"{"a""#,
+            b"{",
+            b"",
+            b"   ",
+            b"nul",
+            b"nulll",
+            b"truex",
+            b"[] []",
+            b"{}\n x",
+            b"\n\n  [1,\n  2,\n  x]",
+            b"\xef\xbb\xbf{}",
+        ];
+        for json in cases {
+            let (theirs, mine) = (serde(json), ours(json));
+            assert_eq!(
+                theirs.is_ok(),
+                mine.is_ok(),
+                "{:?}: serde_json {theirs:?}, ours {mine:?}",
+                String::from_utf8_lossy(json)
+            );
+            if let (Ok(a), Ok(b)) = (&theirs, &mine) {
+                assert_eq!(a.to_string(), b.to_string(), "{:?}", String::from_utf8_lossy(json));
+            }
+        }
+    }
+
+    #[test]
+    fn error_messages_name_the_place_as_serde_json_does() {
+        for json in [
+            &b"{} x"[..],
+            b"{\n  \"a\": 1,\n  \"b\" 2\n}",
+            b"[1, 2",
+            br#"{"a": tru}"#,
+            br#"{"a": "b\q"}"#,
+            b"[1,]",
+            b"{\"a\":01}",
+            b"",
+        ] {
+            assert_eq!(
+                ours(json).unwrap_err(),
+                serde(json).unwrap_err(),
+                "{:?}",
+                String::from_utf8_lossy(json)
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_stops_where_serde_json_stops() {
+        for depth in [1, 126, 127, 128, 129, 5000] {
+            for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+                let json = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+                let (theirs, mine) = (serde(json.as_bytes()), ours(json.as_bytes()));
+                assert_eq!(theirs.is_ok(), mine.is_ok(), "{open} x {depth}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_keep_their_kind() {
+        let n = |t: &str| match from_slice(t.as_bytes()).unwrap() {
+            Value::Number(n) => n,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(n("7").as_u64(), Some(7));
+        assert_eq!(n("-7").as_i64(), Some(-7));
+        assert!(n("-7").as_u64().is_none());
+        assert!(n("1.0").is_f64());
+        assert!(n("-0").is_f64());
+        assert!(n("18446744073709551616").is_f64());
+        assert_eq!(n("1.5").to_string(), "1.5");
+        assert_eq!(n("1700000000.75").as_f64(), 1_700_000_000.75);
+        assert_eq!(n("1.7e9").as_f64(), 1_700_000_000.0);
+        assert_eq!(n("17e-1").as_f64(), 1.7);
+        assert_eq!(n("0.000001e6").as_f64(), 1.0);
+        assert_eq!(n("123456789012345678901234567890").as_f64(), 1.2345678901234568e29);
+        assert_eq!(n("1e-400").as_f64(), 0.0);
+    }
+
+    #[test]
+    fn strict_reading_names_the_repeated_member() {
+        let dup = |json: &str| {
+            let e = from_slice_strict(json.as_bytes()).unwrap_err();
+            e.duplicate().map(|(p, n)| (p.to_owned(), n.to_owned()))
+        };
+        assert_eq!(dup(r#"{"a":1,"a":2}"#), Some(("a".into(), "a".into())));
+        assert_eq!(
+            dup(r#"{"x":{"y":[{"z":1},{"z":1,"z":2}]}}"#),
+            Some(("x.y[1].z".into(), "z".into()))
+        );
+        assert_eq!(dup(r#"[[{"q":1,"q":1}]]"#), Some(("[0][0].q".into(), "q".into())));
+        assert_eq!(dup(r#"{"a":1,"a""#), None);
+        assert!(from_slice(br#"{"a":1,"a":2}"#).is_ok());
+        assert_eq!(
+            from_slice(br#"{"a":1,"a":2}"#).unwrap().get("a"),
+            Some(&Value::from(2u64))
+        );
+    }
+}
