@@ -6,9 +6,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::json::{Map, ObjectWriter, ToJson, Value};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use crate::json::{Map, ObjectWriter, ToJson, Value};
 
 use crate::config::{ClientAuth, RefreshConfig};
 use crate::http::url::form_encode;

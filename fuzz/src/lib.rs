@@ -71,7 +71,7 @@ pub fn rules() -> ClaimRules {
     ClaimRules {
         issuer: ISS.into(),
         audiences: vec![AUD.into(), "second-client".into()],
-        required_claims: vec![("token_use".into(), json!("access"))],
+        required_claims: vec![("token_use".into(), edge_token_relay::json::Value::from("access"))],
         algorithms: AlgSet::all(),
         clock_skew_s: 30,
         forward_claims: vec![

@@ -218,7 +218,7 @@ pub(super) fn value_map(v: Value, at: &str) -> Result<Vec<(String, Value)>, Conf
 mod tests {
     use std::collections::BTreeSet;
 
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::super::{Config, RawConfig};
     use super::*;
@@ -337,7 +337,7 @@ mod tests {
     }
 
     fn read(v: &Value) -> Result<(), ConfigError> {
-        RawConfig::read(v.clone(), "").map(|_| ())
+        RawConfig::read(v.clone().into(), "").map(|_| ())
     }
 
     /// The reader and the published JSON Schema agree on every object: the same fields, the
@@ -497,6 +497,6 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(document(deep.as_bytes()).is_err(), "nesting is bounded");
         let v = document(br#"{"n": [1, -2, 1.5, true, null, "s", {}]}"#).unwrap();
-        assert_eq!(v, json!({"n": [1, -2, 1.5, true, null, "s", {}]}));
+        assert_eq!(v, json!({"n": [1, -2, 1.5, true, null, "s", {}]}).into());
     }
 }

@@ -240,7 +240,10 @@ fn default_clock_skew() -> u64 {
     serde(deny_unknown_fields)
 )]
 struct RawJwks {
-    #[cfg_attr(not(target_arch = "wasm32"), schemars(with = "Option<serde_json::Value>"))]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        schemars(with = "Option<serde_json::Value>")
+    )]
     inline: Option<Value>,
     cluster: Option<String>,
     authority: Option<String>,
@@ -585,7 +588,7 @@ fn jwks_source(raw: RawJwks) -> Result<JwksSource, ConfigError> {
 mod tests {
     use super::*;
     use crate::http::cookie::SameSite;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn base() -> Value {
         json!({
@@ -1138,16 +1141,16 @@ mod tests {
             let v = with(v, "/required_claims", None);
             let c = parse(&v).unwrap();
             assert!(c.token_use_pinned, "{iss}");
-            assert_eq!(token_use(&c), Some(json!("access")), "{iss}");
+            assert_eq!(token_use(&c), Some(json!("access").into()), "{iss}");
             // Other required claims keep the pin.
             let v = with(v, "/required_claims", Some(json!({"scope": "x"})));
             let c = parse(&v).unwrap();
-            assert_eq!(token_use(&c), Some(json!("access")), "{iss}");
+            assert_eq!(token_use(&c), Some(json!("access").into()), "{iss}");
             // An explicit token_use wins, whatever it says.
             let v = with(v, "/required_claims", Some(json!({"token_use": "id"})));
             let c = parse(&v).unwrap();
             assert!(!c.token_use_pinned);
-            assert_eq!(token_use(&c), Some(json!("id")));
+            assert_eq!(token_use(&c), Some(json!("id").into()));
         }
         for iss in [
             "https://idp.test",

@@ -132,7 +132,7 @@ pub(crate) fn startup_line(config: &Config, raw: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::testkit::{self, ISS};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn raw(v: &Value) -> Vec<u8> {
         v.to_string().into_bytes()
@@ -220,7 +220,7 @@ mod tests {
             "forward_claims": {"env": "sub"},
         });
         let mut names = Vec::new();
-        env_names(&v, false, &mut names);
+        env_names(&v.into(), false, &mut names);
         assert_eq!(names, ["A", "B", "C"]);
     }
 

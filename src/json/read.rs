@@ -162,7 +162,10 @@ impl<'a> Reader<'a> {
 
     /// An error at byte index `index` (serde_json counts the column up to it).
     fn error_at(&self, code: Code, index: usize) -> Error {
-        let before = self.bytes.get(..index.min(self.bytes.len())).unwrap_or_default();
+        let before = self
+            .bytes
+            .get(..index.min(self.bytes.len()))
+            .unwrap_or_default();
         let start_of_line = before
             .iter()
             .rposition(|b| *b == b'\n')
@@ -442,9 +445,7 @@ impl<'a> Reader<'a> {
             return Ok(items);
         }
         loop {
-            let item = self
-                .value(depth)
-                .map_err(|e| e.under_index(items.len()))?;
+            let item = self.value(depth).map_err(|e| e.under_index(items.len()))?;
             items.push(item);
             match self.peek_token() {
                 Some(b',') => {
@@ -547,6 +548,26 @@ mod tests {
         from_slice(json).map_err(|e| e.to_string())
     }
 
+    /// Equal, numbers that are not integers compared as floats (serde_json keeps those as a
+    /// float, this module as written).
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+                x.is_f64() && y.is_f64() && x.as_f64().to_bits() == y.as_f64().to_bits()
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|((kx, x), (ky, y))| kx == ky && same(x, y))
+            }
+            _ => a == b,
+        }
+    }
+
     #[test]
     fn accepts_and_refuses_what_serde_json_does() {
         let cases: &[&[u8]] = &[
@@ -630,7 +651,7 @@ mod tests {
                 String::from_utf8_lossy(json)
             );
             if let (Ok(a), Ok(b)) = (&theirs, &mine) {
-                assert_eq!(a.to_string(), b.to_string(), "{:?}", String::from_utf8_lossy(json));
+                assert!(same(a, b), "{:?}: {a} {b}", String::from_utf8_lossy(json));
             }
         }
     }
@@ -684,7 +705,10 @@ mod tests {
         assert_eq!(n("1.7e9").as_f64(), 1_700_000_000.0);
         assert_eq!(n("17e-1").as_f64(), 1.7);
         assert_eq!(n("0.000001e6").as_f64(), 1.0);
-        assert_eq!(n("123456789012345678901234567890").as_f64(), 1.2345678901234568e29);
+        assert_eq!(
+            n("123456789012345678901234567890").as_f64(),
+            1.2345678901234568e29
+        );
         assert_eq!(n("1e-400").as_f64(), 0.0);
     }
 
@@ -699,7 +723,10 @@ mod tests {
             dup(r#"{"x":{"y":[{"z":1},{"z":1,"z":2}]}}"#),
             Some(("x.y[1].z".into(), "z".into()))
         );
-        assert_eq!(dup(r#"[[{"q":1,"q":1}]]"#), Some(("[0][0].q".into(), "q".into())));
+        assert_eq!(
+            dup(r#"[[{"q":1,"q":1}]]"#),
+            Some(("[0][0].q".into(), "q".into()))
+        );
         assert_eq!(dup(r#"{"a":1,"a""#), None);
         assert!(from_slice(br#"{"a":1,"a":2}"#).is_ok());
         assert_eq!(

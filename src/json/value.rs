@@ -263,6 +263,9 @@ pub struct Map(Vec<(String, Value)>);
 
 type Pair = (String, Value);
 
+/// Borrowed members in name order.
+pub type Iter<'a> = std::iter::Map<std::slice::Iter<'a, Pair>, fn(&Pair) -> (&String, &Value)>;
+
 impl Map {
     pub fn new() -> Map {
         Map(Vec::new())
@@ -303,7 +306,7 @@ impl Map {
         self.0.is_empty()
     }
 
-    pub fn iter(&self) -> std::iter::Map<std::slice::Iter<'_, Pair>, fn(&Pair) -> (&String, &Value)> {
+    pub fn iter(&self) -> Iter<'_> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
@@ -314,7 +317,7 @@ impl Map {
 
 impl<'a> IntoIterator for &'a Map {
     type Item = (&'a String, &'a Value);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, Pair>, fn(&Pair) -> (&String, &Value)>;
+    type IntoIter = Iter<'a>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
@@ -347,9 +350,13 @@ impl From<serde_json::Value> for Value {
         match v {
             serde_json::Value::Null => Value::Null,
             serde_json::Value::Bool(b) => Value::Bool(b),
-            serde_json::Value::Number(n) => Value::Number(Number::from_checked_text(&n.to_string())),
+            serde_json::Value::Number(n) => {
+                Value::Number(Number::from_checked_text(&n.to_string()))
+            }
             serde_json::Value::String(s) => Value::String(s),
-            serde_json::Value::Array(items) => Value::Array(items.into_iter().map(Value::from).collect()),
+            serde_json::Value::Array(items) => {
+                Value::Array(items.into_iter().map(Value::from).collect())
+            }
             serde_json::Value::Object(map) => {
                 Value::Object(map.into_iter().map(|(k, v)| (k, Value::from(v))).collect())
             }

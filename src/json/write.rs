@@ -143,13 +143,17 @@ mod tests {
         for s in [all.as_str(), "", "plain", "a\"b\\c", "\u{2028}"] {
             let mut out = Vec::new();
             write_str(&mut out, s);
-            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
         }
     }
 
     #[test]
     fn documents_print_as_serde_json_prints_them() {
-        let v = serde_json::json!({"b": [1, -2, "x\n", null, true, {}], "a": {"z": false, "y": []}});
+        let v =
+            serde_json::json!({"b": [1, -2, "x\n", null, true, {}], "a": {"z": false, "y": []}});
         assert_eq!(Value::from(v.clone()).to_string(), v.to_string());
     }
 

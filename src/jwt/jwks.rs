@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use crate::json::{Map, Value};
 use base64::{
     alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
@@ -18,7 +19,6 @@ use base64::{
 };
 use jwt_compact::alg::{Ed25519, Es256};
 use jwt_compact::Algorithm;
-use crate::json::{Map, Value};
 
 /// A JWS signature algorithm this crate can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -452,7 +452,7 @@ fn ed25519_key(jwk: &Map, kid: &str) -> Result<Ed25519Key, JwksError> {
 mod tests {
     use super::*;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn b64(bytes: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(bytes)

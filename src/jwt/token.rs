@@ -19,8 +19,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use crate::json::{Map, Value};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use sha2_11::Digest as _;
 
 use crate::json::members::{self as json_members, optional_str, Member};
@@ -325,11 +325,7 @@ fn ed25519_ok(key: &Ed25519Key, message: &[u8], signature: &[u8]) -> bool {
 }
 
 /// Checks the authenticated claims; returns `exp`.
-fn check_claims(
-    claims: &Map,
-    rules: &ClaimRules,
-    now: u64,
-) -> Result<u64, TokenError> {
+fn check_claims(claims: &Map, rules: &ClaimRules, now: u64) -> Result<u64, TokenError> {
     let exp = timestamp(claims.get("exp").ok_or(TokenError::MissingExp)?)?;
     let nbf = claims.get("nbf").map(timestamp).transpose()?;
     // `iat` is not checked against the clock, but a token that mistypes it is malformed.
@@ -450,7 +446,7 @@ mod tests {
     use jwt_compact::{Algorithm, AlgorithmSignature};
     use proptest::prelude::*;
     use rsa::signature::hazmat::PrehashSigner;
-    use serde_json::json;
+    use serde_json::{json, Value};
     use std::sync::OnceLock;
 
     type RsaSigner = rsa::pkcs1v15::SigningKey<sha2_11::Sha256>;
@@ -1161,9 +1157,9 @@ mod tests {
         use TokenError::ClaimMismatch;
         let rules = ClaimRules {
             required_claims: vec![
-                ("token_use".into(), json!("access")),
-                ("email_verified".into(), json!(true)),
-                ("tier".into(), json!({"level": 2})),
+                ("token_use".into(), json!("access").into()),
+                ("email_verified".into(), json!(true).into()),
+                ("tier".into(), json!({"level": 2}).into()),
             ],
             ..rules()
         };
@@ -1387,7 +1383,7 @@ mod tests {
             (json!(vec![1; 10]), Some(["1"; 10].join(","))),
         ];
         for (value, want) in cases {
-            assert_eq!(header_value(&value), want);
+            assert_eq!(header_value(&value.into()), want);
         }
     }
 
@@ -1601,7 +1597,7 @@ mod tests {
             ClaimRules {
                 issuer: "https://idp".into(),
                 audiences: vec!["a1".into(), "a2".into()],
-                required_claims: vec![("token_use".into(), json!("access"))],
+                required_claims: vec![("token_use".into(), json!("access").into())],
                 algorithms: AlgSet::all(),
                 clock_skew_s: skew,
                 forward_claims: vec![],
@@ -1609,7 +1605,7 @@ mod tests {
         }
 
         fn claims(v: serde_json::Value) -> Map {
-            v.as_object().cloned().unwrap_or_default()
+            Value::from(v).as_object().cloned().unwrap_or_default()
         }
 
         proptest! {

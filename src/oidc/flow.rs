@@ -1,7 +1,6 @@
 //! The login flow cookie: one per login, sealed with the session keys, carrying the PKCE
 //! verifier, `state`, `nonce`, the page to return to and the creation time.
 
-
 use crate::config::{LoginConfig, RefreshConfig};
 use crate::http::cookie::{self, CookieAttrs, SameSite};
 use crate::json::members::{self as json_members, Member};

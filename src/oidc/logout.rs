@@ -71,7 +71,9 @@ pub fn logout(
     let mut reply = if json {
         let mut r = Reply::error(200, "logout", "", "");
         let mut body = Vec::new();
-        ObjectWriter::new(&mut body).str("redirect_to", &location).end();
+        ObjectWriter::new(&mut body)
+            .str("redirect_to", &location)
+            .end();
         r.body = json::text(body);
         r
     } else {

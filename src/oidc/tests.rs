@@ -61,7 +61,7 @@ fn raw_login(extra: Value) -> Value {
 }
 
 fn try_login(c: &Config, extra: Value) -> Result<LoginConfig, ConfigError> {
-    let raw = RawLogin::read(raw_login(extra), "login").unwrap();
+    let raw = RawLogin::read(raw_login(extra).into(), "login").unwrap();
     LoginConfig::new(raw, &c.cookies)
 }
 
@@ -256,7 +256,8 @@ fn example_configuration_compiles() {
             "post_logout_redirect": "/bye?x=1",
             "prompt": "login consent",
             "extra_authorize_params": {"audience": "https://api", "ui_locales": "de en"},
-        }),
+        })
+        .into(),
         "login",
     )
     .unwrap();
@@ -428,10 +429,10 @@ fn bad_configurations_name_their_field() {
         assert!(!problem.is_empty() && !problem.contains('\n'), "{what}");
     }
     // Unknown members and missing required ones are refused while reading, named.
-    let e = RawLogin::read(raw_login(json!({"scope": "openid"})), "login").unwrap_err();
+    let e = RawLogin::read(raw_login(json!({"scope": "openid"})).into(), "login").unwrap_err();
     assert_eq!(e.field, "login.scope", "{e}");
     assert!(e.problem.starts_with("unknown field `scope`"), "{e}");
-    let e = RawLogin::read(raw_login(json!({"redirect_uri": null})), "login").unwrap_err();
+    let e = RawLogin::read(raw_login(json!({"redirect_uri": null})).into(), "login").unwrap_err();
     assert_eq!(e.field, "login.redirect_uri", "{e}");
 }
 

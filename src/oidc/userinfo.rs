@@ -8,8 +8,8 @@
 //! the ID token's own short `exp` (the session's lifetime is what counts). Protocol-only claims
 //! (`nonce`, `at_hash`, `c_hash`) are left out, and no token is ever part of the answer.
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use crate::json::Value;
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 
 use crate::config::{Config, RefreshConfig};
 use crate::http::{cookie, Reply};

@@ -31,8 +31,8 @@ use std::io::Write as _;
 use sha2_11::Digest;
 
 use crate::idp::Tokens;
-use crate::json::{write_str, Map, ObjectWriter, ToJson, Value};
 use crate::json::members::{self as json_members, Member};
+use crate::json::{write_str, Map, ObjectWriter, ToJson, Value};
 use crate::session::{seal_json, unseal_json, SessionKeys};
 
 /// Slots in the shared refresh table (each holds at most one live record).
