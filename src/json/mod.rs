@@ -11,6 +11,7 @@
 
 pub(crate) mod members;
 mod read;
+mod scan;
 mod value;
 mod write;
 

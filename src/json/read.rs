@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use super::scan::plain_len;
 use super::value::{Map, Number, Value};
 
 /// Containers may nest this deep minus one, as in serde_json: deeper input is refused before
@@ -325,17 +326,18 @@ impl<'a> Reader<'a> {
 
     /// The rest of a string whose opening quote is consumed; borrowed when it has no escapes.
     pub(crate) fn string(&mut self) -> Result<Cow<'a, str>, Error> {
-        let start = self.at;
         let mut owned: Option<Vec<u8>> = None;
-        let mut chunk_start = start;
         loop {
-            let Some(b) = self.peek() else {
+            let rest = self.bytes.get(self.at..).unwrap_or_default();
+            let n = plain_len(rest);
+            if n == rest.len() {
+                self.at = self.bytes.len();
                 return Err(self.error(Code::EofWhileParsingString));
-            };
-            match b {
-                b'"' => {
-                    let chunk = self.bytes.get(chunk_start..self.at).unwrap_or_default();
-                    self.at += 1;
+            }
+            let chunk = rest.get(..n).unwrap_or_default();
+            self.at += n + 1;
+            match rest.get(n) {
+                Some(b'"') => {
                     let text = match owned {
                         None => Cow::Borrowed(chunk),
                         Some(mut buf) => {
@@ -345,19 +347,12 @@ impl<'a> Reader<'a> {
                     };
                     return self.utf8(text);
                 }
-                b'\\' => {
-                    let chunk = self.bytes.get(chunk_start..self.at).unwrap_or_default();
+                Some(b'\\') => {
                     let buf = owned.get_or_insert_with(Vec::new);
                     buf.extend_from_slice(chunk);
-                    self.at += 1;
                     self.escape(buf)?;
-                    chunk_start = self.at;
                 }
-                0..=0x1f => {
-                    self.at += 1;
-                    return Err(self.error(Code::ControlCharacterWhileParsingString));
-                }
-                _ => self.at += 1,
+                _ => return Err(self.error(Code::ControlCharacterWhileParsingString)),
             }
         }
     }

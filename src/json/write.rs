@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::scan::plain_len;
 use super::value::Value;
 
 /// Appends `s` as a JSON string: `"` and `\` escaped, and the C0 controls (`\n`-style where
@@ -10,9 +11,19 @@ use super::value::Value;
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut rest = s.as_bytes();
+    // Runs that need no escape are copied whole.
+    loop {
+        let n = plain_len(rest);
+        let Some((run, tail)) = rest.split_at_checked(n) else {
+            break;
+        };
+        out.extend_from_slice(run);
+        let Some((&b, tail)) = tail.split_first() else {
+            rest = tail;
+            break;
+        };
+        rest = tail;
         let short = match b {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -21,21 +32,17 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
             b'\t' => b't',
             0x08 => b'b',
             0x0c => b'f',
-            0..=0x1f => 0,
-            _ => continue,
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'));
+                out.push(HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0'));
+                continue;
+            }
         };
-        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
-        if short == 0 {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'));
-            out.push(HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0'));
-        } else {
-            out.push(b'\\');
-            out.push(short);
-        }
-        start = i + 1;
+        out.push(b'\\');
+        out.push(short);
     }
-    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 

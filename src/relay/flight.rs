@@ -32,7 +32,7 @@ use sha2_11::Digest;
 
 use crate::idp::Tokens;
 use crate::json::members::{self as json_members, Member};
-use crate::json::{write_str, Map, ObjectWriter, ToJson, Value};
+use crate::json::{write_str, ObjectWriter, ToJson};
 use crate::session::{seal_json, unseal_json, SessionKeys};
 
 /// Slots in the shared refresh table (each holds at most one live record).
@@ -112,38 +112,45 @@ pub enum RecordState {
     Invalid { at: u64 },
 }
 
-/// A record's members as read, before they are checked to make one of its kinds. Kept as
-/// values so that a member the kind does not have is ignored whatever its type, as serde's
-/// derive did.
-/// A record from its stored members (other members are ignored; a repeated name keeps its
-/// last value).
-fn record_of(members: &Map) -> Option<Record> {
-    let text = |name: &str| members.get(name)?.as_str().map(str::to_owned);
-    let number = |name: &str| members.get(name)?.as_u64();
-    // Absent in records written before it existed.
-    let failures = || match members.get("failures") {
-        None => Some(0),
-        Some(n) => u32::try_from(n.as_u64()?).ok(),
+/// A record from its stored members, read in one pass without building a document. A member
+/// the kind does not have is ignored whatever its type; a named member written twice refuses the
+/// record (the filter never writes one twice).
+fn record_of(json: &[u8]) -> Option<Record> {
+    let [id, kind, until, at, retry_at, sealed, reason, failures] = json_members::read(
+        json,
+        [
+            "id", "k", "until", "at", "retry_at", "sealed", "reason", "failures",
+        ],
+    )?;
+    let text = |m: Option<Member<'_>>| m?.into_string();
+    let number = |m: Option<Member<'_>>| match m? {
+        Member::U64(n) => Some(n),
+        _ => None,
     };
-    let state = match text("k")?.as_str() {
+    // Absent in records written before it existed.
+    let failures = || match failures {
+        None => Some(0),
+        some => u32::try_from(number(some)?).ok(),
+    };
+    let state = match kind?.into_string()?.as_str() {
         "lease" => RecordState::Lease {
-            until: number("until")?,
+            until: number(until)?,
             failures: failures()?,
         },
         "done" => RecordState::Done {
-            at: number("at")?,
-            sealed: text("sealed")?,
+            at: number(at)?,
+            sealed: text(sealed)?,
         },
         "failed" => RecordState::Failed {
-            retry_at: number("retry_at")?,
-            reason: text("reason")?,
+            retry_at: number(retry_at)?,
+            reason: text(reason)?,
             failures: failures()?,
         },
-        "invalid" => RecordState::Invalid { at: number("at")? },
+        "invalid" => RecordState::Invalid { at: number(at)? },
         _ => return None,
     };
     Some(Record {
-        id: text("id")?,
+        id: text(id)?,
         state,
     })
 }
@@ -273,13 +280,9 @@ impl Record {
     }
 
     /// `None` for anything that is not a record (other members are ignored; a missing
-    /// `failures` is 0, as records written before it existed). Read in one pass over the
-    /// JSON, without building a document.
+    /// `failures` is 0, as records written before it existed).
     pub fn decode(bytes: &[u8]) -> Option<Record> {
-        match crate::json::from_slice(bytes).ok()? {
-            Value::Object(members) => record_of(&members),
-            _ => None,
-        }
+        record_of(bytes)
     }
 
     /// The session's consecutive transient failures this record knows of (0 after a success).
@@ -537,6 +540,11 @@ mod tests {
                 state: RecordState::Invalid { at: 1 }
             }),
             "members of other kinds are ignored, whatever their type"
+        );
+        assert_eq!(
+            Record::decode(br#"{"id":"a","k":"invalid","at":1,"id":"b"}"#),
+            None,
+            "a named member written twice refuses the record"
         );
         let lenient = br#"{"k":"failed","retry_at":9,"reason":"x","id":"ab","extra":1}"#;
         assert_eq!(
