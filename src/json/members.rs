@@ -73,10 +73,8 @@ fn read_into<'a>(json: &'a [u8], names: &[&str], out: &mut [Option<Member<'a>>])
         match slot {
             Some(slot) if slot.is_some() => return None,
             Some(slot) => *slot = Some(member(&mut r)?),
-            // Unknown members are read (so that they must be valid JSON) and dropped.
-            None => {
-                r.value(1).ok()?;
-            }
+            // Unknown members are read past (they must be valid JSON), nothing kept.
+            None => r.skip_value(1).ok()?,
         }
     }
     r.end().ok()
@@ -89,11 +87,15 @@ fn member<'a>(r: &mut Reader<'a>) -> Option<Member<'a>> {
             Member::Str(r.string().ok()?)
         }
         b'0'..=b'9' | b'-' => r.number().ok()?.as_u64().map_or(Member::Other, Member::U64),
-        _ => match r.value(1).ok()? {
+        b'n' | b'{' => match r.value(1).ok()? {
             Value::Null => Member::Null,
             Value::Object(map) => Member::Object(map),
             _ => Member::Other,
         },
+        _ => {
+            r.skip_value(1).ok()?;
+            Member::Other
+        }
     })
 }
 #[cfg(test)]
@@ -135,6 +137,21 @@ mod tests {
             br#"{"a": 1"#,
             br#"{"a": 1,}"#,
             br#"{"a": 1} x"#,
+        ] {
+            assert!(
+                read(bad, ["a"]).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Unknown members are skipped but must still be JSON, nested no deeper than a document.
+        let deep = format!(r#"{{"x":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        for bad in [
+            &br#"{"x": [1,], "a": 1}"#[..],
+            br#"{"x": {"k" 1}, "a": 1}"#,
+            br#"{"x": {"k": tru}, "a": 1}"#,
+            br#"{"x": "\q", "a": 1}"#,
+            deep.as_bytes(),
         ] {
             assert!(
                 read(bad, ["a"]).is_none(),

@@ -435,13 +435,26 @@ impl<'a> Reader<'a> {
 
     fn array(&mut self, depth: usize) -> Result<Vec<Value>, Error> {
         let mut items = Vec::new();
+        self.items(|r, index| {
+            items.push(r.value(depth).map_err(|e| e.under_index(index))?);
+            Ok(())
+        })?;
+        Ok(items)
+    }
+
+    /// The items of an array whose `[` is consumed, each read by `item` (given its index).
+    fn items(
+        &mut self,
+        mut item: impl FnMut(&mut Self, usize) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         if self.peek_token() == Some(b']') {
             self.at += 1;
-            return Ok(items);
+            return Ok(());
         }
+        let mut index = 0;
         loop {
-            let item = self.value(depth).map_err(|e| e.under_index(items.len()))?;
-            items.push(item);
+            item(self, index)?;
+            index += 1;
             match self.peek_token() {
                 Some(b',') => {
                     self.at += 1;
@@ -451,7 +464,7 @@ impl<'a> Reader<'a> {
                 }
                 Some(b']') => {
                     self.at += 1;
-                    return Ok(items);
+                    return Ok(());
                 }
                 Some(_) => return Err(self.peek_error(Code::ExpectedListCommaOrEnd)),
                 None => return Err(self.peek_error(Code::EofWhileParsingList)),
@@ -512,19 +525,42 @@ impl<'a> Reader<'a> {
     }
 
     fn object(&mut self, depth: usize) -> Result<Map, Error> {
-        let mut map = Map::new();
+        let mut members = Vec::new();
         let mut first = true;
         while let Some(name) = self.member_name(first)? {
             first = false;
             let value = self.value(depth).map_err(|e| e.under_key(&name))?;
-            if self.strict && map.contains_key(&name) {
-                let mut e = self.error(Code::DuplicateKey);
-                e.path = name.into_owned();
-                return Err(e);
-            }
-            map.insert(name.into_owned(), value);
+            members.push((name.into_owned(), value));
         }
-        Ok(map)
+        match Map::from_members(members) {
+            (_, Some(name)) if self.strict => {
+                let mut e = self.error(Code::DuplicateKey);
+                e.path = name;
+                Err(e)
+            }
+            (map, _) => Ok(map),
+        }
+    }
+
+    /// Reads past one value without keeping it (the same checks as [`Reader::value`]).
+    pub(crate) fn skip_value(&mut self, depth: usize) -> Result<(), Error> {
+        match self.peek_token() {
+            Some(b'[') => {
+                self.enter(depth)?;
+                self.items(|r, _| r.skip_value(depth + 1))
+            }
+            Some(b'{') => {
+                self.enter(depth)?;
+                let mut first = true;
+                while self.member_name(first)?.is_some() {
+                    first = false;
+                    self.skip_value(depth + 1)?;
+                }
+                Ok(())
+            }
+            // Scalars are small to build and drop.
+            _ => self.value(depth).map(drop),
+        }
     }
 }
 
@@ -705,6 +741,49 @@ mod tests {
             1.2345678901234568e29
         );
         assert_eq!(n("1e-400").as_f64(), 0.0);
+    }
+
+    #[test]
+    fn objects_are_sorted_once_and_keep_the_last_value() {
+        // Names in reverse order, one repeated: built in one sort, not by insertion.
+        let members: Vec<String> = (0..2000)
+            .rev()
+            .map(|i| format!(r#""k{i:04}":{i}"#))
+            .collect();
+        let json = format!("{{{},\"k0001\":\"last\"}}", members.join(","));
+        let Value::Object(map) = from_slice(json.as_bytes()).unwrap() else {
+            panic!("object")
+        };
+        assert_eq!(map.len(), 2000);
+        assert!(map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b));
+        assert_eq!(map.get("k0001"), Some(&Value::from("last")));
+        assert_eq!(map.get("k1999").and_then(Value::as_u64), Some(1999));
+        let e = from_slice_strict(json.as_bytes()).unwrap_err();
+        assert_eq!(e.duplicate(), Some(("k0001", "k0001")));
+    }
+
+    #[test]
+    fn skipping_checks_what_reading_checks() {
+        let deep = format!("{}1{}", "[".repeat(127), "]".repeat(127));
+        let cases: &[&[u8]] = &[
+            br#"{"a": [1, {"b": "c\n"}, null, true, -1.5e3]}"#,
+            br#"[1,]"#,
+            br#"{"a" 1}"#,
+            br#"[tru]"#,
+            br#""\x""#,
+            br#"{"a":1"#,
+            deep.as_bytes(),
+        ];
+        for json in cases {
+            let mut r = Reader::new(json, false);
+            let skipped = r.skip_value(0).and_then(|()| r.end());
+            assert_eq!(
+                skipped.is_ok(),
+                from_slice(json).is_ok(),
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
     }
 
     #[test]

@@ -271,6 +271,28 @@ impl Map {
         Map(Vec::new())
     }
 
+    /// From members in document order, each name's last value kept; also the first repeated
+    /// name in name order, if any. One stable sort (a repeated name's values stay in document
+    /// order): inserting one by one would move the list's tail each time, quadratic for names
+    /// that arrive in reverse order.
+    pub(super) fn from_members(mut members: Vec<Pair>) -> (Map, Option<String>) {
+        let mut repeated = None;
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<Pair> = Vec::with_capacity(members.len());
+        for (k, v) in members {
+            match out.last_mut() {
+                Some(last) if last.0 == k => {
+                    last.1 = v;
+                    if repeated.is_none() {
+                        repeated = Some(k);
+                    }
+                }
+                _ => out.push((k, v)),
+            }
+        }
+        (Map(out), repeated)
+    }
+
     fn find(&self, name: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
     }
@@ -335,11 +357,7 @@ impl IntoIterator for Map {
 
 impl FromIterator<Pair> for Map {
     fn from_iter<I: IntoIterator<Item = Pair>>(iter: I) -> Map {
-        let mut map = Map::new();
-        for (k, v) in iter {
-            map.insert(k, v);
-        }
-        map
+        Map::from_members(iter.into_iter().collect()).0
     }
 }
 
