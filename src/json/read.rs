@@ -19,8 +19,9 @@ pub struct Error {
     line: usize,
     /// Bytes from the start of the line, up to and including the one at fault.
     column: usize,
-    /// For [`Code::DuplicateKey`]: the path of the repeated member (`a.b[2].c`).
+    /// For [`Code::DuplicateKey`]: the path of the repeated member (`a.b[2].c`) and its name.
     path: String,
+    name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,9 +85,7 @@ impl Error {
         if self.code != Code::DuplicateKey {
             return None;
         }
-        let name = self.path.rsplit('.').next().unwrap_or(&self.path);
-        // `a[0].b` ends in `b`; a path never ends in an index (only names repeat).
-        Some((&self.path, name))
+        Some((&self.path, &self.name))
     }
 
     /// Adds the containing member's name in front of a duplicate's path.
@@ -176,6 +175,7 @@ impl<'a> Reader<'a> {
             line: 1 + before.iter().filter(|b| **b == b'\n').count(),
             column: before.len() - start_of_line,
             path: String::new(),
+            name: String::new(),
         }
     }
 
@@ -535,7 +535,8 @@ impl<'a> Reader<'a> {
         match Map::from_members(members) {
             (_, Some(name)) if self.strict => {
                 let mut e = self.error(Code::DuplicateKey);
-                e.path = name;
+                e.path.clone_from(&name);
+                e.name = name;
                 Err(e)
             }
             (map, _) => Ok(map),
@@ -793,6 +794,13 @@ mod tests {
             e.duplicate().map(|(p, n)| (p.to_owned(), n.to_owned()))
         };
         assert_eq!(dup(r#"{"a":1,"a":2}"#), Some(("a".into(), "a".into())));
+        assert_eq!(
+            dup(r#"{"c":{"https://x.test/roles":1,"https://x.test/roles":2}}"#),
+            Some((
+                "c.https://x.test/roles".into(),
+                "https://x.test/roles".into()
+            ))
+        );
         assert_eq!(
             dup(r#"{"x":{"y":[{"z":1},{"z":1,"z":2}]}}"#),
             Some(("x.y[1].z".into(), "z".into()))
