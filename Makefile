@@ -184,7 +184,7 @@ clean: ## remove build outputs (target/ and dist/)
 # ---- fuzzing: cargo-fuzz on nightly, one target at a time; see fuzz/README.md ----------------
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS := cookie_parser jws_verify jws_structured jwe_unseal config_parse decide csrf_headers \
-  login_callback return_to origin_parse login_flow path_match cache_headers
+  login_callback return_to origin_parse login_flow path_match cache_headers json_read
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZ_SECONDS (default 600) each; not part of make test
