@@ -816,4 +816,47 @@ mod tests {
             Some(&Value::from(2u64))
         );
     }
+
+    /// Documents serde_json writes, compact and pretty, read back by this reader: the same
+    /// values, and this writer prints them exactly as serde_json did.
+    #[cfg(not(target_arch = "wasm32"))]
+    mod round_trip {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn document() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(serde_json::Value::from),
+                any::<String>().prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map(any::<String>(), inner, 0..8)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn serde_json_documents_read_back(v in document()) {
+                let expected = Value::from(v.clone());
+                let compact = serde_json::to_string(&v).unwrap();
+                for text in [compact.clone(), serde_json::to_string_pretty(&v).unwrap()] {
+                    let ours = from_slice(text.as_bytes()).unwrap();
+                    prop_assert!(same(&ours, &expected), "{text}");
+                    prop_assert_eq!(from_slice_strict(text.as_bytes()).unwrap(), ours.clone());
+                    prop_assert_eq!(ours.to_string(), compact.clone());
+                }
+            }
+        }
+    }
 }

@@ -103,8 +103,8 @@ enum N {
     PosInt(u64),
     /// Always below zero.
     NegInt(i64),
-    /// Valid JSON number text with a fraction or an exponent, or an integer too large for the
-    /// two above; its magnitude fits in an `f64` (the reader refuses the rest).
+    /// Valid JSON number text with a fraction or an exponent, `-0`, or an integer too large for
+    /// the two above; its magnitude fits in an `f64` (the reader refuses the rest).
     Other(Box<str>),
 }
 
