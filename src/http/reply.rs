@@ -3,7 +3,7 @@
 //! Every generated answer carries `Cache-Control: no-store`: a cached 401 or a cached
 //! Set-Cookie is exactly the failure this filter exists to prevent.
 
-use crate::json::{self, ObjectWriter};
+use crate::json;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -16,12 +16,10 @@ pub struct Reply {
 
 impl Reply {
     fn json(status: u32, reason: &'static str, error: &str, description: &str) -> Reply {
-        let mut body = Vec::new();
-        ObjectWriter::new(&mut body)
-            .str("error", error)
-            .str("error_description", description)
-            .end();
-        Reply::json_body(status, reason, json::text(body))
+        let body = json::object(|o| {
+            o.str("error", error).str("error_description", description);
+        });
+        Reply::json_body(status, reason, body)
     }
 
     /// A JSON answer (`body` is JSON), `no-store`.
@@ -71,14 +69,13 @@ impl Reply {
 
     /// 431 when the request's headers, as they would go upstream, exceed the budget.
     pub fn headers_too_large(description: &str, largest: &str, bytes: usize) -> Reply {
-        let mut body = Vec::new();
-        ObjectWriter::new(&mut body)
-            .str("error", "request_header_fields_too_large")
-            .str("error_description", description)
-            .str("largest", largest)
-            .u64("largest_bytes", u64::try_from(bytes).unwrap_or(u64::MAX))
-            .end();
-        Reply::json_body(431, "headers_too_large", json::text(body))
+        let body = json::object(|o| {
+            o.str("error", "request_header_fields_too_large")
+                .str("error_description", description)
+                .str("largest", largest)
+                .u64("largest_bytes", u64::try_from(bytes).unwrap_or(u64::MAX));
+        });
+        Reply::json_body(431, "headers_too_large", body)
     }
 
     /// 400 for a request the filter cannot read at all (e.g. a Cookie header that is not UTF-8).

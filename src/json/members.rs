@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use super::read::Reader;
+use super::read::{Error, Reader};
 use super::value::{Map, Value};
 
 /// A member's value as read.
@@ -63,41 +63,44 @@ fn read_into<'a>(json: &'a [u8], names: &[&str], out: &mut [Option<Member<'a>>])
     if !r.object_start() {
         return None;
     }
-    let mut first = true;
-    while let Some(name) = r.member_name(first).ok()? {
-        first = false;
+    r.members(|r, name| {
         let slot = names
             .iter()
             .position(|n| *n == name)
             .and_then(|i| out.get_mut(i));
         match slot {
-            Some(slot) if slot.is_some() => return None,
-            Some(slot) => *slot = Some(member(&mut r)?),
+            Some(slot) if slot.is_some() => Err(r.repeated_name(name.into_owned())),
+            Some(slot) => {
+                *slot = Some(member(r)?);
+                Ok(())
+            }
             // Unknown members are read past (they must be valid JSON), nothing kept.
-            None => r.skip_value(1).ok()?,
+            None => r.skip_value(1),
         }
-    }
+    })
+    .ok()?;
     r.end().ok()
 }
 
-fn member<'a>(r: &mut Reader<'a>) -> Option<Member<'a>> {
-    Some(match r.peek_token()? {
-        b'"' => {
+fn member<'a>(r: &mut Reader<'a>) -> Result<Member<'a>, Error> {
+    Ok(match r.peek_token() {
+        Some(b'"') => {
             r.skip_byte();
-            Member::Str(r.string().ok()?)
+            Member::Str(r.string()?)
         }
-        b'0'..=b'9' | b'-' => r.number().ok()?.as_u64().map_or(Member::Other, Member::U64),
-        b'n' | b'{' => match r.value(1).ok()? {
+        Some(b'0'..=b'9' | b'-') => r.number()?.as_u64().map_or(Member::Other, Member::U64),
+        Some(b'n' | b'{') | None => match r.value(1)? {
             Value::Null => Member::Null,
             Value::Object(map) => Member::Object(map),
             _ => Member::Other,
         },
-        _ => {
-            r.skip_value(1).ok()?;
+        Some(_) => {
+            r.skip_value(1)?;
             Member::Other
         }
     })
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

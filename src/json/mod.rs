@@ -17,4 +17,4 @@ mod write;
 
 pub use read::{from_slice, from_slice_strict, Error};
 pub use value::{Map, Number, Value};
-pub use write::{text, write_str, ObjectWriter, ToJson};
+pub use write::{object, ObjectWriter, ToJson};

@@ -455,51 +455,65 @@ impl<'a> Reader<'a> {
         loop {
             item(self, index)?;
             index += 1;
-            match self.peek_token() {
-                Some(b',') => {
-                    self.at += 1;
-                    if self.peek_token() == Some(b']') {
-                        return Err(self.peek_error(Code::TrailingComma));
-                    }
-                }
-                Some(b']') => {
-                    self.at += 1;
-                    return Ok(());
-                }
-                Some(_) => return Err(self.peek_error(Code::ExpectedListCommaOrEnd)),
-                None => return Err(self.peek_error(Code::EofWhileParsingList)),
+            if self.closed_after_item(
+                b']',
+                Code::ExpectedListCommaOrEnd,
+                Code::EofWhileParsingList,
+            )? {
+                return Ok(());
             }
         }
     }
 
-    /// After `{` or `,`: the next member's name and its `:`, or `None` at `}` (consumed).
-    /// `first`: no member read yet, so `}` may come at once.
-    pub(crate) fn member_name(&mut self, first: bool) -> Result<Option<Cow<'a, str>>, Error> {
-        if first {
-            match self.peek_token() {
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(None);
-                }
-                None => return Err(self.peek_error(Code::EofWhileParsingObject)),
-                Some(_) => {}
+    /// The members of an object whose `{` is consumed, each read by `member` (given its name;
+    /// the `:` is consumed).
+    pub(crate) fn members(
+        &mut self,
+        mut member: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        match self.peek_token() {
+            Some(b'}') => {
+                self.at += 1;
+                return Ok(());
             }
-        } else {
-            match self.peek_token() {
-                Some(b',') => {
-                    self.at += 1;
-                    if self.peek_token() == Some(b'}') {
-                        return Err(self.peek_error(Code::TrailingComma));
-                    }
-                }
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(None);
-                }
-                Some(_) => return Err(self.peek_error(Code::ExpectedObjectCommaOrEnd)),
-                None => return Err(self.peek_error(Code::EofWhileParsingObject)),
+            None => return Err(self.peek_error(Code::EofWhileParsingObject)),
+            Some(_) => {}
+        }
+        loop {
+            let name = self.member_name()?;
+            member(self, name)?;
+            if self.closed_after_item(
+                b'}',
+                Code::ExpectedObjectCommaOrEnd,
+                Code::EofWhileParsingObject,
+            )? {
+                return Ok(());
             }
         }
+    }
+
+    /// After an array item or an object member: `true` at the container's `close` (consumed),
+    /// `false` after a `,` that another item follows.
+    fn closed_after_item(&mut self, close: u8, other: Code, eof: Code) -> Result<bool, Error> {
+        match self.peek_token() {
+            Some(b',') => {
+                self.at += 1;
+                if self.peek_token() == Some(close) {
+                    return Err(self.peek_error(Code::TrailingComma));
+                }
+                Ok(false)
+            }
+            Some(b) if b == close => {
+                self.at += 1;
+                Ok(true)
+            }
+            Some(_) => Err(self.peek_error(other)),
+            None => Err(self.peek_error(eof)),
+        }
+    }
+
+    /// A member's name and its `:`.
+    fn member_name(&mut self) -> Result<Cow<'a, str>, Error> {
         match self.peek_token() {
             Some(b'"') => self.at += 1,
             Some(_) => return Err(self.peek_error(Code::KeyMustBeAString)),
@@ -511,7 +525,15 @@ impl<'a> Reader<'a> {
             Some(_) => return Err(self.peek_error(Code::ExpectedColon)),
             None => return Err(self.peek_error(Code::EofWhileParsingObject)),
         }
-        Ok(Some(name))
+        Ok(name)
+    }
+
+    /// A name written twice in one object, refused here.
+    pub(crate) fn repeated_name(&self, name: String) -> Error {
+        let mut e = self.error(Code::DuplicateKey);
+        e.path.clone_from(&name);
+        e.name = name;
+        e
     }
 
     /// The `{` of an object, consumed (`false`: the next token is something else).
@@ -526,19 +548,13 @@ impl<'a> Reader<'a> {
 
     fn object(&mut self, depth: usize) -> Result<Map, Error> {
         let mut members = Vec::new();
-        let mut first = true;
-        while let Some(name) = self.member_name(first)? {
-            first = false;
-            let value = self.value(depth).map_err(|e| e.under_key(&name))?;
+        self.members(|r, name| {
+            let value = r.value(depth).map_err(|e| e.under_key(&name))?;
             members.push((name.into_owned(), value));
-        }
+            Ok(())
+        })?;
         match Map::from_members(members) {
-            (_, Some(name)) if self.strict => {
-                let mut e = self.error(Code::DuplicateKey);
-                e.path.clone_from(&name);
-                e.name = name;
-                Err(e)
-            }
+            (_, Some(name)) if self.strict => Err(self.repeated_name(name)),
             (map, _) => Ok(map),
         }
     }
@@ -552,12 +568,7 @@ impl<'a> Reader<'a> {
             }
             Some(b'{') => {
                 self.enter(depth)?;
-                let mut first = true;
-                while self.member_name(first)?.is_some() {
-                    first = false;
-                    self.skip_value(depth + 1)?;
-                }
-                Ok(())
+                self.members(|r, _| r.skip_value(depth + 1))
             }
             // Scalars are small to build and drop.
             _ => self.value(depth).map(drop),

@@ -8,7 +8,7 @@ use super::value::Value;
 
 /// Appends `s` as a JSON string: `"` and `\` escaped, and the C0 controls (`\n`-style where
 /// JSON has a short form, `\u00XX` otherwise); everything else as it is.
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
+fn write_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let mut rest = s.as_bytes();
@@ -46,9 +46,14 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// What the writer produced, as text (it writes only UTF-8).
-pub fn text(json: Vec<u8>) -> String {
-    String::from_utf8(json).unwrap_or_default()
+/// One JSON object as text, its members written by `members`.
+pub fn object(members: impl FnOnce(&mut ObjectWriter<'_>)) -> String {
+    let mut out = Vec::new();
+    let mut o = ObjectWriter::new(&mut out);
+    members(&mut o);
+    o.end();
+    // The writer writes only UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A value the filter writes as JSON (the sealed payloads).
@@ -174,5 +179,10 @@ mod tests {
             .opt_str("c", Some("y"))
             .end();
         assert_eq!(out, br#"{"a":"x\"","n":7,"c":"y"}"#);
+        let text = object(|o| {
+            o.str("a", "x\"").u64("n", 7);
+        });
+        assert_eq!(text, r#"{"a":"x\"","n":7}"#);
+        assert_eq!(object(|_| {}), "{}");
     }
 }

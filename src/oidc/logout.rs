@@ -8,7 +8,7 @@ use crate::http::url::with_query;
 use crate::http::Reply;
 use crate::idp::{self, TokenRequest};
 use crate::jar;
-use crate::json::{self, ObjectWriter};
+use crate::json;
 use crate::session;
 
 /// A logout: the answer, and the refresh-token revocation to send (fire and forget) when the
@@ -69,13 +69,12 @@ pub fn logout(
         cookies.push(clear_flow_cookie(name, attrs));
     }
     let mut reply = if json {
-        let mut r = Reply::error(200, "logout", "", "");
-        let mut body = Vec::new();
-        ObjectWriter::new(&mut body)
-            .str("redirect_to", &location)
-            .end();
-        r.body = json::text(body);
-        r
+        Reply::json_ok(
+            "logout",
+            json::object(|o| {
+                o.str("redirect_to", &location);
+            }),
+        )
     } else {
         Reply::redirect(&location, "logout")
     };

@@ -26,13 +26,12 @@
 //! session cookie, bound to the record's id) and the record is cleared after the grace window.
 
 use std::fmt;
-use std::io::Write as _;
 
 use sha2_11::Digest;
 
 use crate::idp::Tokens;
 use crate::json::members::{self as json_members, Member};
-use crate::json::{write_str, ObjectWriter, ToJson};
+use crate::json::{ObjectWriter, ToJson};
 use crate::session::{seal_json, unseal_json, SessionKeys};
 
 /// Slots in the shared refresh table (each holds at most one live record).
@@ -110,49 +109,6 @@ pub enum RecordState {
     },
     /// `invalid_grant` at `at`.
     Invalid { at: u64 },
-}
-
-/// A record from its stored members, read in one pass without building a document. A member
-/// the kind does not have is ignored whatever its type; a named member written twice refuses the
-/// record (the filter never writes one twice).
-fn record_of(json: &[u8]) -> Option<Record> {
-    let [id, kind, until, at, retry_at, sealed, reason, failures] = json_members::read(
-        json,
-        [
-            "id", "k", "until", "at", "retry_at", "sealed", "reason", "failures",
-        ],
-    )?;
-    let text = |m: Option<Member<'_>>| m?.into_string();
-    let number = |m: Option<Member<'_>>| match m? {
-        Member::U64(n) => Some(n),
-        _ => None,
-    };
-    // Absent in records written before it existed.
-    let failures = || match failures {
-        None => Some(0),
-        some => u32::try_from(number(some)?).ok(),
-    };
-    let state = match kind?.into_string()?.as_str() {
-        "lease" => RecordState::Lease {
-            until: number(until)?,
-            failures: failures()?,
-        },
-        "done" => RecordState::Done {
-            at: number(at)?,
-            sealed: text(sealed)?,
-        },
-        "failed" => RecordState::Failed {
-            retry_at: number(retry_at)?,
-            reason: text(reason)?,
-            failures: failures()?,
-        },
-        "invalid" => RecordState::Invalid { at: number(at)? },
-        _ => return None,
-    };
-    Some(Record {
-        id: text(id)?,
-        state,
-    })
 }
 
 /// The plaintext of a sealed outcome. `rid` binds it to its record, so a sealed value moved
@@ -242,47 +198,79 @@ impl Record {
             RecordState::Lease { .. } | RecordState::Invalid { .. } => 0,
         };
         let mut out = Vec::with_capacity(96 + self.id.len() + text);
-        // Writing into a Vec cannot fail; should it, the record is left out, as before.
-        match self.write(&mut out) {
-            Some(()) => out,
-            None => Vec::new(),
-        }
+        self.write(&mut out);
+        out
     }
 
     /// The stored form, byte for byte what serde's derive wrote: `id`, `k`, then the kind's
     /// members in declaration order; strings with serde_json's escaping.
-    fn write(&self, out: &mut Vec<u8>) -> Option<()> {
-        out.extend_from_slice(br#"{"id":"#);
-        write_str(out, &self.id);
+    fn write(&self, out: &mut Vec<u8>) {
+        let mut o = ObjectWriter::new(out);
+        o.str("id", &self.id);
         match &self.state {
-            RecordState::Lease { until, failures } => write!(
-                out,
-                r#","k":"lease","until":{until},"failures":{failures}}}"#
-            )
-            .ok(),
+            RecordState::Lease { until, failures } => o
+                .str("k", "lease")
+                .u64("until", *until)
+                .u64("failures", u64::from(*failures)),
             RecordState::Done { at, sealed } => {
-                write!(out, r#","k":"done","at":{at},"sealed":"#).ok()?;
-                write_str(out, sealed);
-                out.push(b'}');
-                Some(())
+                o.str("k", "done").u64("at", *at).str("sealed", sealed)
             }
             RecordState::Failed {
                 retry_at,
                 reason,
                 failures,
-            } => {
-                write!(out, r#","k":"failed","retry_at":{retry_at},"reason":"#).ok()?;
-                write_str(out, reason);
-                write!(out, r#","failures":{failures}}}"#).ok()
-            }
-            RecordState::Invalid { at } => write!(out, r#","k":"invalid","at":{at}}}"#).ok(),
+            } => o
+                .str("k", "failed")
+                .u64("retry_at", *retry_at)
+                .str("reason", reason)
+                .u64("failures", u64::from(*failures)),
+            RecordState::Invalid { at } => o.str("k", "invalid").u64("at", *at),
         }
+        .end();
     }
 
-    /// `None` for anything that is not a record (other members are ignored; a missing
-    /// `failures` is 0, as records written before it existed).
-    pub fn decode(bytes: &[u8]) -> Option<Record> {
-        record_of(bytes)
+    /// `None` for anything that is not a record. Read in one pass without building a
+    /// document: a member the kind does not have is ignored whatever its type, a missing
+    /// `failures` is 0 (records written before it existed), and a named member written twice
+    /// refuses the record (the filter never writes one twice).
+    pub fn decode(json: &[u8]) -> Option<Record> {
+        let [id, kind, until, at, retry_at, sealed, reason, failures] = json_members::read(
+            json,
+            [
+                "id", "k", "until", "at", "retry_at", "sealed", "reason", "failures",
+            ],
+        )?;
+        let text = |m: Option<Member<'_>>| m?.into_string();
+        let number = |m: Option<Member<'_>>| match m? {
+            Member::U64(n) => Some(n),
+            _ => None,
+        };
+        // Absent in records written before it existed.
+        let failures = || match failures {
+            None => Some(0),
+            some => u32::try_from(number(some)?).ok(),
+        };
+        let state = match kind?.into_string()?.as_str() {
+            "lease" => RecordState::Lease {
+                until: number(until)?,
+                failures: failures()?,
+            },
+            "done" => RecordState::Done {
+                at: number(at)?,
+                sealed: text(sealed)?,
+            },
+            "failed" => RecordState::Failed {
+                retry_at: number(retry_at)?,
+                reason: text(reason)?,
+                failures: failures()?,
+            },
+            "invalid" => RecordState::Invalid { at: number(at)? },
+            _ => return None,
+        };
+        Some(Record {
+            id: text(id)?,
+            state,
+        })
     }
 
     /// The session's consecutive transient failures this record knows of (0 after a success).
