@@ -7,6 +7,8 @@
   interfere.
 * On failure, the log of every Envoy that ran during the test (the part written during the
   test, capped) is attached to the report.
+* After a passing run, the temp dirs (e2e-*) of every Envoy and IdP are removed; after a
+  failed one they stay for inspection.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 pytest.register_assert_rewrite("checks")
 
 import support  # noqa: E402
+from idp import Idp  # noqa: E402
 from support import Envoy, KeyPair, RelayStack  # noqa: E402
 
 LOG_TAIL_LINES = 150
@@ -111,10 +114,13 @@ def _log_excerpt(env: Envoy, since: int, test_name: str) -> str:
 
 def pytest_sessionfinish(session, exitstatus):
     support.stop_all_envoys()
+    # Every Envoy's and IdP's temp dir (config, logs): removed here, after the last test that
+    # may read a log, not by stop().
+    parts = [*Envoy.instances, *Idp.instances]
     if exitstatus == 0:  # keep the logs of a failed run for inspection
-        for env in Envoy.instances:
-            shutil.rmtree(env.tmp, ignore_errors=True)
-    elif Envoy.instances:
-        dirs = sorted({str(env.tmp.parent) for env in Envoy.instances})
+        for part in parts:
+            shutil.rmtree(part.tmp, ignore_errors=True)
+    elif parts:
+        dirs = sorted({str(part.tmp.parent) for part in parts})
         session.config.pluginmanager.get_plugin("terminalreporter").write_line(
-            f"Envoy configs and logs kept under {', '.join(dirs)} (e2e-*)")
+            f"Envoy and IdP configs and logs kept under {', '.join(dirs)} (e2e-*)")

@@ -312,7 +312,8 @@ class Idp:
         return self.base_url + path_or_url
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the process group (SIGTERM, then SIGKILL)."""
+        """Stop the process group (SIGTERM, then SIGKILL). The work dir `tmp` (its log) stays:
+        tests may read the log afterwards; the e2e conftest removes it after a passing run."""
         _kill_group(self.proc, timeout)
         self.http.close()
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import threading
 import time
@@ -173,10 +174,16 @@ class Soak:
         for _ in range(EXPIRING_BROWSERS):
             self.expiring.append({"jar": self._new_expiring_jar(), "lock": threading.Lock()})
 
-    def stop(self):
+    def stop(self, remove_files: bool = False):
+        """Stop everything; `remove_files` also deletes Envoy's temp dir (config, log), else
+        its path is printed."""
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.envoy is not None:
             self.envoy.stop()
+            if remove_files:
+                shutil.rmtree(self.envoy.tmp, ignore_errors=True)
+            else:
+                print(f"soak: Envoy's config and log kept in {self.envoy.tmp}", file=sys.stderr)
         self.upstream.stop()
         self.fake.stop()
 
@@ -591,11 +598,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     args = ap.parse_args(argv)
     soak = Soak(args.seconds, args.workers, args.seed)
+    code = 1
     try:
         soak.start()
-        return soak.run()
+        code = soak.run()
+        return code
     finally:
-        soak.stop()
+        soak.stop(remove_files=code == 0)  # after a failure the log stays for a look
 
 
 if __name__ == "__main__":

@@ -72,8 +72,7 @@ def stack(wasm_file):
     s = start_stack(access_token_ttl=ACCESS_TOKEN_TTL, refresh_margin_s=REFRESH_MARGIN_S,
                     name="browser")
     yield s
-    s.stop()
-    shutil.rmtree(s.idp.tmp, ignore_errors=True)  # Envoy's dir: conftest (kept on failure)
+    s.stop()  # Envoy's and the IdP's dirs: conftest (kept on failure)
 
 
 def run_browser(base_url: str, shots: Path) -> tuple[int, dict | None, str, str, float]:

@@ -123,7 +123,7 @@ def stack(wasm_file):
                     test_grants=True, name="nextjs")
     yield s
     s.stop()
-    for tmp in (s.idp.tmp, s.app.tmp, s.tmp):  # Envoy's dir: conftest (kept on failure)
+    for tmp in (s.app.tmp, s.tmp):  # Envoy's and the IdP's dirs: conftest (kept on failure)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -345,5 +345,5 @@ def test_next_dev_behind_envoy(wasm_file):
         assert upgrades >= 1
     finally:
         s.stop()
-        for tmp in (s.idp.tmp, s.app.tmp, s.tmp):
+        for tmp in (s.app.tmp, s.tmp):  # Envoy's and the IdP's dirs: conftest
             shutil.rmtree(tmp, ignore_errors=True)
