@@ -112,7 +112,9 @@ pub fn protected_response_of<'h>(
     if let Some(v) = vary_with(vary.text().as_deref(), "Cookie") {
         out.push(("vary", v));
     }
-    for (name, (count, safe)) in CDN_CACHE_HEADERS.into_iter().zip(cdn) {
+    // Slices zipped, not the arrays by value: built for size, that zip called a length function
+    // for every element.
+    for (name, &(count, safe)) in CDN_CACHE_HEADERS.iter().zip(cdn.iter()) {
         if count > 1 || (count == 1 && !safe) {
             out.push((
                 name,
