@@ -18,8 +18,13 @@ export ENVOY
 DEB_RUSTFLAGS := -C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi \
                  -Zunstable-options -Cpanic=immediate-abort
 # Building std ourselves allows an unstable size setting (docs/building.md): a panic traps at
-# once (no message formatting in the module).
-DEB_CARGOFLAGS := -Zbuild-std=std,panic_abort
+# once (no message formatting in the module). The standard library itself is built for speed, as
+# rustup ships it (the filter's own code stays size-optimised): a cache hit's Wasm code is about
+# 0.1 µs cheaper and the module no larger (bench/README.md).
+DEB_STD_SPEED := --config 'profile.release.package.core.opt-level=3' \
+                 --config 'profile.release.package.alloc.opt-level=3' \
+                 --config 'profile.release.package.std.opt-level=3'
+DEB_CARGOFLAGS := -Zbuild-std=std,panic_abort $(DEB_STD_SPEED)
 DEB_PACKAGES  := rustc-web cargo-web rust-web-src wasi-libc lld-16 binaryen
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
 # Optional size pass after cargo: binaryen's wasm-opt, used when it is on PATH (features as rustc

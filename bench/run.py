@@ -193,6 +193,9 @@ def cpu_model() -> str:
 # wasm32-wasip1 target when it is installed, else Debian's rustc-web building std itself.
 DEB_RUSTFLAGS = ("-C linker=/usr/lib/llvm-16/bin/wasm-ld -C link-self-contained=no "
                  "-L native=/usr/lib/wasm32-wasi -Zunstable-options -Cpanic=immediate-abort")
+# The Makefile's DEB_STD_SPEED: the standard library built for speed, as for the filter.
+DEB_STD_SPEED = [arg for crate in ("core", "alloc", "std")
+                 for arg in ("--config", f"profile.release.package.{crate}.opt-level=3")]
 DEB_TOOLCHAIN = ("/usr/bin/cargo", "/usr/bin/rustc", "/usr/lib/llvm-16/bin/wasm-ld",
                  "/usr/lib/wasm32-wasi", "/usr/lib/rustlib/src/rust/library")
 WASM_OPT_FEATURES = ["--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals",
@@ -240,7 +243,7 @@ def build_bench_module(crate: Path, built: Path, dest: Path, what: str,
                              "missing. `make toolchain` installs them (or leave it out with "
                              "--only).")
         cmd = ["/usr/bin/cargo", "build", "--release", "--target", "wasm32-wasip1", "--lib",
-               "-Zbuild-std=std,panic_abort"]
+               "-Zbuild-std=std,panic_abort", *DEB_STD_SPEED]
         env.update(RUSTC="/usr/bin/rustc", RUSTC_BOOTSTRAP="1", RUSTFLAGS=DEB_RUSTFLAGS)
     # Its own target dir, whatever CARGO_TARGET_DIR says: the path below must hold.
     cmd += ["--target-dir", str(target_dir)]
