@@ -11,6 +11,10 @@
 //!
 //! - `hit N`: `relay::decide` for the benchmark's request (GET /api/me, the access-token cookie,
 //!   a cache hit), the relay's whole in-VM decision on the hot path;
+//! - `hit-path N`, `hit-cookie N`, `hit-csrf N`, `hit-cache N`, `hit-forged N`: parts of a
+//!   cache hit (the path check; the Cookie header read, its UTF-8 check and the scan for the
+//!   relay's cookies; the CSRF check of a GET; the token cache's lookup; the search for forged
+//!   claim headers, which the stream makes next to `decide`);
 //! - `response N`: the cache policy of a protected response (`cache_policy::protected_response_of`
 //!   over the benchmark's response header map, read in place), the response side of a hit;
 //! - `header_map N`: the copy of the request header map into the VM (what the SDK's
@@ -49,6 +53,7 @@ use edge_token_relay::jwt::token::{self, ClaimRules};
 use edge_token_relay::jwt::token_cache::TokenCache;
 use edge_token_relay::relay::{self, Step};
 use edge_token_relay::session::{self, Session, SessionKeys};
+use edge_token_relay::{csrf, jar};
 use serde_json::{json, Value};
 
 // Pre-signed tokens (RFC 7515 style compact JWS) over the benchmark's claims, made once with
@@ -301,6 +306,35 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
                 let step = relay::decide(cfg, Some(set), &mut cache, black_box(&req), NOW, true);
                 assert!(matches!(step, Step::Forward(_)), "{step:?}");
                 black_box(step);
+            }
+        }
+        // Parts of `hit`, for the per-step table (bench/README.md): each the same work
+        // `relay::decide` (or the stream, for `hit-forged`) does on the benchmark's request.
+        "hit-path" | "hit-cookie" | "hit-csrf" | "hit-cache" | "hit-forged" => {
+            let headers = request(&k.rs256);
+            let wire = encode_wire(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+            let req = RequestView::wire(&wire);
+            let mut cache = TokenCache::new(cfg.token_cache_size);
+            let step = relay::decide(cfg, Some(set), &mut cache, &req, NOW, true);
+            assert!(matches!(step, Step::Forward(_)), "{step:?}");
+            for _ in 0..n {
+                let req = black_box(&req);
+                match mode {
+                    "hit-path" => assert!(cfg.paths.is_protected(&req.path())),
+                    "hit-cookie" => {
+                        let cookie = req.cookie();
+                        let text = cookie.as_deref().map(std::str::from_utf8);
+                        let Some(Ok(text)) = text else {
+                            fail("the request's Cookie header is not UTF-8");
+                        };
+                        black_box(jar::scan(cfg, text).values);
+                    }
+                    "hit-csrf" => {
+                        assert!(csrf::check_request(cfg.csrf.as_ref(), req, None).is_ok())
+                    }
+                    "hit-cache" => assert!(cache.get(black_box(&k.rs256), NOW).is_some()),
+                    _ => assert!(relay::forged_claim_headers(cfg, req).is_empty()),
+                }
             }
         }
         "response" => {
