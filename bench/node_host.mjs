@@ -8,11 +8,12 @@
 // function), so only the difference between two modules carries over, not their totals.
 //
 //   node bench/node_host.mjs --relay R.wasm --probe P.wasm [--nop N.wasm] [--relay2 R2.wasm]
-//                            [--requests 2000] [--batches 25]
+//                            [--requests 2000] [--batches 25] [--calls 1]
 //
 // Each module is first checked: the relay must forward the request with `authorization:
 // Bearer <token>`, the cookie removed, `x-user-sub` set and the reason `cache_hit`, and set
-// `cache-control` and `vary` on the response; the probe must make the same writes.
+// `cache-control` and `vary` on the response; the probe must make the same writes. The two must
+// make the same host calls (proxy-wasm and WASI) for it, or the run stops; `--calls 1` prints them.
 import { readFile } from "node:fs/promises";
 import { WASI } from "node:wasi";
 import { argv, exit, hrtime } from "node:process";
@@ -198,12 +199,24 @@ async function load(file, config) {
   };
   const imports = wasi.getImportObject();
   imports.env = {};
+  h.calls = new Map();
   for (const imp of WebAssembly.Module.imports(module)) {
     if (imp.module === "env" && imp.kind === "function") {
-      imports.env[imp.name] = env[imp.name] ?? (() => {
+      const call = env[imp.name] ?? (() => {
         throw new Error(`${file}: host call ${imp.name} is not part of a cache hit`);
       });
+      // Counted only while `h.counting` (the checked request), so the timed runs pay nothing.
+      imports.env[imp.name] = (...args) => {
+        if (h.counting) h.calls.set(imp.name, (h.calls.get(imp.name) ?? 0) + 1);
+        return call(...args);
+      };
     }
+  }
+  for (const [name, fn] of Object.entries(wasi.getImportObject().wasi_snapshot_preview1 ?? {})) {
+    imports.wasi_snapshot_preview1[name] = (...args) => {
+      if (h.counting) h.calls.set(name, (h.calls.get(name) ?? 0) + 1);
+      return fn(...args);
+    };
   }
   const instance = await WebAssembly.instantiate(module, imports);
   h.exports = instance.exports;
@@ -236,7 +249,9 @@ async function load(file, config) {
 
 function check(name, h) {
   h.request(); // the relay's first request verifies the token; the next ones are cache hits
+  h.counting = true;
   const action = h.request();
+  h.counting = false;
   const get = (m, n) => m.filter(([k]) => k === n).map(([, v]) => v);
   const problems = [];
   if (action !== 0) problems.push(`action ${action}, not Continue`);
@@ -247,16 +262,24 @@ function check(name, h) {
   if (get(h.responseMap, "cache-control")[0] !== "private") problems.push("cache-control");
   if (get(h.responseMap, "vary")[0] !== "Cookie") problems.push("vary");
   if (problems.length) throw new Error(`${name} did not do the cache hit's work: ${problems.join(", ")}`);
+  const calls = [...h.calls].map(([call, count]) => `${call} ×${count}`).sort().join(", ");
+  if (opts.calls) console.log(`${name} host calls per request: ${calls}`);
+  return calls;
 }
 
 const modules = [["b", opts.relay, RELAY_CONFIG], ["p", opts.probe, PROBE_CONFIG]];
 if (opts.relay2) modules.push(["b2", opts.relay2, RELAY_CONFIG]);
 if (opts.nop) modules.push(["n", opts.nop, ""]);
 const hosts = [];
+const callsOf = {};
 for (const [name, file, config] of modules) {
   const h = await load(file, config);
-  if (name !== "n") check(name, h);
+  if (name !== "n") callsOf[name] = check(name, h);
   hosts.push([name, h, Infinity]);
+}
+// (p) is the floor of this job only while it makes exactly the relay's calls.
+if (callsOf.b !== callsOf.p) {
+  throw new Error(`the probe's host calls differ from the relay's:\n b: ${callsOf.b}\n p: ${callsOf.p}`);
 }
 for (let batch = 0; batch < BATCHES; batch++) {
   for (const entry of hosts) {
