@@ -129,7 +129,7 @@ def test_make_wasm_with_rustup_target_and_no_wasm_opt(tmp_path):
     out = run_make(work, env, "wasm")
     assert out.returncode == 0, out.stdout + out.stderr
     log = calls(tmp_path)
-    assert "cargo build --release --target wasm32-wasip1 --lib" in log, log
+    assert "cargo rustc --release --target wasm32-wasip1 --lib --crate-type cdylib" in log, log
     assert not [c for c in log if c.split()[0] in ("apt-get", "apt", "sudo")], log
     notes = [ln for ln in out.stdout.splitlines() if "wasm-opt" in ln]
     assert notes == ["note: wasm-opt (binaryen) not found, skipping the optional size pass "
