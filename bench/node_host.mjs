@@ -107,7 +107,7 @@ async function load(file, config) {
   const wasi = new WASI({ version: "preview1", args: [], env: {}, returnOnExit: true });
   const module = await WebAssembly.compile(await readFile(file));
   const h = {
-    requestMap: [], responseMap: [], property: new Map(), metrics: [], shared: new Map(),
+    requestMap: [], responseMap: [], property: new Map(), metrics: [],
     config: enc.encode(config), exports: null, log: [],
   };
   const mem = () => new Uint8Array(h.exports.memory.buffer);
@@ -126,7 +126,8 @@ async function load(file, config) {
   const edited = (t) => { if (t === 0) h.requestEdited = true; else h.responseEdited = true; };
   const env = {
     proxy_log: (level, ptr, len) => {
-      if (level >= 3 || !h.exports.ready) h.log.push(str(ptr, len));
+      // Kept only until the module is configured: what the refusal below reports.
+      if (!h.configured) h.log.push(str(ptr, len));
       return OK;
     },
     proxy_get_log_level: (ret) => { view().setUint32(ret, 2, true); return OK; }, // info
@@ -228,6 +229,7 @@ async function load(file, config) {
   if (!x.proxy_on_configure(ROOT, h.config.length)) {
     throw new Error(`${file}: on_configure refused: ${h.log.join(" | ")}`);
   }
+  h.configured = true;
   let ctx = ROOT;
   // One request through the callbacks Envoy makes.
   h.request = () => {
