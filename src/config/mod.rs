@@ -36,7 +36,7 @@ pub use upstream::Upstream;
 use crate::csrf::CsrfPolicy;
 use crate::http::authority::{self, HostPattern};
 use crate::http::path::PathPolicy;
-use crate::http::{cookie, RequestView};
+use crate::http::{cookie, NameSet, RequestView};
 use crate::jwt::jwks::{Alg, AlgSet, KeySet};
 use crate::jwt::token::ClaimRules;
 
@@ -73,6 +73,9 @@ pub struct Config {
     pub forward_relay_cookies_to_unprotected: bool,
     /// `required_claims.token_use` was pinned to `access` because the issuer is Cognito's.
     pub token_use_pinned: bool,
+    /// The `forward_claims` headers' names, loosely: a request none of whose names may meet
+    /// them carries no client-sent copy, without a search.
+    pub claim_header_names: NameSet,
 }
 
 // ---- raw shapes (as written; read by `json`, described by the schema) --------------------
@@ -393,6 +396,8 @@ impl Config {
                 "must be between 1 and 1000000",
             ));
         }
+        let claim_header_names =
+            NameSet::of(rules.forward_claims.iter().map(|(h, _)| h.as_bytes()));
 
         Ok(Config {
             paths,
@@ -407,6 +412,7 @@ impl Config {
             hosts,
             forward_relay_cookies_to_unprotected: raw.forward_relay_cookies_to_unprotected,
             token_use_pinned,
+            claim_header_names,
         })
     }
 

@@ -103,7 +103,7 @@ impl HttpContext for Http {
             } else {
                 None
             };
-            let outcome = st.admit(self.id, headers, now);
+            let outcome = st.admit(self.id, &view, now);
             self.due = ResponseDue::after(&outcome, cookie);
             match outcome {
                 Outcome::Pass | Outcome::Continue => return Action::Continue,

@@ -13,7 +13,7 @@ use super::host::Host;
 use super::jwks_sync::FETCH_TIMEOUT_S;
 use super::response::ResponseDue;
 use super::vm::{Outcome, SharedVm, Vm, WaitOn, FAST_TICK};
-use crate::http::encode_wire;
+use crate::http::{encode_wire, RequestView};
 use crate::relay::flight::SLOTS;
 use crate::relay::RefreshId;
 use crate::testkit::{claims, jwks, refresh_config, request, sealed, sign, NOW};
@@ -47,7 +47,7 @@ fn arrive(vm: &SharedVm<Fake>, ctx: u32, headers: Vec<(String, Vec<u8>)>) -> Out
     st.host.set_effective_context(ctx);
     let now = st.host.now_s();
     let wire = encode_wire(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
-    st.admit(ctx, wire, now)
+    st.admit(ctx, &RequestView::wire(&wire), now)
 }
 
 thread_local! {

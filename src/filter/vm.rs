@@ -119,9 +119,9 @@ impl<H: Host> Vm<H> {
         }
     }
 
-    /// A new request (its header map, read once, in wire format): decided, and parked when it
-    /// must wait.
-    pub(crate) fn admit(&mut self, ctx: u32, headers: Vec<u8>, now: u64) -> Outcome {
+    /// A new request (its header map, read once): decided, and parked when it must wait (a copy
+    /// of its map kept for the second decision).
+    pub(crate) fn admit(&mut self, ctx: u32, req: &RequestView<'_>, now: u64) -> Outcome {
         if self.keys.is_none() {
             // Another VM may have fetched the keys since this one's last tick: one shared-data
             // read, only until this worker holds keys, spares a start-up 503.
@@ -129,13 +129,13 @@ impl<H: Host> Vm<H> {
                 self.install_keys(keys, digest);
             }
         }
-        let outcome = self.process(ctx, &RequestView::wire(&headers), now, true);
+        let outcome = self.process(ctx, req, now, true);
         if let Outcome::Wait(on) = outcome {
             log::debug!("[ctx {ctx}] parked: {on:?}");
             self.waiters.insert(
                 ctx,
                 Waiter {
-                    headers,
+                    headers: req.to_wire(),
                     since: now,
                     on,
                 },

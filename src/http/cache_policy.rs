@@ -80,6 +80,9 @@ pub fn protected_response_of<'h>(
     // Per CDN header: how many lines, and whether all of them already forbid storing.
     let mut cdn = [(0usize, true); CDN_CACHE_HEADERS.len()];
     for (n, v) in headers {
+        if !may_be_managed(n) {
+            continue;
+        }
         if n.eq_ignore_ascii_case(b"cache-control") {
             cc.add(v);
         } else if n.eq_ignore_ascii_case(b"vary") {
@@ -123,6 +126,17 @@ pub fn protected_response_of<'h>(
         }
     }
     out
+}
+
+/// Bit `n` is set when `cache-control`, `vary` or one of [`CDN_CACHE_HEADERS`] has `n` bytes
+/// (a test holds it to the lists).
+const MANAGED_LENGTHS: u64 =
+    1 << 4 | 1 << 12 | 1 << 13 | 1 << 15 | 1 << 17 | 1 << 20 | 1 << 24 | 1 << 25 | 1 << 28;
+
+/// Whether a header called `name` may be one the policy manages: most response headers are told
+/// apart by their length alone, without ten case-insensitive comparisons.
+fn may_be_managed(name: &[u8]) -> bool {
+    name.len() < 64 && MANAGED_LENGTHS & (1 << name.len()) != 0
 }
 
 /// The lines of one header name, read as the host gives them: a single line stays a borrowed
@@ -208,6 +222,13 @@ pub fn private_cache_control(existing: Option<&str>) -> Option<Cow<'static, str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn managed_lengths_match_the_managed_names() {
+        let names = CDN_CACHE_HEADERS.iter().chain(&["cache-control", "vary"]);
+        let want = names.fold(0u64, |m, n| m | 1 << n.len());
+        assert_eq!(MANAGED_LENGTHS, want);
+    }
 
     #[test]
     fn vary_table() {

@@ -13,4 +13,4 @@ pub(crate) mod request;
 pub mod url;
 
 pub use reply::Reply;
-pub use request::{encode_wire, HeaderIter, RequestView, WireIter};
+pub use request::{encode_wire, HeaderIter, NameSet, RequestView, WireIter};

@@ -13,6 +13,82 @@ use super::header_budget;
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
     headers: Headers<'a>,
+    known: Known<'a>,
+}
+
+/// What every request's decision looks up, found in the one walk that makes the view: later
+/// lookups of these cost no walk of the map.
+#[derive(Debug, Clone, Copy, Default)]
+struct Known<'a> {
+    authority: Option<&'a [u8]>,
+    path: Option<&'a [u8]>,
+    method: Option<&'a [u8]>,
+    /// The first Cookie header.
+    cookie: Option<&'a [u8]>,
+    /// Another Cookie header follows the first (to be joined).
+    more_cookies: bool,
+    /// Every header name, loosely.
+    names: NameSet,
+}
+
+impl<'a> Known<'a> {
+    fn of(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Known<'a> {
+        let mut known = Known::default();
+        for (name, value) in headers {
+            known.names.insert(name);
+            let slot = match name {
+                b":authority" => &mut known.authority,
+                b":path" => &mut known.path,
+                b":method" => &mut known.method,
+                b"cookie" => {
+                    known.more_cookies |= known.cookie.is_some();
+                    &mut known.cookie
+                }
+                _ => continue,
+            };
+            // The first of several wins, as in `RequestView::get`'s walk.
+            slot.get_or_insert(value);
+        }
+        known
+    }
+}
+
+/// A set of header names, loosely: one bit per class of name (its length and its first and last
+/// byte), so that one AND tells that none of a few names is in a request, without a walk. Names
+/// are compared as the forged-claim search compares them: ASCII case and `_` against `-` do not
+/// matter. Two different names may share a bit; a name never misses its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NameSet(u64);
+
+impl NameSet {
+    /// The set of `names`.
+    pub fn of<'n>(names: impl IntoIterator<Item = &'n [u8]>) -> NameSet {
+        let mut set = NameSet::default();
+        for name in names {
+            set.insert(name);
+        }
+        set
+    }
+
+    // Once per header of every request: a call would cost more than the few instructions.
+    #[inline(always)]
+    fn insert(&mut self, name: &[u8]) {
+        let fold = |b: Option<&u8>| match b {
+            Some(b'_') => usize::from(b'-'),
+            Some(b) => usize::from(b.to_ascii_lowercase()),
+            None => 0,
+        };
+        let class = name
+            .len()
+            .wrapping_add(fold(name.first()).wrapping_mul(3))
+            .wrapping_add(fold(name.last()).wrapping_mul(5));
+        self.0 |= 1u64 << (class & 63);
+    }
+
+    /// Whether some name may be in both sets (`false`: certainly none).
+    pub fn may_meet(self, other: NameSet) -> bool {
+        self.0 & other.0 != 0
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -26,17 +102,35 @@ enum Headers<'a> {
 impl<'a> RequestView<'a> {
     /// A view of name/value pairs (names lower-case).
     pub fn new(headers: &'a [(String, Vec<u8>)]) -> RequestView<'a> {
-        RequestView {
-            headers: Headers::Pairs(headers),
-        }
+        RequestView::of(Headers::Pairs(headers))
     }
 
     /// A view of a header map in the proxy-wasm wire format, as the host hands it over. A
     /// malformed map reads as the headers before the fault.
     pub fn wire(map: &'a [u8]) -> RequestView<'a> {
-        RequestView {
-            headers: Headers::Wire(map),
+        RequestView::of(Headers::Wire(map))
+    }
+
+    fn of(headers: Headers<'a>) -> RequestView<'a> {
+        // One walk per kind of view, so the wire format's is a loop with nothing to dispatch.
+        let known = match headers {
+            Headers::Pairs(p) => Known::of(p.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()))),
+            Headers::Wire(map) => Known::of(WireIter::new(map)),
+        };
+        RequestView { headers, known }
+    }
+
+    /// The headers in the wire format (what a parked request keeps).
+    pub fn to_wire(&self) -> Vec<u8> {
+        match self.headers {
+            Headers::Wire(map) => map.to_vec(),
+            Headers::Pairs(p) => encode_wire(p.iter().map(|(n, v)| (n.as_str(), v.as_slice()))),
         }
+    }
+
+    /// Every header name, loosely (see [`NameSet`]).
+    pub fn names(&self) -> NameSet {
+        self.known.names
     }
 
     /// Every header in order, as (name, value), names as bytes: what the hot path walks (no
@@ -73,8 +167,16 @@ impl<'a> RequestView<'a> {
 
     /// The first value of `name` (lower-case).
     pub fn get(&self, name: &str) -> Option<&'a [u8]> {
-        let name = name.as_bytes();
-        self.iter_bytes().find(|(n, _)| *n == name).map(|(_, v)| v)
+        match name {
+            ":authority" => self.known.authority,
+            ":path" => self.known.path,
+            ":method" => self.known.method,
+            "cookie" => self.known.cookie,
+            _ => {
+                let name = name.as_bytes();
+                self.iter_bytes().find(|(n, _)| *n == name).map(|(_, v)| v)
+            }
+        }
     }
 
     /// The first value of `name` when it is UTF-8.
@@ -94,22 +196,19 @@ impl<'a> RequestView<'a> {
 
     /// The Cookie header; several Cookie headers are joined with "; " (RFC 9113 §8.2.3).
     pub fn cookie(&self) -> Option<Cow<'a, [u8]>> {
-        let mut values = self
-            .iter_bytes()
-            .filter(|(n, _)| *n == b"cookie")
-            .map(|(_, v)| v);
-        let first = values.next()?;
-        match values.next() {
-            None => Some(Cow::Borrowed(first)),
-            Some(second) => {
-                let mut joined = [first, second].join(&b"; "[..]);
-                for v in values {
-                    joined.extend_from_slice(b"; ");
-                    joined.extend_from_slice(v);
-                }
-                Some(Cow::Owned(joined))
-            }
+        let first = self.known.cookie?;
+        if !self.known.more_cookies {
+            return Some(Cow::Borrowed(first));
         }
+        let mut joined = Vec::new();
+        let values = self.iter_bytes().filter(|(n, _)| *n == b"cookie");
+        for (i, (_, v)) in values.enumerate() {
+            if i > 0 {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(v);
+        }
+        Some(Cow::Owned(joined))
     }
 
     /// The Cookie header as text; "" when absent or not UTF-8 (callers that must refuse
@@ -178,6 +277,7 @@ fn declared_count(map: &[u8]) -> usize {
 impl<'a> Iterator for WireIter<'a> {
     type Item = (&'a [u8], &'a [u8]);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let read = |lengths: &'a [u8], data: &'a [u8]| {
             let (name_len, lengths) = lengths.split_first_chunk::<4>()?;
@@ -256,6 +356,22 @@ mod tests {
     }
 
     #[test]
+    fn a_name_set_holds_every_spelling_of_its_names() {
+        let set = NameSet::of([&b"x-user-sub"[..], b"x-tenant"]);
+        for name in [
+            "x-user-sub",
+            "X-User-Sub",
+            "x_user_sub",
+            "X_USER-SUB",
+            "X-Tenant",
+        ] {
+            assert!(NameSet::of([name.as_bytes()]).may_meet(set), "{name}");
+        }
+        assert!(!NameSet::default().may_meet(set));
+        assert!(!set.may_meet(NameSet::default()));
+    }
+
+    #[test]
     fn empty_and_truncated_maps_read_as_far_as_they_go() {
         assert_eq!(RequestView::wire(&[]).iter().count(), 0);
         let h = pairs(&[("a", b"1"), ("b", b"2")]);
@@ -284,6 +400,43 @@ mod tests {
             prop_assert_eq!(got, headers);
             // Anything at all: no panic, and never more headers than bytes allow.
             prop_assert!(RequestView::wire(&junk).iter().count() <= junk.len() / 10);
+        }
+
+        #[test]
+        fn what_the_view_found_up_front_is_what_a_walk_finds(
+            headers in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just(":path".to_string()),
+                        Just(":method".to_string()),
+                        Just(":authority".to_string()),
+                        Just("cookie".to_string()),
+                        "[a-zA-Z_:-]{0,12}",
+                    ],
+                    proptest::collection::vec(any::<u8>(), 0..20),
+                ),
+                0..12,
+            ),
+        ) {
+            let wire = encode_wire(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+            for view in [RequestView::new(&headers), RequestView::wire(&wire)] {
+                for name in [":path", ":method", ":authority", "cookie"] {
+                    let walked = headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+                    prop_assert_eq!(view.get(name), walked);
+                }
+                let cookies: Vec<&[u8]> = headers
+                    .iter()
+                    .filter(|(n, _)| n == "cookie")
+                    .map(|(_, v)| v.as_slice())
+                    .collect();
+                let joined = (!cookies.is_empty()).then(|| cookies.join(&b"; "[..]));
+                prop_assert_eq!(view.cookie().map(Cow::into_owned), joined);
+                // Every name present meets the view's names.
+                for (n, _) in &headers {
+                    prop_assert!(NameSet::of([n.as_bytes()]).may_meet(view.names()));
+                }
+                prop_assert_eq!(RequestView::wire(&view.to_wire()).iter().count(), headers.len());
+            }
         }
 
         #[test]

@@ -114,7 +114,7 @@ impl Forward<'_> {
 /// (Empty, so without allocation, on every ordinary request.)
 pub fn forged_claim_headers<'r>(config: &Config, req: &RequestView<'r>) -> Vec<&'r str> {
     let claims = &config.rules.forward_claims;
-    if claims.is_empty() {
+    if !req.names().may_meet(config.claim_header_names) {
         return Vec::new();
     }
     req.iter_bytes()
