@@ -122,7 +122,12 @@ impl Host for Envoy {
         hostcalls::get_current_time()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            // Not `as_millis`: its u128 arithmetic is a library call on wasm32, on every request.
+            .map(|d| {
+                d.as_secs()
+                    .saturating_mul(1000)
+                    .saturating_add(u64::from(d.subsec_millis()))
+            })
             .unwrap_or(0)
     }
 

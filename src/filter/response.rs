@@ -54,10 +54,9 @@ impl<H: Host> Vm<H> {
         // A protected response: shared caches and CDNs must not keep it; the browser's cache
         // may, unless it sets a cookie. One read of the header map (the cost of one header).
         let map = self.host.response_headers();
-        let edits = cache_policy::protected_response_of(WireIter::new(&map), !cookies.is_empty());
-        for (name, value) in edits {
-            self.host.set_response_header(name, Some(&value));
-        }
+        cache_policy::protected_response_each(WireIter::new(&map), !cookies.is_empty(), |n, v| {
+            self.host.set_response_header(n, Some(v));
+        });
     }
 
     /// Removes the `upstream_token_headers` (when configured) from a response the relay does not

@@ -69,12 +69,26 @@ pub fn protected_response<N: AsRef<str>, V: AsRef<[u8]>>(
 }
 
 /// [`protected_response`] over headers as the filter reads them (the host's header map walked
-/// in place: names as bytes, nothing copied). One pass over the headers; on a response with
-/// one line or none of each managed header, the only allocation is the list itself.
+/// in place: names as bytes, nothing copied).
 pub fn protected_response_of<'h>(
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     sets_cookie: bool,
 ) -> Vec<(&'static str, Cow<'static, str>)> {
+    let mut out = Vec::new();
+    protected_response_each(headers, sets_cookie, |name, value| {
+        out.push((name, Cow::Owned(value.to_string())))
+    });
+    out
+}
+
+/// The writes of [`protected_response`], each handed to `write` as it is found: one pass over
+/// the headers, and on a response with one line or none of each managed header no allocation
+/// at all (what the filter does on every protected response).
+pub fn protected_response_each<'h>(
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    sets_cookie: bool,
+    mut write: impl FnMut(&'static str, &str),
+) {
     let mut cc = Lines::default();
     let mut vary = Lines::default();
     // Per CDN header: how many lines, and whether all of them already forbid storing.
@@ -97,35 +111,27 @@ pub fn protected_response_of<'h>(
             }
         }
     }
-    let mut out: Vec<(&'static str, Cow<'static, str>)> = Vec::with_capacity(2);
     let cc_text = cc.text();
     if sets_cookie {
         if cc_text.as_deref() != Some(NO_STORE) || cc.count > 1 {
-            out.push(("cache-control", Cow::Borrowed(NO_STORE)));
+            write("cache-control", NO_STORE);
         }
     } else if let Some(v) = private_cache_control(cc_text.as_deref()) {
-        out.push(("cache-control", v));
+        write("cache-control", &v);
     } else if cc.count > 1 {
         // One line, so that a cache reading only the first sees `private` too.
-        out.push((
-            "cache-control",
-            Cow::Owned(cc_text.map(Cow::into_owned).unwrap_or_default()),
-        ));
+        write("cache-control", cc_text.as_deref().unwrap_or_default());
     }
     if let Some(v) = vary_with(vary.text().as_deref(), "Cookie") {
-        out.push(("vary", v));
+        write("vary", &v);
     }
     // Slices zipped, not the arrays by value: built for size, that zip called a length function
     // for every element.
     for (name, &(count, safe)) in CDN_CACHE_HEADERS.iter().zip(cdn.iter()) {
         if count > 1 || (count == 1 && !safe) {
-            out.push((
-                name,
-                Cow::Borrowed(cdn_no_store(name).unwrap_or(CDN_NO_STORE)),
-            ));
+            write(name, cdn_no_store(name).unwrap_or(CDN_NO_STORE));
         }
     }
-    out
 }
 
 /// Bit `n` is set when `cache-control`, `vary` or one of [`CDN_CACHE_HEADERS`] has `n` bytes
