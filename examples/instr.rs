@@ -11,12 +11,14 @@
 //!
 //! - `hit N`: `relay::decide` for the benchmark's request (GET /api/me, the access-token cookie,
 //!   a cache hit), the relay's whole in-VM decision on the hot path;
-//! - `hit-path N`, `hit-cookie N`, `hit-csrf N`, `hit-cache N`, `hit-forged N`: parts of a
-//!   cache hit (the path check; the Cookie header read, its UTF-8 check and the scan for the
-//!   relay's cookies; the CSRF check of a GET; the token cache's lookup; the search for forged
-//!   claim headers, which the stream makes next to `decide`);
-//! - `response N`: the cache policy of a protected response (`cache_policy::protected_response_of`
-//!   over the benchmark's response header map, read in place), the response side of a hit;
+//! - `hit-view N`, `hit-path N`, `hit-cookie N`, `hit-csrf N`, `hit-cache N`, `hit-forged N`:
+//!   parts of a cache hit (the view of the header map, made in one walk before `decide`; the
+//!   path check; the Cookie header read, its UTF-8 check and the scan for the relay's cookies;
+//!   the CSRF check of a GET; the token cache's lookup; the search for forged claim headers,
+//!   which the stream makes next to `decide`);
+//! - `response N`: the cache policy of a protected response
+//!   (`cache_policy::protected_response_each` over the benchmark's response header map, read in
+//!   place), the response side of a hit;
 //! - `header_map N`: the copy of the request header map into the VM (what the SDK's
 //!   `get_map_bytes` does with the host's buffer);
 //! - `cold-rs256 N`, `cold-es256 N`, `cold-eddsa N`: `jwt::token::verify` of one token (no
@@ -299,7 +301,8 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
     match mode {
         // `hit` and its parts, for the per-step table (bench/README.md): each part the same
         // work `relay::decide` (or the stream, for `hit-forged`) does on the benchmark's request.
-        "hit" | "hit-path" | "hit-cookie" | "hit-csrf" | "hit-cache" | "hit-forged" => {
+        "hit" | "hit-view" | "hit-path" | "hit-cookie" | "hit-csrf" | "hit-cache"
+        | "hit-forged" => {
             let headers = request(&k.rs256);
             let wire = encode_wire(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
             let req = RequestView::wire(&wire);
@@ -315,6 +318,9 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
                 let req = black_box(&req);
                 match mode {
                     "hit" => decide(&mut cache, req),
+                    "hit-view" => {
+                        black_box(RequestView::wire(black_box(&wire)));
+                    }
                     "hit-path" => assert!(cfg.paths.is_protected(&req.path())),
                     "hit-cookie" => {
                         let cookie = req.cookie();
@@ -341,10 +347,16 @@ fn run(mode: &str, n: usize, k: &Keys, cfg: &Config, set: &KeySet) {
             ];
             let wire = encode_wire(headers);
             for _ in 0..n {
-                let edits =
-                    cache_policy::protected_response_of(WireIter::new(black_box(&wire)), false);
-                assert_eq!(edits.len(), 2, "{edits:?}");
-                black_box(edits);
+                let mut writes = 0;
+                cache_policy::protected_response_each(
+                    WireIter::new(black_box(&wire)),
+                    false,
+                    |name, value| {
+                        black_box((name, value));
+                        writes += 1;
+                    },
+                );
+                assert_eq!(writes, 2);
             }
         }
         "header_map" => {
