@@ -1,6 +1,6 @@
 //! HTTP vocabulary with no knowledge of tokens or configuration: the request view, hosts, cookies,
 //! URL codecs, content negotiation, path matching, the header budget, cache policy and the
-//! relay's own replies. Imports nothing else from the crate.
+//! relay's own replies. Imports only `bytes` and `json` from the crate.
 
 pub mod authority;
 pub mod cache_policy;

@@ -114,7 +114,7 @@ impl<'a> RequestView<'a> {
     fn of(headers: Headers<'a>) -> RequestView<'a> {
         // One walk per kind of view, so the wire format's is a loop with nothing to dispatch.
         let known = match headers {
-            Headers::Pairs(p) => Known::of(p.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()))),
+            Headers::Pairs(p) => Known::of(HeaderIter::Pairs(p.iter())),
             Headers::Wire(map) => Known::of(WireIter::new(map)),
         };
         RequestView { headers, known }

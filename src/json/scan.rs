@@ -1,19 +1,7 @@
 //! Finding the next byte of a JSON string that is not plain text (`"`, `\` or a C0 control),
-//! eight bytes at a time: strings here are mostly long base64 (tokens, sealed values).
+//! a word at a time: strings here are mostly long base64 (tokens, sealed values).
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// Some byte of `w` is below `n` (`n` at most 128): the borrow of the subtraction reaches the
-/// high bit only there (the classic has-less test; exact as a yes/no).
-const fn has_less(w: u64, n: u8) -> bool {
-    w.wrapping_sub(ONES * n as u64) & !w & HIGHS != 0
-}
-
-/// Some byte of `w` equals `b`.
-const fn has_byte(w: u64, b: u8) -> bool {
-    has_less(w ^ (ONES * b as u64), 1)
-}
+use crate::bytes::{has_byte, has_less, position};
 
 fn is_special(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
@@ -22,24 +10,8 @@ fn is_special(b: u8) -> bool {
 /// The length of the plain text that starts `bytes`: the index of its first `"`, `\` or C0
 /// control, or its length when it has none.
 pub(crate) fn plain_len(bytes: &[u8]) -> usize {
-    let mut words = bytes.chunks_exact(8);
-    let mut skipped = 0;
-    for word in &mut words {
-        let Ok(word8) = <[u8; 8]>::try_from(word) else {
-            break;
-        };
-        let w = u64::from_le_bytes(word8);
-        if has_byte(w, b'"') || has_byte(w, b'\\') || has_less(w, 0x20) {
-            break;
-        }
-        skipped += 8;
-    }
-    let rest = bytes.get(skipped..).unwrap_or_default();
-    skipped
-        + rest
-            .iter()
-            .position(|&b| is_special(b))
-            .unwrap_or(rest.len())
+    let special = |w| has_byte(w, b'"') || has_byte(w, b'\\') || has_less(w, 0x20);
+    position(bytes, special, is_special).unwrap_or(bytes.len())
 }
 
 #[cfg(test)]
