@@ -140,7 +140,7 @@ pub fn may_hold_relay_cookie(config: &Config, cookie_header: &str) -> bool {
 
 /// The relay's three cookies as a request carries them (`None` when absent), and the Cookie
 /// header without them and without any other relay-owned cookie (`None` when nothing is left).
-pub fn scan<'h>(config: &Config, cookie_header: &'h str) -> cookie::Scan<'h, 3> {
+pub fn scan<'h>(config: &Config, cookie_header: &'h [u8]) -> cookie::Scan<'h, 3> {
     let names = &config.cookies;
     cookie::scan(
         cookie_header,

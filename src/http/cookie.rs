@@ -4,25 +4,33 @@
 //! trimmed, a value wrapped in double quotes is unwrapped. The first occurrence of a name wins
 //! (browsers send the most specific path first).
 
+use std::cell::Cell;
+
 use crate::bytes;
 
-/// One pass over a Cookie header: the values of up to `N` wanted cookies, and the header with
-/// those cookies removed (`None` when nothing else remains).
+/// One pass over a Cookie header's bytes: the values of up to `N` wanted cookies, the header
+/// with those cookies removed (`None` when nothing else remains), and whether it is all ASCII.
 pub struct Scan<'a, const N: usize> {
-    pub values: [Option<&'a str>; N],
+    pub values: [Option<&'a [u8]>; N],
     /// `true` when any wanted cookie (even with an empty or duplicate value) was present.
     pub any_found: bool,
-    remainder: Vec<&'a str>,
+    /// Every byte of the header is ASCII: it is UTF-8 without another look at it.
+    pub ascii: bool,
+    remainder: Vec<&'a [u8]>,
 }
 
 impl<'a, const N: usize> Scan<'a, N> {
-    /// The Cookie header without the wanted cookies, or `None` when nothing is left.
+    /// The Cookie header without the wanted cookies, or `None` when nothing is left (bytes that
+    /// are not UTF-8 replaced, as [`String::from_utf8_lossy`] does).
     pub fn remainder(&self) -> Option<String> {
         if self.remainder.is_empty() {
-            None
-        } else {
-            Some(self.remainder.join("; "))
+            return None;
         }
+        let joined = self.remainder.join(&b"; "[..]);
+        Some(
+            String::from_utf8(joined)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        )
     }
 }
 
@@ -45,54 +53,75 @@ pub fn find<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 
 /// Finds the `wanted` cookies and collects every other pair (as sent) for the remainder.
 /// Cookies for which `also_drop(name)` holds (session chunks, login flow cookies) are left out
-/// of the remainder too.
+/// of the remainder too. The same tolerant reading as [`pairs`], over bytes: the header need
+/// not be checked as UTF-8 first (see [`Scan::ascii`]).
 pub fn scan<'a, const N: usize>(
-    header: &'a str,
+    header: &'a [u8],
     wanted: [&str; N],
     also_drop: impl Fn(&str) -> bool,
 ) -> Scan<'a, N> {
     let mut values = [None; N];
     let mut remainder = Vec::new();
     let mut any_found = false;
-    for part in split_at_semicolons(header) {
-        let trimmed = part.trim_matches(is_ws);
+    let high = Cell::new(0);
+    for part in split_at_semicolons(header, &high) {
+        let trimmed = trim_ws(part);
         if trimmed.is_empty() {
             continue;
         }
-        let Some((name, value)) = trimmed.split_once('=') else {
+        let Some((name, value)) = trimmed
+            .iter()
+            .position(|&b| b == b'=')
+            .and_then(|at| Some((trimmed.get(..at)?, trimmed.get(at + 1..)?)))
+        else {
             remainder.push(trimmed);
             continue;
         };
-        let name = name.trim_matches(is_ws);
-        match wanted.iter().position(|w| *w == name) {
+        let name = trim_ws(name);
+        match wanted.iter().position(|w| bytes::same(w.as_bytes(), name)) {
             Some(i) => {
                 any_found = true;
                 if let Some(slot) = values.get_mut(i) {
                     if slot.is_none() {
-                        *slot = Some(unquote(value.trim_matches(is_ws)));
+                        *slot = Some(unquote_bytes(trim_ws(value)));
                     }
                 }
             }
-            None if also_drop(name) => any_found = true,
+            None if std::str::from_utf8(name).is_ok_and(&also_drop) => any_found = true,
             None => remainder.push(trimmed),
         }
     }
     Scan {
         values,
         any_found,
+        ascii: high.get() == 0,
         remainder,
     }
 }
 
-/// The parts of `text` between `;`s, as `str::split(';')` gives them, found a word at a time
-/// ([`bytes::position`]): a Cookie header is mostly one ~700-byte token, and `split`'s search
-/// (`memchr`) reads four bytes at a time on wasm32.
-fn split_at_semicolons(text: &str) -> impl Iterator<Item = &str> {
+/// The parts of `text` between `;`s, as `split(|b| *b == b';')` gives them, found a word at a
+/// time ([`bytes::position`]): a Cookie header is mostly one ~700-byte token, and `split`'s
+/// search reads a byte at a time. The same pass stands in for a UTF-8 check: `high` ends up
+/// nonzero when some byte is not ASCII. A word with such a byte is read byte by byte, which
+/// notes it; a word without one and without `;` is passed over whole.
+fn split_at_semicolons<'t, 'h>(
+    text: &'t [u8],
+    high: &'h Cell<u64>,
+) -> impl Iterator<Item = &'t [u8]> + use<'t, 'h> {
     let mut rest = Some(text);
     std::iter::from_fn(move || {
         let now = rest?;
-        match bytes::position(now.as_bytes(), |w| bytes::has_byte(w, b';'), |b| b == b';') {
-            // `;` is ASCII, so both ends lie on character boundaries: `get` never fails.
+        let semicolon = bytes::position(
+            now,
+            |w| bytes::has_byte(w, b';') || w & bytes::HIGHS != 0,
+            |b| {
+                if !b.is_ascii() {
+                    high.set(1);
+                }
+                b == b';'
+            },
+        );
+        match semicolon {
             Some(at) => {
                 rest = now.get(at + 1..);
                 now.get(..at)
@@ -113,6 +142,25 @@ pub fn is_chunk_of(name: &str, base: &str) -> bool {
 
 fn is_ws(c: char) -> bool {
     c == ' ' || c == '\t'
+}
+
+/// `bytes` without leading and trailing spaces and tabs.
+fn trim_ws(bytes: &[u8]) -> &[u8] {
+    let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !is_ws(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_ws(b))
+        .map_or(start, |i| i + 1);
+    bytes.get(start..end).unwrap_or_default()
+}
+
+/// [`unquote`] over bytes.
+fn unquote_bytes(v: &[u8]) -> &[u8] {
+    match v {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => v,
+    }
 }
 
 fn unquote(v: &str) -> &str {
@@ -347,32 +395,38 @@ mod tests {
         }
     }
 
+    /// A scan's values as text.
+    fn texts<'a, const N: usize>(s: &Scan<'a, N>) -> [Option<&'a str>; N] {
+        s.values.map(|v| v.map(|v| std::str::from_utf8(v).unwrap()))
+    }
+
     #[test]
     fn scan_collects_remainder() {
         let s = scan(
-            "a=1; at=T; b=2; s=S; flag; s.0=x; s.1=y; s.x=z",
+            b"a=1; at=T; b=2; s=S; flag; s.0=x; s.1=y; s.x=z",
             ["at", "s", "c"],
             |n| is_chunk_of(n, "s"),
         );
-        assert_eq!(s.values, [Some("T"), Some("S"), None]);
+        assert_eq!(texts(&s), [Some("T"), Some("S"), None]);
+        assert!(s.ascii);
         assert!(s.any_found);
         assert_eq!(s.remainder().as_deref(), Some("a=1; b=2; flag; s.x=z"));
     }
 
     #[test]
     fn scan_remainder_none_when_only_relay_cookies() {
-        let s = scan("at=T;s=S", ["at", "s"], |_| false);
+        let s = scan(b"at=T;s=S", ["at", "s"], |_| false);
         assert_eq!(s.remainder(), None);
-        let s = scan("a=1", ["at"], |_| false);
+        let s = scan(b"a=1", ["at"], |_| false);
         assert!(!s.any_found);
-        assert_eq!(s.values, [None]);
+        assert_eq!(texts(&s), [None]);
         assert_eq!(s.remainder().as_deref(), Some("a=1"));
     }
 
     #[test]
     fn duplicate_wanted_cookie_is_removed_first_wins() {
-        let s = scan("at=1; at=2; x=y", ["at"], |_| false);
-        assert_eq!(s.values, [Some("1")]);
+        let s = scan(b"at=1; at=2; x=y", ["at"], |_| false);
+        assert_eq!(texts(&s), [Some("1")]);
         assert_eq!(s.remainder().as_deref(), Some("x=y"));
     }
 
@@ -406,6 +460,7 @@ mod tests {
 
     mod props {
         use super::super::*;
+        use super::texts;
         use proptest::prelude::*;
 
         fn name() -> impl Strategy<Value = String> {
@@ -419,7 +474,21 @@ mod tests {
             #[test]
             fn never_panics(h in "\\PC*") {
                 let _ = find(&h, "x");
-                let s = scan(&h, ["x", "y"], |n| is_chunk_of(n, "y"));
+                let s = scan(h.as_bytes(), ["x", "y"], |n| is_chunk_of(n, "y"));
+                let _ = s.remainder();
+            }
+
+            #[test]
+            fn scan_reads_as_find_does(h in "[xy=; \"\t\u{e9}a]{0,40}") {
+                let s = scan(h.as_bytes(), ["x", "y"], |_| false);
+                prop_assert_eq!(texts(&s), [find(&h, "x"), find(&h, "y")]);
+                prop_assert_eq!(s.ascii, h.is_ascii());
+            }
+
+            #[test]
+            fn scan_of_any_bytes(h in proptest::collection::vec(any::<u8>(), 0..60)) {
+                let s = scan(&h, ["x", "y"], |_| false);
+                prop_assert_eq!(s.ascii, h.is_ascii());
                 let _ = s.remainder();
             }
 
@@ -432,7 +501,7 @@ mod tests {
                 }
                 // Removing a name keeps every other pair, in order.
                 if let Some((victim, _)) = cookies.first() {
-                    let s = scan(&header, [victim.as_str()], |_| false);
+                    let s = scan(header.as_bytes(), [victim.as_str()], |_| false);
                     let kept: Vec<String> = cookies.iter().filter(|(n, _)| n != victim).map(|(n, v)| format!("{n}={v}")).collect();
                     prop_assert_eq!(s.remainder(), if kept.is_empty() { None } else { Some(kept.join("; ")) });
                 }
@@ -592,8 +661,11 @@ mod tests {
                 let mut text = "x".repeat(long);
                 text.insert_str(at % (long + 1), &h);
                 let want: Vec<&str> = text.split(';').collect();
-                let got: Vec<&str> = split_at_semicolons(&text).collect();
+                let want: Vec<&[u8]> = want.into_iter().map(str::as_bytes).collect();
+                let high = Cell::new(0);
+                let got: Vec<&[u8]> = split_at_semicolons(text.as_bytes(), &high).collect();
                 prop_assert_eq!(got, want);
+                prop_assert_eq!(high.get() == 0, text.is_ascii());
             }
 
             #[test]

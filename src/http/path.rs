@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use super::url::percent_decode_bytes;
+use crate::bytes;
 
 /// Compiled prefix lists.
 #[derive(Debug, Clone, Default)]
@@ -44,7 +45,7 @@ fn starts_with_any(path: &str, prefixes: &[String], fold: bool) -> bool {
                 .get(..p.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
         } else {
-            path.starts_with(p.as_str())
+            bytes::starts_with(path.as_bytes(), p.as_bytes())
         }
     })
 }

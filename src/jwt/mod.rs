@@ -14,10 +14,12 @@ use jwks::KeySet;
 use token::{ClaimRules, HeaderNames, TokenError};
 use token_cache::{Cached, TokenCache};
 
-/// A verified access token: its forwarded claims and its `exp`. Its `Debug` leaves the claim
-/// values out.
+/// A verified access token: its `Authorization` value, its forwarded claims and its `exp`. Its
+/// `Debug` leaves the token and the claim values out.
 #[derive(Clone)]
 pub struct Valid {
+    /// `Bearer <token>`, shared with the cache entry (a hit copies nothing).
+    pub bearer: Rc<str>,
     pub forwarded: Rc<[(String, String)]>,
     pub exp: u64,
     /// Found in the verified-token cache (no signature check ran); reported per request.
@@ -56,20 +58,24 @@ impl Verifier<'_> {
     pub fn verify(
         &mut self,
         rules: &ClaimRules,
-        token: &str,
+        token: &[u8],
         now: u64,
     ) -> Result<Valid, VerifyError> {
-        if let Some(hit) = self.cache.get(token, now) {
+        if let Some((hit, bearer)) = self.cache.get(token, now) {
             return Ok(Valid {
+                bearer: Rc::clone(bearer),
                 forwarded: Rc::clone(&hit.forwarded),
                 exp: hit.exp,
                 cached: true,
             });
         }
         let keys = self.keys.ok_or(VerifyError::KeysNotReady)?;
+        // A token is base64url and dots: bytes that are not UTF-8 are no token.
+        let token =
+            std::str::from_utf8(token).map_err(|_| VerifyError::Token(TokenError::Malformed))?;
         let v = token::verify(token, keys, rules, now).map_err(VerifyError::Token)?;
         let forwarded: Rc<[(String, String)]> = v.forwarded.into();
-        self.cache.insert(
+        let bearer = self.cache.insert(
             token,
             Cached {
                 valid_until: v.exp.saturating_add(rules.clock_skew_s),
@@ -79,6 +85,7 @@ impl Verifier<'_> {
             now,
         );
         Ok(Valid {
+            bearer,
             forwarded,
             exp: v.exp,
             cached: false,

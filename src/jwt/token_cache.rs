@@ -21,6 +21,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use super::token::HeaderNames;
+use crate::bytes;
 
 /// How many trailing bytes of a token the table hashes (with the token's length).
 pub const HASHED_TAIL: usize = 32;
@@ -46,34 +47,31 @@ impl Hasher for Prehashed {
     }
 }
 
-/// Byte equality sixteen bytes at a time. On wasm32, `==` on slices calls the C library's
-/// `memcmp`, which compares byte by byte: for a ~700-byte token that was about a quarter of a
-/// cache hit's time under V8.
-/// A plain loop: built for size, `chunks_exact` zipped with `chunks_exact` called an
-/// out-of-line function for every 8 bytes.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let word = |c: &[u8], at: usize| {
-        c.get(at..at + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-            .map_or(0, u64::from_ne_bytes)
-    };
-    let mut at = 0;
-    while let (Some(x), Some(y)) = (a.get(at..at + 16), b.get(at..at + 16)) {
-        if (word(x, 0) ^ word(y, 0)) | (word(x, 8) ^ word(y, 8)) != 0 {
-            return false;
-        }
-        at += 16;
-    }
-    a.get(at..) == b.get(at..)
-}
-
 /// A verified token and what it yields.
 struct Entry {
-    token: Box<str>,
+    /// `Bearer <token>`: the `Authorization` value a hit forwards, made once per token.
+    bearer: Rc<str>,
     cached: Cached,
+}
+
+/// What `Authorization: Bearer` puts before the token.
+const BEARER: &str = "Bearer ";
+
+impl Entry {
+    fn token(&self) -> &[u8] {
+        self.bearer
+            .as_bytes()
+            .get(BEARER.len()..)
+            .unwrap_or_default()
+    }
+}
+
+/// The `Authorization` value that carries `token`.
+pub fn bearer(token: &str) -> Rc<str> {
+    let mut value = String::with_capacity(BEARER.len() + token.len());
+    value.push_str(BEARER);
+    value.push_str(token);
+    value.into()
 }
 
 /// What a verified token yields on every later request. Its `Debug` leaves the claim values out.
@@ -133,8 +131,8 @@ impl TokenCache {
     }
 
     /// The keyed hash of the token's length and last [`HASHED_TAIL`] bytes.
-    fn hash(&self, token: &str) -> u64 {
-        let bytes = token.as_bytes();
+    fn hash(&self, token: &[u8]) -> u64 {
+        let bytes = token;
         let tail = bytes
             .get(bytes.len().saturating_sub(HASHED_TAIL)..)
             .unwrap_or(bytes);
@@ -144,14 +142,15 @@ impl TokenCache {
         h.finish()
     }
 
-    /// The live entry for `token`, if any.
-    pub fn get(&self, token: &str, now: u64) -> Option<&Cached> {
+    /// The live entry for `token` (the token's bytes, as the Cookie header carries them), if
+    /// any: what it yields, and its `Authorization` value.
+    pub fn get(&self, token: &[u8], now: u64) -> Option<(&Cached, &Rc<str>)> {
         let found = self
             .map
             .get(&self.hash(token))
-            .filter(|e| same_bytes(e.token.as_bytes(), token.as_bytes()))
-            .map(|e| &e.cached)
-            .filter(|c| now < c.valid_until);
+            .filter(|e| bytes::same(e.token(), token))
+            .filter(|e| now < e.cached.valid_until)
+            .map(|e| (&e.cached, &e.bearer));
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -166,9 +165,10 @@ impl TokenCache {
         (self.hits.replace(0), self.misses.replace(0))
     }
 
-    /// Stores a verified token (in place of any other token with the same hash).
-    pub fn insert(&mut self, token: &str, entry: Cached, now: u64) {
-        let hash = self.hash(token);
+    /// Stores a verified token (in place of any other token with the same hash); its
+    /// `Authorization` value, for the caller to forward too.
+    pub fn insert(&mut self, token: &str, entry: Cached, now: u64) -> Rc<str> {
+        let hash = self.hash(token.as_bytes());
         if self.map.len() >= self.capacity && !self.map.contains_key(&hash) {
             self.map.retain(|_, e| now < e.cached.valid_until);
             if self.map.len() >= self.capacity {
@@ -185,13 +185,15 @@ impl TokenCache {
                 }
             }
         }
+        let bearer = bearer(token);
         self.map.insert(
             hash,
             Entry {
-                token: token.into(),
+                bearer: Rc::clone(&bearer),
                 cached: entry,
             },
         );
+        bearer
     }
 
     /// Forgets every entry (the signing keys changed).
@@ -224,9 +226,9 @@ mod tests {
     fn hit_until_expiry() {
         let mut c = TokenCache::new(4);
         c.insert("t1", entry(100), 0);
-        assert!(c.get("t1", 99).is_some());
-        assert!(c.get("t1", 100).is_none());
-        assert!(c.get("t2", 50).is_none());
+        assert!(c.get(b"t1", 99).is_some());
+        assert!(c.get(b"t1", 100).is_none());
+        assert!(c.get(b"t2", 50).is_none());
     }
 
     #[test]
@@ -234,44 +236,50 @@ mod tests {
         let tail = "s".repeat(HASHED_TAIL);
         let mut c = TokenCache::new(8);
         c.insert(&format!("header.claims-a.{tail}"), entry(100), 0);
-        assert!(c.get(&format!("header.claims-a.{tail}"), 1).is_some());
-        assert!(c.get(&format!("header.claims-b.{tail}"), 1).is_none());
-        assert!(c.get(&format!("header.claims.{tail}"), 1).is_none());
-        assert!(c.get("short", 1).is_none());
+        assert!(c
+            .get(format!("header.claims-a.{tail}").as_bytes(), 1)
+            .is_some());
+        assert!(c
+            .get(format!("header.claims-b.{tail}").as_bytes(), 1)
+            .is_none());
+        assert!(c
+            .get(format!("header.claims.{tail}").as_bytes(), 1)
+            .is_none());
+        assert!(c.get(b"short", 1).is_none());
         c.insert("short", entry(100), 0);
-        assert!(c.get("short", 1).is_some());
+        assert!(c.get(b"short", 1).is_some());
         // Same length and tail, so the same hash: the two take turns in one entry.
         c.insert(&format!("header.claims-b.{tail}"), entry(100), 0);
-        assert!(c.get(&format!("header.claims-b.{tail}"), 1).is_some());
-        assert!(c.get(&format!("header.claims-a.{tail}"), 1).is_none());
+        assert!(c
+            .get(format!("header.claims-b.{tail}").as_bytes(), 1)
+            .is_some());
+        assert!(c
+            .get(format!("header.claims-a.{tail}").as_bytes(), 1)
+            .is_none());
     }
 
-    proptest::proptest! {
-        #[test]
-        fn same_bytes_is_equality(
-            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
-            flip in proptest::prelude::any::<(usize, u8)>(),
-            cut in 0usize..40,
-        ) {
-            let mut b = a.clone();
-            if let Some(x) = b.get_mut(flip.0 % a.len().max(1)) {
-                *x ^= flip.1;
-            }
-            proptest::prop_assert_eq!(same_bytes(&a, &b), a == b);
-            proptest::prop_assert!(same_bytes(&a, &a.clone()));
-            let short = a.get(..cut.min(a.len())).unwrap_or_default();
-            proptest::prop_assert_eq!(same_bytes(&a, short), a.as_slice() == short);
-        }
+    #[test]
+    fn a_hit_carries_the_bearer_value() {
+        let mut c = TokenCache::new(4);
+        let made = c.insert("t1.x.y", entry(100), 0);
+        assert_eq!(&*made, "Bearer t1.x.y");
+        let (cached, bearer) = c.get(b"t1.x.y", 1).unwrap();
+        assert_eq!(&**bearer, "Bearer t1.x.y");
+        assert_eq!(cached.valid_until, 100);
+        assert!(
+            Rc::ptr_eq(bearer, &made),
+            "a hit shares the value, it makes no copy"
+        );
     }
 
     #[test]
     fn counts_hits_and_misses() {
         let mut c = TokenCache::new(4);
         c.insert("t1", entry(100), 0);
-        c.get("t1", 1);
-        c.get("t1", 2);
-        c.get("t2", 2);
-        c.get("t1", 100);
+        c.get(b"t1", 1);
+        c.get(b"t1", 2);
+        c.get(b"t2", 2);
+        c.get(b"t1", 100);
         assert_eq!(c.take_counts(), (2, 2));
         assert_eq!(c.take_counts(), (0, 0));
     }
@@ -283,9 +291,9 @@ mod tests {
         c.insert("live", entry(1000), 0);
         c.insert("new", entry(1000), 20);
         assert_eq!(c.len(), 2);
-        assert!(c.get("old", 5).is_none());
-        assert!(c.get("live", 20).is_some());
-        assert!(c.get("new", 20).is_some());
+        assert!(c.get(b"old", 5).is_none());
+        assert!(c.get(b"live", 20).is_some());
+        assert!(c.get(b"new", 20).is_some());
     }
 
     #[test]
@@ -295,14 +303,14 @@ mod tests {
             c.insert(&format!("t{i}"), entry(1000), 0);
             assert!(c.len() <= 8);
         }
-        assert!(c.get("t99", 0).is_some());
+        assert!(c.get(b"t99", 0).is_some());
     }
 
     #[test]
     fn capacity_is_at_least_one() {
         let mut c = TokenCache::new(0);
         c.insert("t", entry(100), 0);
-        assert_eq!(c.get("t", 0).map(|e| e.valid_until), Some(100));
+        assert_eq!(c.get(b"t", 0).map(|(e, _)| e.valid_until), Some(100));
         assert_eq!(c.len(), 1);
     }
 }

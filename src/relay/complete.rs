@@ -71,7 +71,7 @@ pub fn complete_refresh<'a>(
     let mut set_cookies = session_after(config, refresh, &need, tokens, cookie_header, now, rand);
     let at = tokens.access_token.as_str();
     let verified = verifier
-        .verify(&config.rules, at, now)
+        .verify(&config.rules, at.as_bytes(), now)
         .map_err(|e| match e {
             VerifyError::KeysNotReady => TokenError::UnknownKid,
             VerifyError::Token(e) => e,
@@ -85,8 +85,8 @@ pub fn complete_refresh<'a>(
                 v.exp,
                 now,
             ));
-            let remainder = jar::scan(config, cookie_header).remainder();
-            let f = forward(config, at, remainder, v.forwarded, Via::Refreshed);
+            let remainder = jar::scan(config, cookie_header.as_bytes()).remainder();
+            let f = forward(config, v.bearer, remainder, v.forwarded, Via::Refreshed);
             match over_budget(config, req, &f) {
                 Some(mut reply) => {
                     // Still hand the browser its rotated session: the refresh token is spent.
@@ -161,7 +161,7 @@ pub fn upstream_rotation(
         return out;
     };
     if let Some(at) = access_token.filter(|t| !t.is_empty()) {
-        if let Ok(v) = verifier.verify(&config.rules, at, now) {
+        if let Ok(v) = verifier.verify(&config.rules, at.as_bytes(), now) {
             out.extend(jar::access_token_cookies(
                 config,
                 cookie_header,
@@ -223,7 +223,7 @@ mod tests {
             .iter()
             .any(|c| c.starts_with("__Host-relay-session=")));
         // The next request with this token is a cache hit, like after any other verification.
-        assert!(cache.get(&at, NOW).is_some());
+        assert!(cache.get(at.as_bytes(), NOW).is_some());
         // An unverifiable token gives no cookie and is not cached.
         let verifier = Verifier {
             keys: Some(inline_keys(&c)),
@@ -239,6 +239,6 @@ mod tests {
             &Random::fixed(1),
         );
         assert!(cookies.is_empty());
-        assert!(cache.get("not.a.jwt", NOW).is_none());
+        assert!(cache.get(b"not.a.jwt", NOW).is_none());
     }
 }

@@ -10,6 +10,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use super::flight::RefreshId;
+use crate::bytes;
 use crate::config::Config;
 use crate::csrf;
 use crate::http::{cookie, header_budget, Reply, RequestView};
@@ -40,8 +41,9 @@ pub enum Step<'a> {
 /// `Authorization` value is the access token, and the Cookie header may hold others.
 #[derive(PartialEq, Eq)]
 pub struct Forward<'a> {
-    /// Value for `authorization` (replaces anything the client sent).
-    pub authorization: String,
+    /// Value for `authorization` (replaces anything the client sent): `Bearer <token>`, shared
+    /// with the verified-token cache.
+    pub authorization: Rc<str>,
     /// New Cookie header without the relay's cookies; `None` removes the header.
     pub cookie: Option<String>,
     /// The configured forward-claim headers and the claim each takes.
@@ -100,7 +102,7 @@ impl Forward<'_> {
             let value = self
                 .values
                 .iter()
-                .find(|(h, _)| h == header)
+                .find(|(h, _)| bytes::same(h.as_bytes(), header.as_bytes()))
                 .map(|(_, v)| v.as_str());
             (header.as_str(), value)
         })
@@ -149,7 +151,7 @@ pub fn passed_cookie(config: &Config, req: &RequestView<'_>) -> Option<Option<St
     if !jar::may_hold_relay_cookie(config, &text) {
         return None;
     }
-    let scan = jar::scan(config, &text);
+    let scan = jar::scan(config, text.as_bytes());
     scan.any_found.then(|| scan.remainder())
 }
 
@@ -179,26 +181,28 @@ pub fn decide<'a>(
         return Step::Pass;
     }
     let cookie_bytes = req.cookie();
-    let cookie_header = match cookie_bytes.as_deref().map(std::str::from_utf8) {
-        None => "",
-        Some(Ok(h)) => h,
-        Some(Err(_)) => {
-            return Step::Respond(Reply::bad_request(
-                "cookie_not_utf8",
-                "the Cookie header is not valid UTF-8",
-            ))
-        }
-    };
-    let scan = jar::scan(config, cookie_header);
+    let raw_cookies = cookie_bytes.as_deref().unwrap_or_default();
+    // The split goes over the bytes and notes whether all are ASCII, so a cache hit reads the
+    // header once: the token goes to the cache as bytes and its `Authorization` value comes back
+    // as text. The header as text is made only off that path.
+    let scan = jar::scan(config, raw_cookies);
+    if !scan.ascii && std::str::from_utf8(raw_cookies).is_err() {
+        return Step::Respond(Reply::bad_request(
+            "cookie_not_utf8",
+            "the Cookie header is not valid UTF-8",
+        ));
+    }
+    let cookie_header = || std::str::from_utf8(raw_cookies).unwrap_or_default();
     let [at_cookie, _, csrf_cookie] = scan.values;
     // An access token too big for one cookie arrives in chunks (`<name>.0`, `<name>.1`, ...).
     let chunked_token = match at_cookie {
         Some(_) => None,
-        None => cookie::read_chunked(cookie_header, &config.cookies.access_token),
+        None => cookie::read_chunked(cookie_header(), &config.cookies.access_token),
     };
     let token = at_cookie
-        .or(chunked_token.as_deref())
+        .or(chunked_token.as_deref().map(str::as_bytes))
         .filter(|t| !t.is_empty());
+    let csrf_cookie = csrf_cookie.and_then(|c| std::str::from_utf8(c).ok());
 
     // A forged cross-site request is refused before any token work.
     if let Err(e) = csrf::check_request(config.csrf.as_ref(), req, csrf_cookie) {
@@ -219,10 +223,10 @@ pub fn decide<'a>(
     };
 
     let forward_current = |v: &Valid| {
-        token.map(|t| {
+        token.map(|_| {
             forward(
                 config,
-                t,
+                Rc::clone(&v.bearer),
                 scan.remainder(),
                 Rc::clone(&v.forwarded),
                 Via::of(v),
@@ -247,7 +251,7 @@ pub fn decide<'a>(
         }
     }
     let fallback = verified.as_ref().ok().and_then(forward_current);
-    let Some(sealed) = cookie::read_chunked(cookie_header, &config.cookies.session) else {
+    let Some(sealed) = cookie::read_chunked(cookie_header(), &config.cookies.session) else {
         return match (fallback, verified) {
             (Some(f), _) => checked(f),
             (None, Err(reply)) => Step::Respond(reply),
@@ -269,25 +273,26 @@ pub fn decide<'a>(
                 &format!("the session cookie is not valid ({})", e.code()),
             );
             reply.reason = "session_invalid";
-            jar::add_cookies(&mut reply, jar::clear_relay_cookies(config, cookie_header));
+            jar::add_cookies(
+                &mut reply,
+                jar::clear_relay_cookies(config, cookie_header()),
+            );
             Step::Respond(reply)
         }
     }
 }
 
-/// The request mutations that carry `token` (and its forwarded claims) upstream.
+/// The request mutations that carry a token (its `Authorization` value, `bearer`, and its
+/// forwarded claims) upstream.
 pub(crate) fn forward<'a>(
     config: &'a Config,
-    token: &str,
+    bearer: Rc<str>,
     cookie: Option<String>,
     values: Rc<[(String, String)]>,
     via: Via,
 ) -> Forward<'a> {
-    let mut authorization = String::with_capacity(7 + token.len());
-    authorization.push_str("Bearer ");
-    authorization.push_str(token);
     Forward {
-        authorization,
+        authorization: bearer,
         cookie,
         headers: &config.rules.forward_claims,
         values,
@@ -318,13 +323,13 @@ pub(crate) fn over_budget(
         return None;
     }
     let replaced = |name: &[u8]| {
-        name == b"authorization"
-            || name == b"cookie"
+        bytes::same(name, b"authorization")
+            || bytes::same(name, b"cookie")
             || config
                 .rules
                 .forward_claims
                 .iter()
-                .any(|(h, _)| h.as_bytes() == name)
+                .any(|(h, _)| bytes::same(h.as_bytes(), name))
     };
     // The filter's own headers, and the headers as they would go upstream: the client's,
     // minus those the filter replaces, plus the filter's own.
@@ -407,7 +412,7 @@ mod tests {
                     .claim_headers()
                     .map(|(h, v)| (h.to_string(), v.map(str::to_string)))
                     .collect();
-                (None, Some((f.authorization, f.cookie, claims)))
+                (None, Some((f.authorization.to_string(), f.cookie, claims)))
             }
             Step::UnknownKid | Step::Refresh(_) => panic!("unexpected step"),
         }
@@ -1008,7 +1013,7 @@ mod tests {
         let Step::Forward(f) = done.step else {
             panic!("{:?}", done.step)
         };
-        assert_eq!(f.authorization, format!("Bearer {new_at}"));
+        assert_eq!(&*f.authorization, format!("Bearer {new_at}"));
         assert_eq!(f.cookie.as_deref(), Some("a=1"));
         assert!(
             done.set_cookies.iter().any(|v| v.starts_with(&format!(
@@ -1226,7 +1231,7 @@ mod tests {
         let h = request("GET", "/api/x", Some(header.as_bytes()), &[]);
         match decide_owned(&c, &mut cache, &h, NOW) {
             Step::Forward(f) => {
-                assert_eq!(f.authorization, format!("Bearer {t}"));
+                assert_eq!(&*f.authorization, format!("Bearer {t}"));
                 assert_eq!(f.cookie.as_deref(), Some("a=1"));
             }
             other => panic!("{other:?}"),
