@@ -1,4 +1,5 @@
-//! Cookie header parsing: `cookie::pairs`, `find`, `scan` (with the session's chunked name),
+//! Cookie header parsing: `cookie::pairs`, `find`, `scan` (with the session's chunked name; over
+//! the raw bytes too, where it tells ASCII),
 //! `cookie::read_chunked` / `stale_chunks`, and a chunk → read round trip.
 #![no_main]
 
@@ -21,16 +22,20 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(cookie::find(header, name), first);
     }
 
-    let scan = cookie::scan(header, [AT, SESSION, CSRF], |n| {
+    let scan = cookie::scan(header.as_bytes(), [AT, SESSION, CSRF], |n| {
         cookie::is_chunk_of(n, SESSION) || cookie::is_chunk_of(n, AT)
     });
     for (i, want) in [AT, SESSION, CSRF].iter().enumerate() {
-        assert_eq!(scan.values[i], cookie::find(header, want), "{want}");
+        assert_eq!(scan.values[i], cookie::find(header, want).map(str::as_bytes), "{want}");
     }
+    // Over the raw bytes: the scan tells whether the header is ASCII.
+    let raw = cookie::scan(data, [AT, SESSION, CSRF], |_| false);
+    assert_eq!(raw.ascii, data.is_ascii());
+    let _ = raw.remainder();
     // The relay's cookies (and chunks of the session and access token) never survive into the
     // remainder.
     if let Some(rest) = scan.remainder() {
-        let again = cookie::scan(&rest, [AT, SESSION, CSRF], |n| {
+        let again = cookie::scan(rest.as_bytes(), [AT, SESSION, CSRF], |n| {
             cookie::is_chunk_of(n, SESSION) || cookie::is_chunk_of(n, AT)
         });
         assert_eq!(again.values, [None, None, None]);

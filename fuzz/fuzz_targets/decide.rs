@@ -186,7 +186,7 @@ fn check_step(config: &Config, req: &RequestView<'_>, step: Step<'_>) {
             assert!(f.authorization.starts_with("Bearer "));
             // The relay's cookies never reach the upstream.
             if let Some(rest) = &f.cookie {
-                let again = cookie::scan(rest, [AT, SESSION, CSRF], |n| {
+                let again = cookie::scan(rest.as_bytes(), [AT, SESSION, CSRF], |n| {
                     cookie::is_chunk_of(n, SESSION)
                         || cookie::is_chunk_of(n, AT)
                         || n.starts_with("__Host-relay-flow-")

@@ -548,6 +548,42 @@ mod tests {
         let c = testkit::config(json!({}));
         let (r, _) = run_with(&c, &request("GET", "/api/x", Some(b"a=\xff\xfe"), &[]), NOW);
         assert_eq!(r.unwrap().status, 400);
+        // Before the CSRF check: a cross-site POST with such a header is a 400, not a 403.
+        let t = sign(&claims());
+        let mut cookie = format!("__Host-relay-at={t}; b=").into_bytes();
+        cookie.push(0xff);
+        let h = request(
+            "POST",
+            "/api/x",
+            Some(&cookie),
+            &[("origin", "https://evil.example")],
+        );
+        let (r, _) = run_with(&c, &h, NOW);
+        assert_eq!(
+            r.map(|r| (r.status, r.reason)),
+            Some((400, "cookie_not_utf8"))
+        );
+        cookie.pop();
+        let h = request(
+            "POST",
+            "/api/x",
+            Some(&cookie),
+            &[("origin", "https://evil.example")],
+        );
+        assert_eq!(run_with(&c, &h, NOW).0.map(|r| r.status), Some(403));
+    }
+
+    #[test]
+    fn utf8_cookie_beyond_ascii_forwards() {
+        // Not all ASCII, so the split's shortcut does not apply: the header is checked as UTF-8
+        // and the request goes on with the application's cookies as they were.
+        let t = sign(&claims());
+        let cookie = format!("name=Zoë; __Host-relay-at={t}; city=\"Zürich\"");
+        let (reply, fwd) = run("/api/me", Some(&cookie), NOW);
+        assert!(reply.is_none(), "{reply:?}");
+        let (authorization, rest, _) = fwd.unwrap();
+        assert_eq!(authorization, format!("Bearer {t}"));
+        assert_eq!(rest.as_deref(), Some("name=Zoë; city=\"Zürich\""));
     }
 
     #[test]
