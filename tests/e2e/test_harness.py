@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import requests
 
+import idp as idp_module
 from checks import describe, upstream_headers
+from idp import Idp
 from support import (AT_COOKIE, JWKS_PATH, Envoy, JwksServer, KeyPair, Upstream,
                      baseline_config, jwt_authn_config, jwks_of, make_claims, new_http_session)
 
@@ -89,3 +91,26 @@ def test_envoy_is_stopped_and_reaped(envoy_bin):
         assert env.running
         env.stop()
         assert not env.running and env.proc.returncode is not None
+
+
+def test_idp_start_that_hangs_is_retried_once(monkeypatch):
+    """A provider that is not ready within its first attempt is killed and started once more;
+    the first attempt's log and state stay next to the log (idp.attempt1.log)."""
+    spawn = idp_module._spawn_until_ready
+    attempts = []
+
+    def first_one_hangs(argv, env, log_path, timeout):
+        attempts.append(timeout)
+        # No time at all for the first attempt: it is "not ready", as a hung start would be.
+        return spawn(argv, env, log_path, 0.0 if len(attempts) == 1 else timeout)
+
+    monkeypatch.setattr(idp_module, "_spawn_until_ready", first_one_hangs)
+    provider = Idp.start(name="retry", ready_timeout=60)
+    try:
+        assert len(attempts) == 2 and attempts[0] == attempts[1] == 30
+        r = requests.get(provider.base_url + "/.well-known/openid-configuration", timeout=5)
+        assert r.status_code == 200
+        kept = (provider.tmp / "idp.attempt1.log").read_text()
+        assert "not ready after 30.0s" in kept and "state " in kept
+    finally:
+        provider.stop()
