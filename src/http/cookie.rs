@@ -36,13 +36,16 @@ impl<'a, const N: usize> Scan<'a, N> {
 
 /// Splits a Cookie header into `(name, value)` pairs.
 pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
-    header.split(';').filter_map(|part| {
-        let (name, value) = part.split_once('=')?;
-        let name = name.trim_matches(is_ws);
+    // `parts` cuts only at ASCII bytes, so every piece of a `str` is UTF-8 again.
+    parts(header.as_bytes(), || {}).filter_map(|(_, pair)| {
+        let (name, value) = pair?;
         if name.is_empty() {
             return None;
         }
-        Some((name, unquote(value.trim_matches(is_ws))))
+        Some((
+            std::str::from_utf8(name).ok()?,
+            std::str::from_utf8(value).ok()?,
+        ))
     })
 }
 
@@ -53,8 +56,8 @@ pub fn find<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 
 /// Finds the `wanted` cookies and collects every other pair (as sent) for the remainder.
 /// Cookies for which `also_drop(name)` holds (session chunks, login flow cookies) are left out
-/// of the remainder too. The same tolerant reading as [`pairs`], over bytes: the header need
-/// not be checked as UTF-8 first (see [`Scan::ascii`]).
+/// of the remainder too. The same reading as [`pairs`], over bytes: the header need not be
+/// checked as UTF-8 first (see [`Scan::ascii`]).
 pub fn scan<'a, const N: usize>(
     header: &'a [u8],
     wanted: [&str; N],
@@ -63,51 +66,59 @@ pub fn scan<'a, const N: usize>(
     let mut values = [None; N];
     let mut remainder = Vec::new();
     let mut any_found = false;
-    let high = Cell::new(0);
-    for part in split_at_semicolons(header, &high) {
-        let trimmed = trim_ws(part);
-        if trimmed.is_empty() {
-            continue;
-        }
-        let Some((name, value)) = trimmed
-            .iter()
-            .position(|&b| b == b'=')
-            .and_then(|at| Some((trimmed.get(..at)?, trimmed.get(at + 1..)?)))
-        else {
-            remainder.push(trimmed);
+    let non_ascii = Cell::new(false);
+    for (part, pair) in parts(header, || non_ascii.set(true)) {
+        let Some((name, value)) = pair else {
+            remainder.push(part);
             continue;
         };
-        let name = trim_ws(name);
         match wanted.iter().position(|w| bytes::same(w.as_bytes(), name)) {
             Some(i) => {
                 any_found = true;
                 if let Some(slot) = values.get_mut(i) {
                     if slot.is_none() {
-                        *slot = Some(unquote_bytes(trim_ws(value)));
+                        *slot = Some(value);
                     }
                 }
             }
             None if std::str::from_utf8(name).is_ok_and(&also_drop) => any_found = true,
-            None => remainder.push(trimmed),
+            None => remainder.push(part),
         }
     }
     Scan {
         values,
         any_found,
-        ascii: high.get() == 0,
+        ascii: !non_ascii.get(),
         remainder,
     }
 }
 
+/// A part of a Cookie header as sent, and its name and value when it has a `=`.
+type Part<'t> = (&'t [u8], Option<(&'t [u8], &'t [u8])>);
+
+/// The parts of a Cookie header between `;`s, without their surrounding spaces and tabs (empty
+/// ones skipped), each as sent and, when it has a `=`, as its name and value (both trimmed, the
+/// value unwrapped from double quotes). Parsing never fails: what [`pairs`] and [`scan`] read.
+/// `on_non_ascii` is called when the header holds a byte that is not ASCII.
+fn parts(header: &[u8], on_non_ascii: impl Fn()) -> impl Iterator<Item = Part<'_>> {
+    split_at_semicolons(header, on_non_ascii)
+        .map(trim_ws)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let pair = part.iter().position(|&b| b == b'=').and_then(|at| {
+                let (name, value) = (part.get(..at)?, part.get(at + 1..)?);
+                Some((trim_ws(name), unquote(trim_ws(value))))
+            });
+            (part, pair)
+        })
+}
+
 /// The parts of `text` between `;`s, as `split(|b| *b == b';')` gives them, found a word at a
 /// time ([`bytes::position`]): a Cookie header is mostly one ~700-byte token, and `split`'s
-/// search reads a byte at a time. The same pass stands in for a UTF-8 check: `high` ends up
-/// nonzero when some byte is not ASCII. A word with such a byte is read byte by byte, which
-/// notes it; a word without one and without `;` is passed over whole.
-fn split_at_semicolons<'t, 'h>(
-    text: &'t [u8],
-    high: &'h Cell<u64>,
-) -> impl Iterator<Item = &'t [u8]> + use<'t, 'h> {
+/// search reads a byte at a time. The same pass stands in for a UTF-8 check: a word with a byte
+/// that is not ASCII is read byte by byte, which calls `on_non_ascii`; a word without one and
+/// without `;` is passed over whole.
+fn split_at_semicolons(text: &[u8], on_non_ascii: impl Fn()) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(text);
     std::iter::from_fn(move || {
         let now = rest?;
@@ -116,7 +127,7 @@ fn split_at_semicolons<'t, 'h>(
             |w| bytes::has_byte(w, b';') || w & bytes::HIGHS != 0,
             |b| {
                 if !b.is_ascii() {
-                    high.set(1);
+                    on_non_ascii();
                 }
                 b == b';'
             },
@@ -140,10 +151,6 @@ pub fn is_chunk_of(name: &str, base: &str) -> bool {
             .is_some_and(|idx| !idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn is_ws(c: char) -> bool {
-    c == ' ' || c == '\t'
-}
-
 /// `bytes` without leading and trailing spaces and tabs.
 fn trim_ws(bytes: &[u8]) -> &[u8] {
     let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
@@ -155,18 +162,12 @@ fn trim_ws(bytes: &[u8]) -> &[u8] {
     bytes.get(start..end).unwrap_or_default()
 }
 
-/// [`unquote`] over bytes.
-fn unquote_bytes(v: &[u8]) -> &[u8] {
+/// `v` without one pair of surrounding double quotes.
+fn unquote(v: &[u8]) -> &[u8] {
     match v {
         [b'"', inner @ .., b'"'] => inner,
         _ => v,
     }
-}
-
-fn unquote(v: &str) -> &str {
-    v.strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(v)
 }
 
 /// Whether `name` is an RFC 6265 cookie-name (an RFC 7230 token).
@@ -662,10 +663,11 @@ mod tests {
                 text.insert_str(at % (long + 1), &h);
                 let want: Vec<&str> = text.split(';').collect();
                 let want: Vec<&[u8]> = want.into_iter().map(str::as_bytes).collect();
-                let high = Cell::new(0);
-                let got: Vec<&[u8]> = split_at_semicolons(text.as_bytes(), &high).collect();
+                let non_ascii = Cell::new(false);
+                let got: Vec<&[u8]> =
+                    split_at_semicolons(text.as_bytes(), || non_ascii.set(true)).collect();
                 prop_assert_eq!(got, want);
-                prop_assert_eq!(high.get() == 0, text.is_ascii());
+                prop_assert_eq!(non_ascii.get(), !text.is_ascii());
             }
 
             #[test]
