@@ -222,35 +222,30 @@ pub fn decide<'a>(
         },
     };
 
+    // A verified token carries its own `Authorization` value.
     let forward_current = |v: &Valid| {
-        token.map(|_| {
-            forward(
-                config,
-                Rc::clone(&v.bearer),
-                scan.remainder(),
-                Rc::clone(&v.forwarded),
-                Via::of(v),
-            )
-        })
+        forward(
+            config,
+            Rc::clone(&v.bearer),
+            scan.remainder(),
+            Rc::clone(&v.forwarded),
+            Via::of(v),
+        )
     };
     let checked = |f: Forward<'a>| within_budget(config, req, f);
     let Some(refresh) = &config.refresh else {
         return match verified {
-            Ok(v) => {
-                forward_current(&v).map_or_else(|| Step::Respond(Reply::missing_token()), checked)
-            }
+            Ok(v) => checked(forward_current(&v)),
             Err(reply) => Step::Respond(reply),
         };
     };
     // Hot path: a token that is not about to expire never touches the session.
     if let Ok(v) = &verified {
         if now.saturating_add(refresh.margin_s) < v.exp {
-            if let Some(f) = forward_current(v) {
-                return checked(f);
-            }
+            return checked(forward_current(v));
         }
     }
-    let fallback = verified.as_ref().ok().and_then(forward_current);
+    let fallback = verified.as_ref().ok().map(forward_current);
     let Some(sealed) = cookie::read_chunked(cookie_header(), &config.cookies.session) else {
         return match (fallback, verified) {
             (Some(f), _) => checked(f),
