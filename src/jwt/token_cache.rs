@@ -132,12 +132,11 @@ impl TokenCache {
 
     /// The keyed hash of the token's length and last [`HASHED_TAIL`] bytes.
     fn hash(&self, token: &[u8]) -> u64 {
-        let bytes = token;
-        let tail = bytes
-            .get(bytes.len().saturating_sub(HASHED_TAIL)..)
-            .unwrap_or(bytes);
+        let tail = token
+            .get(token.len().saturating_sub(HASHED_TAIL)..)
+            .unwrap_or(token);
         let mut h = self.key.build_hasher();
-        h.write_usize(bytes.len());
+        h.write_usize(token.len());
         h.write(tail);
         h.finish()
     }
@@ -234,28 +233,20 @@ mod tests {
     #[test]
     fn same_tail_other_token_is_a_miss() {
         let tail = "s".repeat(HASHED_TAIL);
+        let token = |claims: &str| format!("header.{claims}.{tail}");
+        let hit = |c: &TokenCache, t: &str| c.get(t.as_bytes(), 1).is_some();
         let mut c = TokenCache::new(8);
-        c.insert(&format!("header.claims-a.{tail}"), entry(100), 0);
-        assert!(c
-            .get(format!("header.claims-a.{tail}").as_bytes(), 1)
-            .is_some());
-        assert!(c
-            .get(format!("header.claims-b.{tail}").as_bytes(), 1)
-            .is_none());
-        assert!(c
-            .get(format!("header.claims.{tail}").as_bytes(), 1)
-            .is_none());
-        assert!(c.get(b"short", 1).is_none());
+        c.insert(&token("claims-a"), entry(100), 0);
+        assert!(hit(&c, &token("claims-a")));
+        assert!(!hit(&c, &token("claims-b")));
+        assert!(!hit(&c, &token("claims")));
+        assert!(!hit(&c, "short"));
         c.insert("short", entry(100), 0);
-        assert!(c.get(b"short", 1).is_some());
+        assert!(hit(&c, "short"));
         // Same length and tail, so the same hash: the two take turns in one entry.
-        c.insert(&format!("header.claims-b.{tail}"), entry(100), 0);
-        assert!(c
-            .get(format!("header.claims-b.{tail}").as_bytes(), 1)
-            .is_some());
-        assert!(c
-            .get(format!("header.claims-a.{tail}").as_bytes(), 1)
-            .is_none());
+        c.insert(&token("claims-b"), entry(100), 0);
+        assert!(hit(&c, &token("claims-b")));
+        assert!(!hit(&c, &token("claims-a")));
     }
 
     #[test]
