@@ -218,9 +218,12 @@ def build_nop(dest: Path) -> dict:
     return build_bench_module(NOP_DIR, NOP_WASM, dest, "do-nothing Wasm filter (n)")
 
 
-def build_probe(dest: Path, repeat: str | None = None) -> dict:
-    """(p): bench/probe; `repeat` ("<step>=<n>") builds the variant that repeats one step."""
+def build_probe(dest: Path, repeat: str | None = None, whole_map: bool = False) -> dict:
+    """(p): bench/probe; `repeat` ("<step>=<n>") builds the variant that repeats one step,
+    `whole_map` the one that writes the request headers as one replacement of the map."""
     extra = {"BENCH_PROBE_REPEAT": repeat} if repeat else {}
+    if whole_map:
+        extra["BENCH_PROBE_WHOLE_MAP"] = "1"
     return build_bench_module(PROBE_DIR, PROBE_WASM, dest, "host-call probe (p)", extra)
 
 
@@ -231,6 +234,7 @@ def build_bench_module(crate: Path, built: Path, dest: Path, what: str,
     `wasm-opt -Oz` on it, writing the result to `dest`. Returns how it was built."""
     env = dict(os.environ)
     env.pop("BENCH_PROBE_REPEAT", None)
+    env.pop("BENCH_PROBE_WHOLE_MAP", None)
     env.update(extra_env or {})
     target_dir = BENCH_TARGET
     if rustup_has_wasm_target():
@@ -829,6 +833,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--probe-repeat", metavar="STEP=N",
                     help="build (p) repeating one host call N times per request (the "
                          "per-step table in bench/README.md)")
+    ap.add_argument("--probe-whole-map", action="store_true",
+                    help="build (p) writing the request headers as one replacement of the "
+                         "whole map instead of three single writes (bench/README.md)")
     ap.add_argument("--compare", type=Path, metavar="WASM",
                     help="also run (b2): (b) with this other build of the relay, right after "
                          "(b) in every round; the report adds (b2) − (b) paired by round")
@@ -962,10 +969,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "size_bytes": len(data),
                                 "sha256": hashlib.sha256(data).hexdigest()}
         if any(n in ec.PROBE_CONFIGS for n in args.configs):
-            how = build_probe(bench.probe_copy, args.probe_repeat)
+            how = build_probe(bench.probe_copy, args.probe_repeat, args.probe_whole_map)
             data = bench.probe_copy.read_bytes()
             meta["probe_wasm"] = {"path": str(PROBE_WASM.relative_to(REPO_ROOT)), **how,
-                                  "repeat": args.probe_repeat, "size_bytes": len(data),
+                                  "repeat": args.probe_repeat,
+                                  "whole_map": args.probe_whole_map, "size_bytes": len(data),
                                   "sha256": hashlib.sha256(data).hexdigest()}
 
         for name in args.configs:
