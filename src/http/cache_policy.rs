@@ -60,30 +60,21 @@ pub fn protected_response<N: AsRef<str>, V: AsRef<[u8]>>(
     headers: &[(N, V)],
     sets_cookie: bool,
 ) -> Vec<(&'static str, Cow<'static, str>)> {
-    protected_response_of(
+    let mut out = Vec::new();
+    protected_response_each(
         headers
             .iter()
             .map(|(n, v)| (n.as_ref().as_bytes(), v.as_ref())),
         sets_cookie,
-    )
-}
-
-/// [`protected_response`] over headers as the filter reads them (the host's header map walked
-/// in place: names as bytes, nothing copied).
-pub fn protected_response_of<'h>(
-    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
-    sets_cookie: bool,
-) -> Vec<(&'static str, Cow<'static, str>)> {
-    let mut out = Vec::new();
-    protected_response_each(headers, sets_cookie, |name, value| {
-        out.push((name, Cow::Owned(value.to_string())))
-    });
+        |name, value| out.push((name, Cow::Owned(value.to_string()))),
+    );
     out
 }
 
-/// The writes of [`protected_response`], each handed to `write` as it is found: one pass over
-/// the headers, and on a response with one line or none of each managed header no allocation
-/// at all (what the filter does on every protected response).
+/// The writes of [`protected_response`] over headers as the filter reads them (the host's header
+/// map walked in place: names as bytes, nothing copied), each handed to `write` as it is found:
+/// one pass over the headers, and on a response with one line or none of each managed header no
+/// allocation at all (what the filter does on every protected response).
 pub fn protected_response_each<'h>(
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     sets_cookie: bool,

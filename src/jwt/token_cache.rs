@@ -67,7 +67,7 @@ impl Entry {
 }
 
 /// The `Authorization` value that carries `token`.
-pub fn bearer(token: &str) -> Rc<str> {
+fn bearer(token: &str) -> Rc<str> {
     let mut value = String::with_capacity(BEARER.len() + token.len());
     value.push_str(BEARER);
     value.push_str(token);
